@@ -1,0 +1,32 @@
+"""Shared test fixtures.
+
+``shared_data`` returns ``Path`` to the real data folder ``../shared/data`` (relative to the repo root)
+and skips the test with a clear reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+_SRC = REPO_ROOT / "src"
+if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(_SRC))
+
+
+def shared_data_path() -> Path:
+    """Path to ../shared/data; ``pytest.skip`` when it is missing."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent: real-data test skipped")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path to ../shared/data (skips the test when absent)."""
+    return shared_data_path()
