@@ -133,7 +133,7 @@ def prepare(
 
     if task == "multilabel":
         if yt.ndim != 2 or ys.shape != yt.shape:
-            _fail(f"multilabel needs y_true and y_score of the same shape (N, L); got {yt.shape} and {ys.shape}")
+            _fail(f"multilabel needs y_true and y_score both of shape (N, L); got {yt.shape} and {ys.shape}")
         yt = _as_int_labels(yt, "y_true")
         if not np.all((yt == 0) | (yt == 1)):
             _fail("multilabel y_true must be 0/1")
@@ -157,7 +157,8 @@ def prepare(
         k = ys.shape[1]
         y_true_arr = _as_int_labels(yt, "y_true")
         if y_true_arr.min() < 0 or y_true_arr.max() >= k:
-            _fail(f"y_true labels must lie in 0..{k - 1} for {k} score columns; got {y_true_arr.min()}..{y_true_arr.max()}")
+            lo, hi = y_true_arr.min(), y_true_arr.max()
+            _fail(f"y_true labels must lie in 0..{k - 1} for {k} score columns; got {lo}..{hi}")
         if task == "binary":
             y_pred_arr = (ys[:, 1] > threshold).astype(np.int64)
             primary = 1
@@ -259,7 +260,8 @@ def compute(prep: PreparedTask, w: np.ndarray, keys: Sequence[str] | None = None
         if "kappa_qw" in keys:
             idx = np.arange(len(names), dtype=np.float64)
             wq = (idx[:, None] - idx[None, :]) ** 2
-            expected = support[:, :, None] * predicted[:, None, :] / np.where(total > 0, total, 1.0)[:, None, None]
+            safe_total = np.where(total > 0, total, 1.0)[:, None, None]
+            expected = support[:, :, None] * predicted[:, None, :] / safe_total
             den = (wq * expected).sum(axis=(1, 2))
             num = (wq * cm).sum(axis=(1, 2))
             out["kappa_qw"] = np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
