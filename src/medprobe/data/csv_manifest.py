@@ -1,0 +1,457 @@
+"""Datasets described by a CSV manifest of image files + labels.
+
+``create_dataset("csv:/data/labels.csv", label_columns=["label"], task="binary")`` -- generic manifest:
+
+* ``path_column`` (default ``path``): file path, relative to ``root`` (default: the CSV's folder);
+* labels: one column (binary 0/1, multi-class / ordinal index or class name), several 0/1 columns
+  (multi-label, label names = column names), or one column of ``sep``-separated names (multi-label,
+  e.g. ``"Effusion|Mass"``; ``no_finding`` such as ``"No Finding"`` -> all zeros);
+* optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``.
+
+Worked examples: ``nih14:`` (NIH ChestX-ray14) and ``rsna-pneumonia:`` (RSNA Pneumonia Detection).
+Bad label values and missing files raise :class:`DataError` naming the CSV, row and value / path;
+all files are checked at construction.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medprobe.data import register_dataset
+from medprobe.data.base import Dataset, Item, Modality, TaskInfo
+from medprobe.data.io import read_image, read_volume
+from medprobe.errors import ConfigError, DataError
+from medprobe.utils import hash_obj
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "tr": "train",
+                 "val": "val", "valid": "val", "validation": "val", "tune": "val", "dev": "val",
+                 "test": "test", "testing": "test", "te": "test"}
+
+NIH14_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                 "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
+                 "Hernia")
+
+
+@dataclass
+class Record:
+    """One case of a manifest: a file, its label and where it was listed (for error messages)."""
+
+    path: Path
+    label: Any
+    id: str
+    patient: str | None = None
+    split: str | None = None
+    where: str = ""
+
+
+# ----------------------------------------------------------------------------------------- CSV helpers
+def read_csv_rows(csv_path: Path, required: Sequence[str] = ()) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Rows of a CSV as ``(line number, {column: value})``; DataError on missing file / columns."""
+    if not csv_path.is_file():
+        raise DataError("CSV file not found", source=csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = []
+            for row in reader:
+                rows.append((reader.line_num, {k: (v or "").strip() if isinstance(v, str) else v
+                                               for k, v in row.items() if k is not None}))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV ({type(e).__name__}: {e})", source=csv_path) from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; columns are {header}", source=csv_path)
+    return header, rows
+
+
+def _where(row_no: int, line: int) -> str:
+    return f"row {row_no} (line {line})"
+
+
+def _int_value(v: str) -> int | None:
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return int(f) if np.isfinite(f) and f.is_integer() else None
+
+
+def parse_label(value: str, task: TaskInfo, where: str, column: str, csv_path: Path | str) -> int:
+    """Parse one single-label cell (0/1 for binary; index or class name otherwise)."""
+    v = value.strip()
+    if v == "":
+        raise DataError(f"{where}, column {column!r}: empty label value", source=csv_path)
+    k = task.n_classes
+    if task.classes and v in task.classes and not (task.type == "binary" and v in ("0", "1")):
+        return task.classes.index(v)
+    iv = _int_value(v)
+    if task.type == "binary":
+        if iv not in (0, 1):
+            raise DataError(f"{where}, column {column!r}: label value {value!r} not allowed for a binary "
+                            "task (expected 0 or 1)", source=csv_path)
+        return iv
+    if iv is None or iv < 0 or (k and iv >= k):
+        allowed = f"0..{k - 1}" if k else "a non-negative integer"
+        if task.classes:
+            allowed += " or a class name"
+        raise DataError(f"{where}, column {column!r}: label value {value!r} not allowed for a {task.type} "
+                        f"task (expected {allowed})", source=csv_path)
+    return iv
+
+
+def parse_multilabel_cell(value: str, classes: Sequence[str], sep: str, no_finding: str | None, where: str,
+                          column: str, csv_path: Path | str) -> np.ndarray:
+    """``"A|B"`` -> 0/1 vector over ``classes``; ``no_finding`` -> zeros."""
+    v = value.strip()
+    if v == "":
+        raise DataError(f"{where}, column {column!r}: empty label value", source=csv_path)
+    out = np.zeros(len(classes), dtype=np.uint8)
+    if no_finding is not None and v == no_finding:
+        return out
+    for name in (s.strip() for s in v.split(sep)):
+        if name not in classes:
+            raise DataError(f"{where}, column {column!r}: unknown label {name!r} in {value!r}",
+                            source=csv_path)
+        out[classes.index(name)] = 1
+    return out
+
+
+def _task_from(task: str | TaskInfo | None, classes: Sequence[str] | None) -> TaskInfo | None:
+    if task is None:
+        return None if classes is None else TaskInfo("multiclass" if len(classes) > 2 else "binary",
+                                                    tuple(classes))
+    if isinstance(task, TaskInfo):
+        return task
+    if task not in ("binary", "multiclass", "multilabel", "ordinal"):
+        raise ConfigError(f"task must be binary, multiclass, multilabel or ordinal, got {task!r}")
+    cl: tuple[str, ...] = tuple(classes) if classes is not None else (("0", "1") if task == "binary" else ())
+    return TaskInfo(task, cl)  # type: ignore[arg-type]
+
+
+def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, path_column: str = "path",
+                     label_columns: Sequence[str] | str | None = None, task: str | TaskInfo | None = None,
+                     classes: Sequence[str] | None = None, sep: str | None = None,
+                     no_finding: str | None = "No Finding", patient_column: str | None = None,
+                     split_column: str | None = None, id_column: str | None = None,
+                     path_suffix: str = "") -> tuple[list[Record], TaskInfo]:
+    """Parse a manifest CSV into records + the task; every label is validated here."""
+    csv_path = Path(csv_path)
+    if isinstance(label_columns, str):
+        label_columns = [label_columns]
+    label_columns = list(label_columns or [])
+    extra = [c for c in (patient_column, split_column, id_column) if c]
+    _, rows = read_csv_rows(csv_path, [path_column, *label_columns, *extra])
+    base = Path(root) if root is not None else csv_path.parent
+    info = _task_from(task, classes)
+    multi_cols = len(label_columns) > 1 or (info is not None and info.type == "multilabel" and not sep)
+    if sep and len(label_columns) != 1:
+        raise ConfigError("a separator-coded multi-label column needs exactly one label column", csv_path)
+    if sep:
+        if classes is None:  # label names = all names seen, sorted
+            seen = {s.strip() for _, r in rows for s in r[label_columns[0]].split(sep) if s.strip()}
+            seen.discard(no_finding or "")
+            classes = sorted(seen)
+        info = TaskInfo("multilabel", tuple(classes))
+    elif multi_cols:
+        info = TaskInfo("multilabel", tuple(classes) if classes is not None else tuple(label_columns))
+        if info.n_classes != len(label_columns):
+            raise ConfigError(f"{len(label_columns)} label columns but {info.n_classes} label names",
+                              csv_path)
+    elif label_columns and info is None:  # infer binary / multiclass from integer values
+        col = label_columns[0]
+        vals = []
+        for r, (line, row) in enumerate(rows, 1):
+            iv = _int_value(row[col])
+            if iv is None or iv < 0:
+                raise DataError(f"{_where(r, line)}, column {col!r}: label value {row[col]!r} is not a "
+                                "non-negative integer (pass classes=... for named labels)", source=csv_path)
+            vals.append(iv)
+        k = max(vals, default=1) + 1
+        info = TaskInfo("binary", ("0", "1")) if k <= 2 else TaskInfo("multiclass", tuple(map(str, range(k))))
+    elif info is None:
+        info = TaskInfo("none")
+    if info.type == "multiclass" and not info.classes and label_columns:
+        col = label_columns[0]
+        k = max((_int_value(row[col]) or 0 for _, row in rows), default=0) + 1
+        info = TaskInfo("multiclass", tuple(map(str, range(k))))
+    records = []
+    for r, (line, row) in enumerate(rows, 1):
+        where = _where(r, line)
+        rel = row[path_column]
+        if not rel:
+            raise DataError(f"{where}: empty {path_column!r}", source=csv_path)
+        p = Path(rel + path_suffix)
+        p = p if p.is_absolute() else base / p
+        if sep:
+            label: Any = parse_multilabel_cell(row[label_columns[0]], info.classes, sep, no_finding, where,
+                                               label_columns[0], csv_path)
+        elif multi_cols:
+            label = np.array([parse_label(row[c], TaskInfo("binary", ("0", "1")), where, c, csv_path)
+                              for c in label_columns], dtype=np.uint8)
+        elif label_columns:
+            label = parse_label(row[label_columns[0]], info, where, label_columns[0], csv_path)
+        else:
+            label = None
+        split = None
+        if split_column:
+            sv = row[split_column].strip().lower()
+            if sv not in SPLIT_ALIASES:
+                raise DataError(f"{where}, column {split_column!r}: split value {row[split_column]!r} is "
+                                "not one of train / val / test", source=csv_path)
+            split = SPLIT_ALIASES[sv]
+        rid = row[id_column] if id_column else None
+        records.append(Record(path=p, label=label, id=rid or "", where=where,
+                              patient=row[patient_column] if patient_column else None, split=split))
+    _assign_ids(records, base)
+    return records, info
+
+
+def _assign_ids(records: list[Record], base: Path) -> None:
+    """Ids default to the file stem; relative paths when stems collide."""
+    if all(r.id for r in records):
+        return
+    stems = [r.path.name.split(".")[0] for r in records]
+    if len(set(stems)) == len(stems):
+        for r, s in zip(records, stems):
+            r.id = r.id or s
+        return
+    for r in records:
+        if not r.id:
+            try:
+                r.id = r.path.relative_to(base).as_posix()
+            except ValueError:
+                r.id = r.path.as_posix()
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class ManifestDataset(Dataset):
+    """Files + labels listed by a manifest (2D images via ``read_image``, 3D via ``read_volume``)."""
+
+    def __init__(self, records: list[Record], *, task: TaskInfo, source: str | Path, name: str = "manifest",
+                 modality: Modality = "generic", spatial_dims: int = 2, check_files: bool = True,
+                 splits: dict[str, list[int]] | None = None, meta: dict[str, Any] | None = None) -> None:
+        self.source = Path(source)
+        if not records:
+            raise DataError("manifest lists no cases", source=self.source)
+        self.records = records
+        self.task, self.name, self.modality, self.spatial_dims = task, name, modality, spatial_dims
+        self.meta = dict(meta or {})
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            seen: dict[str, str] = {}
+            for r in records:
+                if r.id in seen:
+                    raise DataError(f"{r.where}: case id {r.id!r} repeats {seen[r.id]}", source=self.source)
+                seen[r.id] = r.where
+        self._sigs: list[tuple[int, int]] | None = None
+        if check_files:
+            self._sigs = self._check_files()
+        self._splits = splits if splits is not None else self._splits_from_records()
+        self._fp: str | None = None
+
+    def _check_files(self) -> list[tuple[int, int]]:
+        sigs, missing = [], []
+        for r in self.records:
+            try:
+                st = os.stat(r.path)
+                sigs.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                missing.append(r)
+                sigs.append((-1, -1))
+        if missing:
+            shown = "; ".join(f"{r.where}: {r.path}" for r in missing[:3])
+            more = f"; ... and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{len(missing)} of {len(self.records)} listed files are missing: {shown}{more}",
+                            source=self.source)
+        return sigs
+
+    def _splits_from_records(self) -> dict[str, list[int]] | None:
+        tags = [r.split for r in self.records]
+        if all(t is None for t in tags):
+            return None
+        out: dict[str, list[int]] = {}
+        for i, t in enumerate(tags):
+            out.setdefault(str(t), []).append(i)
+        return {k: out[k] for k in ("train", "val", "test") if k in out}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    def labels(self) -> list[Any]:
+        return [r.label.copy() if isinstance(r.label, np.ndarray) else r.label for r in self.records]
+
+    def patients(self) -> list[str]:
+        return [r.patient if r.patient else r.id for r in self.records]
+
+    def splits(self) -> dict[str, list[int]] | None:
+        return None if self._splits is None else {k: list(v) for k, v in self._splits.items()}
+
+    def load(self, i: int) -> Item:
+        r = self.records[i]
+        label = r.label.copy() if isinstance(r.label, np.ndarray) else r.label
+        if self.spatial_dims == 3:
+            vol = read_volume(r.path)
+            return Item(id=r.id, image=vol.array, spatial_dims=3, spacing=vol.spacing, label=label,
+                        affine=vol.affine, slice_axis=vol.slice_axis, patient=r.patient, source=str(r.path),
+                        meta={"split": r.split} if r.split else {})
+        img = read_image(r.path)
+        return Item(id=r.id, image=img, spatial_dims=2, spacing=(1.0, 1.0), label=label, patient=r.patient,
+                    source=str(r.path), meta={"split": r.split} if r.split else {})
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            sigs = self._sigs if self._sigs is not None else self._check_files()
+            labels = [r.label.tolist() if isinstance(r.label, np.ndarray) else r.label for r in self.records]
+            self._fp = hash_obj({"name": self.name, "task": self.task.to_dict(), "ids": self.ids(),
+                                 "files": [[r.path.name, *s] for r, s in zip(self.records, sigs)],
+                                 "labels": labels, "patients": self.patients(), "splits": self._splits})
+        return self._fp
+
+
+# ----------------------------------------------------------------------------------------- factories
+@register_dataset("csv")
+def create_csv_dataset(arg: str, root: str | Path | None = None, path_column: str = "path",
+                       label_columns: Sequence[str] | str | None = None, task: str | TaskInfo | None = None,
+                       classes: Sequence[str] | None = None, sep: str | None = None,
+                       no_finding: str | None = "No Finding", patient_column: str | None = None,
+                       split_column: str | None = None, id_column: str | None = None, spatial_dims: int = 2,
+                       modality: Modality = "generic", name: str | None = None,
+                       check_files: bool = True) -> ManifestDataset:
+    """``csv:<labels.csv>``: a generic manifest (see the module docstring for the options)."""
+    if not arg:
+        raise ConfigError("give the CSV path: csv:/path/labels.csv", "csv:")
+    csv_path = Path(arg)
+    records, info = records_from_csv(csv_path, root=root, path_column=path_column,
+                                     label_columns=label_columns, task=task, classes=classes, sep=sep,
+                                     no_finding=no_finding, patient_column=patient_column,
+                                     split_column=split_column, id_column=id_column)
+    return ManifestDataset(records, task=info, source=csv_path, name=name or csv_path.stem, modality=modality,
+                           spatial_dims=spatial_dims, check_files=check_files)
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError("official split list not found (pass official_split=False for a patient split)",
+                        source=path)
+    return [s.strip() for s in path.read_text().splitlines() if s.strip()]
+
+
+def _nih_image_index(root: Path, image_dir: str | Path | None) -> dict[str, Path] | Path:
+    """The folder holding the PNGs, or a name -> path map over the official ``images_0XX/images`` folders."""
+    if image_dir is not None:
+        d = Path(image_dir)
+        return d if d.is_absolute() else root / d
+    if (root / "images").is_dir():
+        return root / "images"
+    index: dict[str, Path] = {}
+    for sub in sorted(root.glob("images_*")):
+        inner = sub / "images" if (sub / "images").is_dir() else sub
+        with os.scandir(inner) as it:
+            for e in it:
+                index[e.name] = Path(e.path)
+    return index if index else root / "images"
+
+
+@register_dataset("nih14")
+def create_nih14(arg: str = "", root: str | Path | None = None, image_dir: str | Path | None = None,
+                 csv_name: str = "Data_Entry_2017.csv", official_split: bool = True,
+                 val_fraction: float = 0.1, seed: int = 0, check_files: bool = True) -> ManifestDataset:
+    """NIH ChestX-ray14: ``Data_Entry_2017.csv`` + ``train_val_list.txt`` / ``test_list.txt``.
+
+    14-label multi-label task (``Finding Labels`` '|'-separated, ``No Finding`` -> zeros), patients from
+    ``Patient ID``. Official test list; ``val`` is a seeded patient-level ``val_fraction`` of train_val.
+    Images in ``image_dir`` (default ``<root>/images`` or the official ``images_0XX/images`` folders).
+    """
+    from medprobe.data.splits import split_by_patient, validate_splits
+
+    root_p = Path(arg or root or ".")
+    csv_path = root_p / csv_name
+    _, rows = read_csv_rows(csv_path, ["Image Index", "Finding Labels", "Patient ID"])
+    images = _nih_image_index(root_p, image_dir)
+    records = []
+    for r, (line, row) in enumerate(rows, 1):
+        where = _where(r, line)
+        fname = row["Image Index"]
+        path = images.get(fname, root_p / "images" / fname) if isinstance(images, dict) else images / fname
+        label = parse_multilabel_cell(row["Finding Labels"], NIH14_CLASSES, "|", "No Finding", where,
+                                      "Finding Labels", csv_path)
+        records.append(Record(path=path, label=label, id=Path(fname).stem, patient=row["Patient ID"],
+                              where=where))
+    task = TaskInfo("multilabel", NIH14_CLASSES)
+    ds = ManifestDataset(records, task=task, source=csv_path, name="nih14", modality="xray",
+                         check_files=check_files)
+    patients = ds.patients()
+    if official_split:
+        test_names = set(_read_list(root_p / "test_list.txt"))
+        trval_names = set(_read_list(root_p / "train_val_list.txt"))
+        trval, test = [], []
+        for i, rec in enumerate(records):
+            fname = rec.path.name
+            if fname in test_names:
+                test.append(i)
+            elif fname in trval_names:
+                trval.append(i)
+            else:
+                raise DataError(f"{rec.where}: {fname} is in neither train_val_list.txt nor test_list.txt",
+                                source=csv_path)
+        inner = split_by_patient([patients[i] for i in trval], (1 - val_fraction, val_fraction), seed=seed)
+        splits = {"train": sorted(trval[j] for j in inner["train"]),
+                  "val": sorted(trval[j] for j in inner["test"]), "test": test}
+    else:
+        splits = split_by_patient(patients, (0.7, 0.1, 0.2), seed=seed)
+    validate_splits(splits, patients, csv_path)
+    ds._splits = splits
+    for name, idx in splits.items():
+        for i in idx:
+            records[i].split = name
+    return ds
+
+
+@register_dataset("rsna-pneumonia")
+def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_dir: str | Path | None = None,
+                          csv_name: str = "stage_2_train_labels.csv",
+                          check_files: bool = True) -> ManifestDataset:
+    """RSNA Pneumonia Detection: ``stage_2_train_labels.csv`` (one row per box) -> one case per patient.
+
+    Binary ``Target`` (1 = lung opacity / pneumonia); DICOM files ``<image_dir>/<patientId>.dcm``
+    (default ``<root>/stage_2_train_images``). No official split (``splits()`` is None).
+    """
+    root_p = Path(arg or root or ".")
+    csv_path = root_p / csv_name
+    _, rows = read_csv_rows(csv_path, ["patientId", "Target"])
+    img_dir = Path(image_dir) if image_dir is not None else root_p / "stage_2_train_images"
+    if not img_dir.is_absolute():
+        img_dir = root_p / img_dir
+    task = TaskInfo("binary", ("no pneumonia", "pneumonia"))
+    by_patient: dict[str, Record] = {}
+    for r, (line, row) in enumerate(rows, 1):
+        where = _where(r, line)
+        pid = row["patientId"]
+        if not pid:
+            raise DataError(f"{where}: empty 'patientId'", source=csv_path)
+        lab = parse_label(row["Target"], task, where, "Target", csv_path)
+        prev = by_patient.get(pid)
+        if prev is None:
+            by_patient[pid] = Record(path=img_dir / f"{pid}.dcm", label=lab, id=pid, patient=pid, where=where)
+        elif prev.label != lab:
+            raise DataError(f"{where}: patient {pid} has Target {lab} but {prev.where} has {prev.label}",
+                            source=csv_path)
+    return ManifestDataset(list(by_patient.values()), task=task, source=csv_path, name="rsna-pneumonia",
+                           modality="xray", check_files=check_files)
+
+
+__all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "create_csv_dataset", "create_nih14",
+           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "read_csv_rows",
+           "records_from_csv"]
