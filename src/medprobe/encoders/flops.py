@@ -40,29 +40,25 @@ def attention_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_
 def _custom_mapping() -> dict[Any, Any]:
     aten = torch.ops.aten
     mapping: dict[Any, Any] = {}
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",
+                 "_scaled_dot_product_fused_attention_overrideable"):
         if hasattr(aten, name):
             mapping[getattr(aten, name)] = attention_flops
     return mapping
 
 
-def _call(model: torch.nn.Module, example: torch.Tensor) -> None:
-    try:
-        model(example)
-    except TypeError:  # some wrappers only take keyword input
-        model(pixel_values=example)
-
-
 def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """Total FLOPs (2 x MACs) of one ``model(example)`` forward pass, counted under inference mode."""
+    """Total FLOPs (2 x MACs) of one ``model(example)`` forward pass, counted in eval and inference mode
+    (each submodule's train/eval mode is restored afterwards)."""
     counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.inference_mode(), counter:
-            _call(model, example)
+            model(example)
     finally:
-        model.train(was_training)
+        for m, training in modes:  # restore each submodule's own mode
+            m.training = training
     return int(counter.get_total_flops())
 
 
@@ -78,9 +74,13 @@ def gflops_per_image(encoder_or_model: torch.nn.Module, resolution: int | tuple[
 
     Accepts a medprobe :class:`~medprobe.encoders.base.Encoder` (its plain call: last-layer features; the
     input size is validated against the patch size) or any ``nn.Module`` taking a ``(1, C, H, W)`` tensor
-    (``model(x)`` or ``model(pixel_values=x)``). Encoders that run outside torch (ONNX) count as 0.
+    (transformers vision models take ``pixel_values`` first). Encoders running outside torch (ONNX)
+    count as 0.
     """
-    h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    if isinstance(resolution, int):
+        h, w = resolution, resolution
+    else:
+        h, w = int(resolution[0]), int(resolution[1])
     check = getattr(encoder_or_model, "check_input_size", None)
     if callable(check):
         check(h, w)
