@@ -89,7 +89,7 @@ def parse_label(value: str, task: TaskInfo, where: str, column: str, csv_path: P
     """Parse one single-label cell (0/1 for binary; index or class name otherwise)."""
     v = value.strip()
     if v == "":
-        raise DataError(f"{where}, column {column!r}: empty label value", source=csv_path)
+        raise DataError(f"{where}, column {column!r}: empty label value ''", source=csv_path)
     k = task.n_classes
     if task.classes and v in task.classes and not (task.type == "binary" and v in ("0", "1")):
         return task.classes.index(v)
@@ -113,7 +113,7 @@ def parse_multilabel_cell(value: str, classes: Sequence[str], sep: str, no_findi
     """``"A|B"`` -> 0/1 vector over ``classes``; ``no_finding`` -> zeros."""
     v = value.strip()
     if v == "":
-        raise DataError(f"{where}, column {column!r}: empty label value", source=csv_path)
+        raise DataError(f"{where}, column {column!r}: empty label value ''", source=csv_path)
     out = np.zeros(len(classes), dtype=np.uint8)
     if no_finding is not None and v == no_finding:
         return out
