@@ -179,10 +179,10 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
         info = TaskInfo("binary", ("0", "1")) if k <= 2 else TaskInfo("multiclass", tuple(map(str, range(k))))
     elif info is None:
         info = TaskInfo("none")
-    if info.type == "multiclass" and not info.classes and label_columns:
+    if info.type in ("multiclass", "ordinal") and not info.classes and label_columns:
         col = label_columns[0]
         k = max((_int_value(row[col]) or 0 for _, row in rows), default=0) + 1
-        info = TaskInfo("multiclass", tuple(map(str, range(k))))
+        info = TaskInfo(info.type, tuple(map(str, range(k))))
     records = []
     for r, (line, row) in enumerate(rows, 1):
         where = _where(r, line)
