@@ -44,7 +44,13 @@ def _build(spec: EncoderSpec, ref: WeightsRef, **onnx_kw: Any) -> Encoder:
     if spec.family == "onnx":
         return _build_onnx(spec, ref, **onnx_kw)
     from medprobe.encoders.hf_vit import HFViTEncoder, build_hf_model
-    from medprobe.encoders.weights import file_sha256, load_state_dict, load_strict, to_model_layout, verify_meta_hash
+    from medprobe.encoders.weights import (
+        file_sha256,
+        load_state_dict,
+        load_strict,
+        to_model_layout,
+        verify_meta_hash,
+    )
 
     if ref.kind == "random":
         with torch.random.fork_rng(devices=[]):
@@ -59,7 +65,12 @@ def _build(spec: EncoderSpec, ref: WeightsRef, **onnx_kw: Any) -> Encoder:
         digest = verify_meta_hash(path) if ref.verify else file_sha256(path)
         sd = load_state_dict(path)
         model = build_hf_model(spec)
-        sd = to_model_layout(sd, model, spec)
+        try:
+            sd = to_model_layout(sd, model, spec)
+        except WeightsError as e:  # conversion problems carry no file name: add it (one-line convention)
+            if e.source is None:
+                raise WeightsError(e.problem, path) from None
+            raise
         load_strict(model, sd, path)
         enc = HFViTEncoder(spec, model)
         enc.weights_id, enc.pretrained = f"sha256:{digest}", True

@@ -1,0 +1,52 @@
+"""``medprobe cache list | verify | rm``."""
+
+from __future__ import annotations
+
+import argparse
+
+from medprobe.cli import common
+from medprobe.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="inspect, verify or remove cached features")
+    p.add_argument("action", choices=["list", "verify", "rm"])
+    p.add_argument("keys", nargs="*", help="entry keys (prefixes allowed); rm needs keys or --all/--incomplete")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--all", action="store_true", help="rm: every entry")
+    p.add_argument("--incomplete", action="store_true", help="rm: entries without a manifest")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medprobe.features import list_entries, remove_entry, verify_entry
+
+    root = common.cache_root(args)
+    entries = list_entries(root)
+    if args.keys:
+        entries = [e for e in entries if any(e["key"].startswith(k) for k in args.keys)]
+        if not entries:
+            raise ConfigError(f"no cache entry matches {args.keys}", root)
+    if args.action == "list":
+        if not entries:
+            print(f"(no cached features under {root})")
+        for e in entries:
+            state = f"{e.get('n_items')} items" if e["complete"] else f"INCOMPLETE ({e.get('shards_done', 0)} shards)"
+            print(f"{e['key']}  {e['encoder']:<22} {str(e['weights'])[:24]:<24} {e['dataset']:<28} "
+                  f"res={e['resolution']} layers={e['layers']} {state} {e['bytes'] / 1e6:.1f} MB")
+        return 0
+    if args.action == "verify":
+        bad = 0
+        for e in entries:
+            problems = verify_entry(e["path"])
+            print(f"{e['key']}: {'ok' if not problems else '; '.join(problems)}")
+            bad += bool(problems)
+        return 1 if bad else 0
+    if not (args.keys or args.all or args.incomplete):
+        raise ConfigError("cache rm needs entry keys, --all or --incomplete")
+    for e in entries:
+        if args.incomplete and e["complete"]:
+            continue
+        remove_entry(e["path"])
+        print(f"removed {e['key']}")
+    return 0

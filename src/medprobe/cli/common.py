@@ -1,0 +1,139 @@
+"""Option groups shared by several sub-commands (encoder, preprocessing, dataset, extraction)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medprobe.errors import ConfigError
+
+
+def add_encoder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoder")
+    g.add_argument("--encoder", default="dinov3-vits16", help="registry name (see 'medprobe models')")
+    g.add_argument("--weights", default=None, help="Meta .pth, .safetensors, HF directory, hub id, 'hub', or "
+                   "'random[:seed=N]' (default: random, labelled untrained)")
+    g.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of Meta checkpoint names")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--onnx-output", default=None, help="ONNX tensor holding the backbone tokens")
+
+
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing (each option is stored with every result)")
+    g.add_argument("--resolution", type=str, default=None, help="input size N or HxW (default: encoder's native)")
+    g.add_argument("--intensity", default="auto", help="auto, minmax, uint8, uint16, none, ct:<preset>, "
+                   "ct:<level>,<width>, ct-multi:a,b,c, mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]")
+    g.add_argument("--channels", default="auto", choices=["auto", "replicate", "keep", "per_channel", "first3"])
+    g.add_argument("--resize", default="stretch", choices=["stretch", "pad", "aspect_pad"])
+    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest", "area"])
+    g.add_argument("--slice-axis", type=int, default=None, help="volumes: slice axis (default: axial)")
+
+
+def add_extract_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("extraction")
+    g.add_argument("--layers", default="last", help="last, four, all, or indices like 2,5,8,11")
+    g.add_argument("--tokens", default="cls,mean,patch", help="subset of cls,mean,patch")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="autocast (auto: bf16 on GPU, off on CPU)")
+    g.add_argument("--storage", default="float32", choices=["float32", "float16"])
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--cache-dir", default=None, help="feature cache root (default ./medprobe-cache or $MEDPROBE_CACHE)")
+    g.add_argument("--shard", default=None, help="i/n: compute only this shard set (job arrays)")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def add_dataset_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default, required=default is None,
+                   help="kind:arg, e.g. phantom:xray2d-binary, medmnist:pneumoniamnist, msd:/data/Task04")
+    g.add_argument("--data-root", default=None, help="folder the dataset reads from")
+    g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra dataset option (repeatable), e.g. size=64")
+
+
+def parse_resolution(s: str | None) -> tuple[int, int] | None:
+    if not s:
+        return None
+    try:
+        parts = [int(v) for v in s.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise ConfigError(f"--resolution must be N or HxW, got {s!r}") from None
+    if len(parts) == 1:
+        return (parts[0], parts[0])
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise ConfigError(f"--resolution must be N or HxW, got {s!r}")
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _value(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.data_root:
+        opts["root"] = os.path.expanduser(args.data_root)
+    for kv in args.data_opt:
+        if "=" not in kv:
+            raise ConfigError(f"--data-opt must be KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k] = _value(v)
+    return opts
+
+
+def build_encoder(args: argparse.Namespace, device: torch.device) -> Any:
+    from medprobe.encoders import create_encoder
+
+    return create_encoder(args.encoder, weights=args.weights, device=device, verify=not args.no_verify,
+                          onnx_output=getattr(args, "onnx_output", None))
+
+
+def build_preprocess(args: argparse.Namespace) -> Any:
+    from medprobe.preprocess import PreprocessConfig
+
+    return PreprocessConfig(intensity=args.intensity, channels=args.channels, resize=args.resize,
+                            resolution=parse_resolution(args.resolution), interpolation=args.interpolation,
+                            slice_axis=args.slice_axis)
+
+
+def build_extract_config(args: argparse.Namespace) -> Any:
+    from medprobe.features import ExtractConfig
+
+    layers: Any = args.layers
+    return ExtractConfig(layers=layers, tokens=tuple(t for t in args.tokens.split(",") if t),
+                         batch_size=args.batch_size, amp=args.amp, storage=args.storage, workers=args.workers,
+                         progress=not args.no_progress)
+
+
+def parse_shard(s: str | None) -> tuple[int, int] | None:
+    if not s:
+        return None
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be i/n, got {s!r}") from None
+    return i, n
+
+
+def cache_root(args: argparse.Namespace) -> Path:
+    from medprobe.utils import default_cache_dir
+
+    return Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()

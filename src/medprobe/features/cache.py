@@ -1,0 +1,233 @@
+"""Content-addressed feature cache: sharded ``.npy`` arrays + a JSON manifest.
+
+Layout of one entry ``<root>/<key>/``::
+
+    spec.json                 everything the key was computed from (+ shard plan)
+    shard-00000/cls_L11.npy   (rows, C)        one row per 2D image or per volume slice
+    shard-00000/mean_L11.npy  (rows, C)        mean of patch tokens
+    shard-00000/patch_L11.npy (rows, C, h, w)  patch grid
+    shard-00000/rows.npy      (items_in_shard,) slices per item
+    shard-00000/done.json     written last: the shard is complete
+    manifest.json             written when every shard is complete: the entry is usable
+
+Every file is written atomically (temp + rename). A killed extraction leaves complete shards behind and
+resumes from them; an entry without ``manifest.json`` is never read as features.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medprobe import FEATURE_FORMAT_VERSION
+from medprobe.errors import ConfigError, DataError
+from medprobe.utils import atomic_write_json, hash_obj
+
+TOKENS = ("cls", "mean", "patch")
+
+
+def cache_key(spec: dict[str, Any]) -> str:
+    """Key of an entry: hash over every input that changes a feature value."""
+    return hash_obj({**spec, "format_version": FEATURE_FORMAT_VERSION}, n=24)
+
+
+def shard_dir(entry: Path, k: int) -> Path:
+    return entry / f"shard-{k:05d}"
+
+
+def shard_done(entry: Path, k: int) -> bool:
+    return (shard_dir(entry, k) / "done.json").is_file()
+
+
+def array_name(token: str, layer: int) -> str:
+    return f"{token}_L{layer}.npy"
+
+
+@dataclass
+class ShardPlan:
+    """Items split into contiguous shards."""
+
+    bounds: list[tuple[int, int]]  # [start, stop) item indices per shard
+
+    @classmethod
+    def make(cls, n_items: int, shard_items: int) -> ShardPlan:
+        shard_items = max(1, int(shard_items))
+        return cls([(s, min(s + shard_items, n_items)) for s in range(0, n_items, shard_items)] or [(0, 0)])
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+
+def write_manifest(entry: Path, spec: dict[str, Any], plan: ShardPlan, extra: dict[str, Any]) -> dict[str, Any]:
+    """Assemble the manifest from complete shards (call only when all are done)."""
+    rows: list[int] = []
+    shards = []
+    for k, (a, b) in enumerate(plan.bounds):
+        d = shard_dir(entry, k)
+        r = np.load(d / "rows.npy") if b > a else np.zeros(0, np.int64)
+        rows += [int(v) for v in r]
+        done = json.loads((d / "done.json").read_text())
+        shards.append({"dir": d.name, "items": [a, b], "rows": int(r.sum()), "seconds": done.get("seconds")})
+    manifest = {"key": entry.name, "spec": spec, "slices_per_item": rows, "n_items": len(rows),
+                "n_rows": int(sum(rows)), "shards": shards, **extra}
+    atomic_write_json(entry / "manifest.json", manifest)
+    return manifest
+
+
+class FeatureStore:
+    """Read-only, memory-mapped view of one complete cache entry."""
+
+    def __init__(self, entry: str | Path) -> None:
+        self.path = Path(entry)
+        mf = self.path / "manifest.json"
+        if not mf.is_file():
+            raise DataError("feature cache entry is incomplete (no manifest.json)", self.path)
+        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        self.spec: dict[str, Any] = self.manifest["spec"]
+        self.layers: list[int] = list(self.spec["layers"])
+        self.tokens: list[str] = list(self.spec["tokens"])
+        self.ids: list[str] = list(self.manifest["ids"])
+        self.slices = np.asarray(self.manifest["slices_per_item"], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.slices)])
+        self._shard_items = [tuple(s["items"]) for s in self.manifest["shards"]]
+        self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
+        self._mm: dict[tuple[str, int, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.manifest["grid"])  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.path.name}: {self.n_items} items, {int(self.offsets[-1])} rows, layers {self.layers})"
+
+    def _check(self, token: str, layer: int) -> None:
+        if token not in self.tokens:
+            raise ConfigError(f"token {token!r} was not extracted (have {self.tokens})", self.path)
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer} was not extracted (have {self.layers})", self.path)
+
+    def _shard(self, token: str, layer: int, k: int) -> np.ndarray:
+        key = (token, layer, k)
+        if key not in self._mm:
+            self._mm[key] = np.load(self.path / self.manifest["shards"][k]["dir"] / array_name(token, layer),
+                                    mmap_mode="r")
+        return self._mm[key]
+
+    def _locate(self, i: int) -> tuple[int, int, int]:
+        """(shard, row start within shard, row stop within shard) of item i."""
+        k = int(np.searchsorted([b for _, b in self._shard_items], i, side="right"))
+        start = int(self.offsets[i] - self._shard_row0[k])
+        return k, start, start + int(self.slices[i])
+
+    # ------------------------------------------------------------------ reading
+    def item(self, i: int, token: str = "cls", layer: int | None = None) -> np.ndarray:
+        """Features of item ``i``: ``(S, C)`` or ``(S, C, h, w)`` (memory-mapped slice)."""
+        layer = self.layers[-1] if layer is None else layer
+        self._check(token, layer)
+        k, a, b = self._locate(i)
+        return self._shard(token, layer, k)[a:b]
+
+    def iter_items(self, token: str = "cls", layer: int | None = None) -> Iterator[np.ndarray]:
+        for i in range(self.n_items):
+            yield self.item(i, token, layer)
+
+    def rows(self, token: str = "cls", layer: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """All rows ``(R, ...)`` in item order (loaded into memory)."""
+        layer = self.layers[-1] if layer is None else layer
+        self._check(token, layer)
+        parts = [np.asarray(self._shard(token, layer, k), dtype=dtype) for k in range(len(self._shard_items))
+                 if self._shard_items[k][1] > self._shard_items[k][0]]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype)
+
+    def pooled(self, token: str = "cls", layer: int | None = None, method: str = "mean") -> np.ndarray:
+        """One vector per item: rows pooled over slices (identity for 2D). ``(N, C)`` float32."""
+        if token == "patch":
+            raise ConfigError("pool 'cls' or 'mean' tokens; patch grids are dense features")
+        r = self.rows(token, layer)
+        if np.all(self.slices == 1):
+            return r
+        if method == "mean":
+            return (np.add.reduceat(r, self.offsets[:-1], axis=0) / self.slices[:, None]).astype(np.float32)
+        if method == "max":
+            return np.maximum.reduceat(r, self.offsets[:-1], axis=0)
+        raise ConfigError(f"pooling must be 'mean' or 'max', got {method!r}")
+
+    def bags(self, token: str = "cls", layer: int | None = None) -> list[np.ndarray]:
+        """Per-item ``(S_i, C)`` arrays (for attention-MIL heads)."""
+        r = self.rows(token, layer)
+        return [r[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
+def list_entries(root: str | Path) -> list[dict[str, Any]]:
+    """Summaries of every entry under ``root`` (complete or not)."""
+    out = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        info: dict[str, Any] = {"key": d.name, "path": str(d)}
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        info["bytes"] = size
+        spec_f, mf = d / "spec.json", d / "manifest.json"
+        spec = json.loads(spec_f.read_text()) if spec_f.is_file() else {}
+        info["complete"] = mf.is_file()
+        info["encoder"] = spec.get("encoder", "?")
+        info["weights"] = spec.get("weights", "?")
+        info["dataset"] = spec.get("dataset_name", "?")
+        info["layers"] = spec.get("layers")
+        info["resolution"] = (spec.get("preprocess") or {}).get("resolution")
+        if mf.is_file():
+            info["n_items"] = json.loads(mf.read_text()).get("n_items")
+        else:
+            n = len(list(d.glob("shard-*/done.json")))
+            info["shards_done"] = n
+        out.append(info)
+    return out
+
+
+def verify_entry(entry: str | Path) -> list[str]:
+    """Problems found in an entry (empty list = fine): missing shards/arrays, wrong shapes, non-finite values."""
+    entry = Path(entry)
+    problems: list[str] = []
+    try:
+        store = FeatureStore(entry)
+    except DataError as e:
+        return [str(e)]
+    for k, s in enumerate(store.manifest["shards"]):
+        d = entry / s["dir"]
+        if not (d / "done.json").is_file():
+            problems.append(f"{d}: shard not complete")
+            continue
+        for t in store.tokens:
+            for layer in store.layers:
+                f = d / array_name(t, layer)
+                try:
+                    a = np.load(f, mmap_mode="r")
+                except (OSError, ValueError) as e:
+                    problems.append(f"{f}: unreadable ({type(e).__name__})")
+                    continue
+                if a.shape[0] != s["rows"] or a.shape[1] != store.dim:
+                    problems.append(f"{f}: shape {a.shape} does not match manifest ({s['rows']} rows, dim {store.dim})")
+                elif not np.isfinite(np.asarray(a[: min(len(a), 4096)], dtype=np.float32)).all():
+                    problems.append(f"{f}: non-finite values")
+        _ = k
+    return problems
+
+
+def remove_entry(entry: str | Path) -> None:
+    shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,286 @@
+"""The extraction engine: dataset + encoder -> cached features (CLS, mean patch token, patch grids).
+
+Slices of many volumes fill the same batches; outputs are reassembled per item, in order. Work is
+split into shards of whole items: ``rank``/``world`` (``torchrun``) or ``--shard i/n`` (job arrays) take
+disjoint shards, and whoever finds every shard complete writes the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medprobe.data.base import Dataset
+from medprobe.encoders.base import Encoder
+from medprobe.errors import ConfigError, MedprobeError
+from medprobe.features.cache import (
+    TOKENS,
+    FeatureStore,
+    ShardPlan,
+    array_name,
+    cache_key,
+    remove_entry,
+    shard_dir,
+    shard_done,
+    write_manifest,
+)
+from medprobe.preprocess import PreprocessConfig, Preprocessor
+from medprobe.utils import Progress, atomic_save_npy, atomic_write_json, default_cache_dir, hash_obj
+
+log = logging.getLogger("medprobe.features")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of one extraction. ``layers``: 'last', 'four', 'all' or indices; ``amp``: 'auto' (bf16 on
+    CUDA, off on CPU), 'bf16', 'fp16' or 'off'; ``storage``: 'float32' or 'float16'."""
+
+    layers: str | tuple[int, ...] = "last"
+    tokens: tuple[str, ...] = TOKENS
+    batch_size: int = 64
+    amp: str = "auto"
+    storage: str = "float32"
+    workers: int = 0
+    shard_items: int | None = None  # None: 256 images or 8 volumes per shard
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tokens if t not in TOKENS]
+        if bad or not self.tokens:
+            raise ConfigError(f"tokens must be a non-empty subset of {TOKENS}, got {list(self.tokens)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.storage not in ("float32", "float16"):
+            raise ConfigError(f"storage must be float32 or float16, got {self.storage!r}")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype actually used (None = full precision)."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def entry_spec(dataset: Dataset, encoder: Encoder, pre: PreprocessConfig, cfg: ExtractConfig,
+               device: torch.device) -> dict[str, Any]:
+    """Everything that changes a feature value (hashed into the cache key)."""
+    ad = amp_dtype(cfg.amp, device)
+    return {
+        "encoder": encoder.spec.name,
+        "weights": encoder.weights_id,
+        "pretrained": encoder.pretrained,
+        "preprocess": pre.to_dict(),
+        "layers": list(encoder.resolve_layers(cfg.layers)),
+        "tokens": sorted(cfg.tokens),
+        "storage": cfg.storage,
+        "amp": str(ad).replace("torch.", "") if ad else "off",
+        "dataset_name": dataset.name,
+        "dataset": dataset.fingerprint(),
+        "items": hash_obj(dataset.ids(), n=16),
+    }
+
+
+def resolve_preprocess(pre: PreprocessConfig, dataset: Dataset, encoder: Encoder) -> PreprocessConfig:
+    """Fill encoder/dataset defaults; the dtype for 'auto' intensity is taken from the first item."""
+    dtype: Any = np.float32
+    if pre.intensity == "auto" and len(dataset):
+        dtype = dataset.load(0).image.dtype
+    res = pre.resolved(mean=encoder.spec.mean, std=encoder.spec.std,
+                       native_resolution=encoder.fixed_resolution or encoder.spec.native_resolution,
+                       modality=dataset.modality, dtype=dtype)
+    h, w = res.resolution  # type: ignore[misc]
+    encoder.check_input_size(h, w)
+    return res
+
+
+class _ItemSource(torch.utils.data.Dataset):
+    """Map-style dataset over one shard's items -> (index, (S, V, 3, H, W) tensor)."""
+
+    def __init__(self, dataset: Dataset, pre: Preprocessor, start: int, stop: int) -> None:
+        self.dataset, self.pre, self.start, self.stop = dataset, pre, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor]:
+        i = self.start + j
+        return i, self.pre(self.dataset.load(i))
+
+
+def _iter_items(src: _ItemSource, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
+    if workers <= 0:
+        for j in range(len(src)):
+            yield src[j]
+        return
+    loader = torch.utils.data.DataLoader(src, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=False)
+    yield from loader
+
+
+class _Runner:
+    """Runs the encoder on batches of slices and collects per-token/per-layer outputs in row order."""
+
+    def __init__(self, encoder: Encoder, layers: Sequence[int], tokens: Sequence[str], device: torch.device,
+                 autocast: torch.dtype | None, storage: np.dtype) -> None:
+        self.encoder, self.layers, self.tokens = encoder, tuple(layers), tuple(tokens)
+        self.device, self.autocast, self.storage = device, autocast, storage
+        self.chunks: dict[tuple[str, int], list[np.ndarray]] = {(t, layer): [] for t in tokens for layer in layers}
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> None:
+        x = x.to(self.device, non_blocking=True)
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                out = self.encoder.forward_features(x, self.layers)
+        else:
+            out = self.encoder.forward_features(x, self.layers)
+        for layer in self.layers:
+            p = out.patch[layer].float()
+            for t in self.tokens:
+                v = out.cls[layer].float() if t == "cls" else p.mean((2, 3)) if t == "mean" else p
+                self.chunks[(t, layer)].append(v.cpu().numpy().astype(self.storage, copy=False))
+
+    def take(self, views: int) -> dict[tuple[str, int], np.ndarray]:
+        """Concatenate collected rows; fold V views of a slice into the channel axis."""
+        res = {}
+        for key, parts in self.chunks.items():
+            a = np.concatenate(parts) if parts else np.zeros((0,), self.storage)
+            if views > 1 and a.size:
+                a = a.reshape(a.shape[0] // views, views * a.shape[1], *a.shape[2:])
+            res[key] = a
+            parts.clear()
+        return res
+
+
+def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | None = None,
+            config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
+            device: str | torch.device | None = None, rank: int | None = None, world: int | None = None,
+            shard: tuple[int, int] | None = None) -> FeatureStore | None:
+    """Extract (or reuse) features of every item of ``dataset``; returns the :class:`FeatureStore`.
+
+    ``rank``/``world`` default to torch.distributed's when it is initialised. With ``shard=(i, n)``
+    only shards ``k % n == i`` are computed; the return value is ``None`` until all shards exist.
+    """
+    cfg = config or ExtractConfig()
+    dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
+    pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
+    spec = entry_spec(dataset, encoder, pre, cfg, dev)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entry = root / cache_key(spec)
+    if (entry / "manifest.json").is_file():
+        log.info("features cached: %s (skipping extraction)", entry)
+        return FeatureStore(entry)
+
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None or world is None:
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    if shard is not None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
+
+    spec_file = entry / "spec.json"
+    shard_items = cfg.shard_items or (256 if dataset.spatial_dims == 2 else 8)
+    if spec_file.is_file():  # resume with the plan the entry was started with
+        shard_items = int(json.loads(spec_file.read_text())["shard_items"])
+    plan = ShardPlan.make(len(dataset), shard_items)
+    if rank == 0 and not spec_file.is_file():
+        atomic_write_json(spec_file, {**spec, "shard_items": shard_items, "key": entry.name})
+
+    layers = spec["layers"]
+    prep = Preprocessor(pre, patch_size=encoder.patch_size)
+    ad = amp_dtype(cfg.amp, dev)
+    storage = np.dtype(cfg.storage)
+    mine = [k for k in range(len(plan)) if k % world == rank and not shard_done(entry, k)]
+    todo_items = sum(plan.bounds[k][1] - plan.bounds[k][0] for k in mine)
+    prog = Progress(todo_items, desc=f"extract {encoder.spec.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                    unit="items", enabled=cfg.progress)
+    t_start = time.perf_counter()
+    try:
+        for k in mine:
+            _extract_shard(entry, k, plan.bounds[k], dataset, encoder, prep, cfg, layers, dev, ad, storage, prog)
+    except MedprobeError:
+        # bad input is deterministic: resuming would fail on the same case, so leave no partial entry
+        remove_entry(entry)
+        raise
+    finally:
+        prog.close()
+    elapsed = time.perf_counter() - t_start
+
+    if dist and shard is None:
+        torch.distributed.barrier()
+    if all(shard_done(entry, k) for k in range(len(plan))):
+        if rank == 0 or shard is not None:
+            if not (entry / "manifest.json").is_file():
+                grid = _grid_of(entry, plan, layers)
+                write_manifest(entry, spec, plan, {
+                    "ids": dataset.ids(), "dim": grid[0], "grid": list(grid[1:]),
+                    "encoder_info": encoder.describe(), "extract_config": asdict(cfg),
+                    "shard_items": shard_items, "device": str(dev), "seconds_last_run": elapsed,
+                    "world": world, "torch": torch.__version__,
+                })
+        if dist and shard is None:
+            torch.distributed.barrier()
+        return FeatureStore(entry)
+    return None
+
+
+def _grid_of(entry: Path, plan: ShardPlan, layers: Sequence[int]) -> tuple[int, int, int]:
+    for k, (a, b) in enumerate(plan.bounds):
+        if b > a:
+            for t in ("patch", "cls", "mean"):
+                f = shard_dir(entry, k) / array_name(t, layers[-1])
+                if f.is_file():
+                    shp = np.load(f, mmap_mode="r").shape
+                    return (shp[1], shp[2], shp[3]) if t == "patch" else (shp[1], 0, 0)
+    return (0, 0, 0)
+
+
+def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Dataset, encoder: Encoder,
+                   prep: Preprocessor, cfg: ExtractConfig, layers: Sequence[int], dev: torch.device,
+                   ad: torch.dtype | None, storage: np.dtype, prog: Progress) -> None:
+    t0 = time.perf_counter()
+    start, stop = bounds
+    runner = _Runner(encoder, layers, cfg.tokens, dev, ad, storage)
+    rows: list[int] = []
+    views: int | None = None
+    pending: list[torch.Tensor] = []
+    n_pending = 0
+    for _i, x in _iter_items(_ItemSource(dataset, prep, start, stop), cfg.workers):
+        s, v = x.shape[:2]
+        if views is None:
+            views = v
+        elif v != views:
+            raise ConfigError(f"items have {views} and {v} channels; per_channel needs the same count everywhere")
+        rows.append(s)
+        pending.append(x.reshape(s * v, *x.shape[2:]))
+        n_pending += s * v
+        while n_pending >= cfg.batch_size:
+            flat = torch.cat(pending) if len(pending) > 1 else pending[0]
+            runner.run(flat[: cfg.batch_size])
+            rest = flat[cfg.batch_size:]
+            pending, n_pending = ([rest] if len(rest) else []), len(rest)
+        prog.update()
+    if n_pending:
+        runner.run(torch.cat(pending))
+    out = runner.take(views or 1)
+    d = shard_dir(entry, k)
+    d.mkdir(parents=True, exist_ok=True)
+    for (t, layer), a in out.items():
+        atomic_save_npy(d / array_name(t, layer), a)
+    atomic_save_npy(d / "rows.npy", np.asarray(rows, dtype=np.int64))
+    atomic_write_json(d / "done.json", {"items": [start, stop], "rows": int(sum(rows)),
+                                        "seconds": time.perf_counter() - t0, "pid": os.getpid()})
