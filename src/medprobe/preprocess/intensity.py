@@ -36,8 +36,8 @@ def resolve_intensity(spec: str, modality: str, dtype: np.dtype | str) -> str:
         parse_intensity(spec)  # validate
         return spec
     dt = np.dtype(dtype)
-    if modality in ("ct",):
-        return "ct:soft_tissue"
+    if modality in ("ct",):  # HU only in signed / float storage; 8-bit CT is already windowed (MedMNIST)
+        return "uint8" if dt == np.uint8 else "ct:soft_tissue"
     if modality in ("mri",):
         return "mri:percentile:0.5,99.5"
     if modality in ("pet",):
