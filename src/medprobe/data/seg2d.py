@@ -1,0 +1,291 @@
+"""2D image + mask folders (PNG / TIFF / JPEG / BMP / ``.npy``) for semantic segmentation.
+
+``create_dataset("seg2d:/data/set", images="image", masks="label", classes=["background", "membrane"],
+mask_values={0: 1, 255: 0})`` pairs ``<root>/<images>/<name>.*`` with
+``<root>/<masks>/<name><mask_suffix>.*`` by file stem (natural order: ``2`` before ``10``). Two mask layouts:
+
+* label maps: one mask per image holding class values;
+* one mask per class: ``<masks>/<class>/<name>.png`` (non-zero = that class); sub-folder names are
+  the classes (``classes`` defaults to ``["background", *sorted(sub-folders)]``). A class mask missing
+  for an image means "class absent"; where class masks overlap the later class in ``classes`` wins (counted in
+  ``Item.meta['issues']``).
+
+Mask values -> class indices: ``mask_values={raw: class_index}`` (keys may be ints, numeric strings or
+RGB tuples for colour masks); every value found must be mapped. Without a mapping the values must already be
+class indices ``0..K-1``; a binary ``{0, 255}`` mask with two classes is read as ``255 -> 1``.
+
+Images or masks without a partner raise one ``DataError`` listing them. ``isbi2012:/path/isbi2012-em``
+is the ISBI 2012 EM membrane set (``train/image``, ``train/label``; label 0 = membrane -> class 1;
+4 nm pixels, so ``spacing=(4e-6, 4e-6)`` mm).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medprobe.data import register_dataset
+from medprobe.data.base import Dataset, Item, Modality, TaskInfo
+from medprobe.data.io import files_fingerprint, read_image, suffix_of
+from medprobe.errors import ConfigError, DataError, MedprobeError
+
+EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".npy")
+
+
+def natural_key(s: str) -> list[Any]:
+    """Sort key that orders embedded numbers numerically (``img2`` < ``img10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def _stem(p: Path) -> str:
+    suf = suffix_of(p)
+    return p.name[: -len(suf)] if suf else p.name
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    dup: list[str] = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and suffix_of(f) in EXTENSIONS:
+            s = _stem(f)
+            if s in out:
+                dup.append(s)
+            out[s] = f
+    if dup:
+        raise DataError(f"several files share the stem(s) {', '.join(sorted(set(dup))[:10])}", source=folder)
+    return out
+
+
+def _list_problem(kind: str, names: list[str]) -> str:
+    shown = ", ".join(names[:10]) + (f" ... (+{len(names) - 10} more)" if len(names) > 10 else "")
+    return f"{len(names)} {kind}: {shown}"
+
+
+def parse_mask_values(mask_values: dict[Any, int] | None, n_classes: int) -> dict[Any, int] | None:
+    if mask_values is None:
+        return None
+    out: dict[Any, int] = {}
+    for k, v in dict(mask_values).items():
+        key: Any = k
+        if isinstance(k, str):
+            key = tuple(int(x) for x in k.strip("()[] ").split(",")) if "," in k else int(float(k))
+        elif isinstance(k, (list, tuple)):
+            key = tuple(int(x) for x in k)
+        else:
+            key = int(k)
+        if not 0 <= int(v) < n_classes:
+            raise ConfigError(f"mask_values maps {k!r} to class {v}, outside 0..{n_classes - 1}")
+        out[key] = int(v)
+    return out
+
+
+def map_mask_values(raw: np.ndarray, mask_values: dict[Any, int] | None, n_classes: int, cid: str,
+                    fname: str, colour: bool = False) -> np.ndarray:
+    """Raw mask values -> class indices (rules in the module docstring); ``DataError`` on unknown values.
+
+    ``colour=True``: the last axis of ``raw`` holds RGB(A) channels (matched against tuple keys).
+    """
+    k = n_classes
+    if colour:
+        if mask_values is not None and any(isinstance(key, tuple) for key in mask_values):
+            out = np.full(raw.shape[:-1], -1, dtype=np.int16)
+            for key, cls in mask_values.items():
+                if isinstance(key, tuple):
+                    out[np.all(raw[..., : len(key)] == np.asarray(key, dtype=raw.dtype), axis=-1)] = cls
+            if (out < 0).any():
+                left = np.unique(raw[out < 0].reshape(-1, raw.shape[-1]), axis=0)[:5]
+                raise DataError(f"mask colours {[tuple(int(x) for x in c) for c in left]} not in "
+                                f"mask_values ({fname})", source=cid)
+            return out.astype(np.uint8)
+        if not all(np.array_equal(raw[..., 0], raw[..., c]) for c in range(1, raw.shape[-1])):
+            raise DataError(f"colour mask {fname}: give mask_values with RGB tuples", source=cid)
+        raw = raw[..., 0]
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+            raise DataError(f"mask {fname} has non-integer values", source=cid)
+        raw = raw.astype(np.int64)
+    if raw.dtype.kind == "b":
+        raw = raw.astype(np.uint8)
+    present = np.unique(raw)
+    if mask_values is not None:
+        scalar = {kk: v for kk, v in mask_values.items() if not isinstance(kk, tuple)}
+        unknown = [int(v) for v in present if int(v) not in scalar]
+        if unknown:
+            raise DataError(f"mask values {unknown[:10]} not in mask_values {sorted(scalar)} ({fname})",
+                            source=cid)
+        out = np.zeros(raw.shape, dtype=np.uint8 if k <= 256 else np.int32)
+        for kk, v in scalar.items():
+            if v:
+                out[raw == kk] = v
+        return out
+    vals = {int(v) for v in present}
+    if k == 2 and vals <= {0, 255}:
+        return (raw == 255).astype(np.uint8)
+    bad = sorted(v for v in vals if not 0 <= v < k)
+    if bad:
+        raise DataError(f"mask values {bad[:10]} are not class indices 0..{k - 1}; pass mask_values "
+                        f"({fname})", source=cid)
+    return raw.astype(np.uint8 if k <= 256 else np.int32)
+
+
+class Seg2DDataset(Dataset):
+    """Folder of 2D images and their masks (see module docstring)."""
+
+    spatial_dims = 2
+
+    def __init__(self, root: str | Path, *, images: str = "images", masks: str = "masks",
+                 classes: list[str] | tuple[str, ...] | None = None,
+                 mask_values: dict[Any, int] | None = None, mask_suffix: str = "",
+                 modality: Modality = "generic", spacing: tuple[float, float] = (1.0, 1.0),
+                 name: str | None = None, limit: int | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.image_dir = self.root / images
+        self.mask_dir = self.root / masks
+        for d, what in ((self.image_dir, "images"), (self.mask_dir, "masks")):
+            if not d.is_dir():
+                raise DataError(f"{what} folder not found", source=d)
+        self.name = name or self.root.name
+        self.modality = modality
+        self.spacing = tuple(float(s) for s in spacing)
+        self.mask_suffix = mask_suffix
+        imgs = _files_by_stem(self.image_dir)
+        subdirs = sorted((d for d in self.mask_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                         key=lambda d: natural_key(d.name))
+        top_masks = _files_by_stem(self.mask_dir)
+        self.per_class = bool(subdirs) and not top_masks
+        if self.per_class:
+            names = [d.name for d in subdirs]
+            if classes is None:
+                classes = ["background", *names]
+            classes = list(classes)
+            missing = [c for c in classes[1:] if c not in names]
+            if missing:
+                raise DataError(f"no mask sub-folder for class(es) {', '.join(missing)}",
+                                source=self.mask_dir)
+            self._class_dirs = {c: _files_by_stem(self.mask_dir / c) for c in classes[1:]}
+            mask_stems: set[str] = set().union(*[set(d) for d in self._class_dirs.values()])
+        else:
+            classes = list(classes) if classes is not None else ["background", "foreground"]
+            mask_stems = set(top_masks)
+        if len(classes) < 2:
+            raise ConfigError("a segmentation dataset needs at least two classes (background first)")
+        self.task = TaskInfo("segmentation", tuple(str(c) for c in classes))
+        self.mask_values = parse_mask_values(mask_values, len(classes))
+        want = {s + mask_suffix: s for s in imgs}
+        no_mask = sorted((s for m, s in want.items() if m not in mask_stems), key=natural_key)
+        no_image = sorted((m for m in mask_stems if m not in want), key=natural_key)
+        if no_mask or no_image:
+            parts = ([_list_problem("image(s) without a mask", no_mask)] if no_mask else []) + \
+                    ([_list_problem("mask(s) without an image", no_image)] if no_image else [])
+            raise DataError("unpaired files: " + "; ".join(parts), source=self.root)
+        self._ids = sorted(imgs, key=natural_key)
+        if limit is not None:
+            self._ids = self._ids[: int(limit)]
+        if not self._ids:
+            raise DataError("no images found", source=self.image_dir)
+        self._images = imgs
+        self._masks = top_masks
+        self._fp: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def labels(self) -> list[Any]:
+        return [None] * len(self._ids)
+
+    def _mask_files(self, cid: str) -> list[Path]:
+        key = cid + self.mask_suffix
+        if self.per_class:
+            return [d[key] for d in self._class_dirs.values() if key in d]
+        return [self._masks[key]]
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            files: list[Path] = []
+            for cid in self._ids:
+                files += [self._images[cid], *self._mask_files(cid)]
+            mv = None if self.mask_values is None else sorted((str(k), v)
+                                                              for k, v in self.mask_values.items())
+            self._fp = files_fingerprint(files, {"ids": self._ids, "classes": list(self.task.classes),
+                                                 "mask_values": mv, "per_class": self.per_class})
+        return self._fp
+
+    def load(self, i: int) -> Item:
+        cid = self._ids[i]
+        img_path = self._images[cid]
+        try:
+            image = read_image(img_path)
+        except MedprobeError as e:
+            raise DataError(str(e), source=cid) from None
+        hw = image.shape[:2]
+        issues: list[str] = []
+        files = self._mask_files(cid)
+        if self.per_class:
+            mask = np.zeros(hw, dtype=np.uint8 if self.task.n_classes <= 256 else np.int32)
+            hit = np.zeros(hw, dtype=np.uint8)
+            key = cid + self.mask_suffix
+            for c, folder in enumerate(self._class_dirs.values(), start=1):
+                if key not in folder:
+                    continue
+                m = self._read_mask(cid, folder[key], hw)
+                on = (m[..., 0] if m.ndim == 3 else m) > 0
+                hit += on
+                mask[on] = c
+            overlap = int((hit > 1).sum())
+            if overlap:
+                issues.append(f"{overlap} pixels in several class masks (later class kept)")
+        else:
+            raw = self._read_mask(cid, files[0], hw)
+            mask = map_mask_values(raw, self.mask_values, self.task.n_classes, cid, files[0].name,
+                                   colour=raw.ndim == 3)
+        return Item(id=cid, image=image, spatial_dims=2, spacing=self.spacing, mask=mask, patient=cid,
+                    source=str(img_path), meta={"mask_files": [str(f) for f in files], "issues": issues})
+
+    def _read_mask(self, cid: str, path: Path, hw: tuple[int, ...]) -> np.ndarray:
+        try:
+            m = read_image(path)
+        except MedprobeError as e:
+            raise DataError(str(e), source=cid) from None
+        if m.shape[:2] != hw:
+            raise DataError(f"image shape {tuple(hw)} != mask shape {tuple(m.shape[:2])} ({path.name})",
+                            source=cid)
+        return m
+
+
+@register_dataset("seg2d")
+def _seg2d(arg: str, **options: Any) -> Dataset:
+    """``seg2d:/path`` with ``images=``, ``masks=``, ``classes=``, ``mask_values=``, ``mask_suffix=`` ..."""
+    if not arg:
+        raise ConfigError("seg2d: give the dataset folder, e.g. 'seg2d:/data/set'")
+    return Seg2DDataset(arg, **options)
+
+
+ISBI2012_MASK_VALUES = {0: 1, 255: 0}  # label 0 = membrane (class 1), 255 = cell interior (background)
+
+
+@register_dataset("isbi2012")
+def _isbi2012(arg: str, **options: Any) -> Dataset:
+    """``isbi2012:/path/isbi2012-em`` (holding ``train/image`` + ``train/label``, or that ``train``)."""
+    if not arg:
+        raise ConfigError("isbi2012: give the folder, e.g. 'isbi2012:/data/isbi2012-em'")
+    root = Path(arg).expanduser()
+    split = options.pop("split", "train")
+    if (root / split / "image").is_dir():
+        root = root / split
+    options.setdefault("images", "image")
+    options.setdefault("masks", "label")
+    options.setdefault("classes", ["background", "membrane"])
+    options.setdefault("mask_values", ISBI2012_MASK_VALUES)
+    options.setdefault("modality", "em")
+    options.setdefault("name", "isbi2012")
+    options.setdefault("spacing", (4e-6, 4e-6))
+    return Seg2DDataset(root, **options)
+
+
+__all__ = ["ISBI2012_MASK_VALUES", "Seg2DDataset", "map_mask_values", "natural_key", "parse_mask_values"]
