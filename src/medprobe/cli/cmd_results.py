@@ -1,0 +1,132 @@
+"""``medprobe results list | show | export``: browse the results database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from medprobe.errors import ConfigError
+
+
+def _add_common(p: argparse.ArgumentParser, filters: bool = True) -> None:
+    p.add_argument("--db", default=None, help="results database file or folder "
+                   "(default ./medprobe-results/results.db or $MEDPROBE_RESULTS)")
+    if filters:
+        p.add_argument("--task", default=None)
+        p.add_argument("--encoder", default=None)
+        p.add_argument("--head", default=None)
+        p.add_argument("--sweep", default=None, help="sweep id (labels.sweep)")
+        p.add_argument("--config-hash", default=None)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="list, show or export stored results")
+    rs = p.add_subparsers(dest="results_action", metavar="ACTION", required=True)
+    pl = rs.add_parser("list", help="one line per run with one metric and its CI")
+    _add_common(pl)
+    pl.add_argument("--metric", default="auc", help="metric to show (default auc)")
+    pl.add_argument("--split", default="test", choices=["test", "val"])
+    pl.set_defaults(func=run_list)
+    ps = rs.add_parser("show", help="everything stored for one run")
+    ps.add_argument("run_id", help="run id or a unique prefix")
+    _add_common(ps, filters=False)
+    ps.set_defaults(func=run_show)
+    pe = rs.add_parser("export", help="CSV with one row per run x metric")
+    pe.add_argument("--csv", required=True, help="output file")
+    _add_common(pe)
+    pe.set_defaults(func=run_export)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from medprobe.results import ResultsDB
+
+    db = ResultsDB(args.db)
+    if not db.exists():
+        raise ConfigError("no results database (run an evaluation first, pass --db or set MEDPROBE_RESULTS)",
+                          db.path)
+    return db
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"task": args.task, "encoder": args.encoder, "head": args.head, "sweep": args.sweep,
+            "config_hash": args.config_hash}
+
+
+def _short_weights(r: dict[str, Any]) -> str:
+    w = str(r.get("weights") or "")
+    untrained = not r.get("pretrained") or w.startswith("random") or bool((r.get("labels") or {}).get("untrained"))
+    if untrained:
+        return f"UNTRAINED({w})" if w.startswith("random") else "UNTRAINED"
+    return w[:12]
+
+
+def _fmt_json(v: Any, sep: str = ",") -> str:
+    """Compact text for a stored layers/resolution value: [224, 224] -> 224x224 (sep "x"), [2, 5] -> 2,5."""
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return sep.join(map(str, v))
+    return str(v)
+
+
+def _fmt_num(v: float | None) -> str:
+    if v is None:
+        return "?"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{v:.4f}"
+
+
+def _fmt_metric(m: tuple[float, float | None, float | None] | None) -> str:
+    if m is None:
+        return "-"
+    value, low, high = m
+    ci = f" [{_fmt_num(low)}, {_fmt_num(high)}]" if low is not None or high is not None else ""
+    return _fmt_num(value) + ci
+
+
+def run_list(args: argparse.Namespace) -> int:
+    db = _open(args)
+    runs = db.runs(**_filters(args))
+    if not runs:
+        print(f"(no runs in {db.path} match)")
+        return 0
+    header = ["id", "time (UTC)", "task", "encoder", "weights", "head", "res", "layer",
+              f"{args.split}/{args.metric} [CI]"]
+    rows = [[r["run_id"][:8], r["created"][:16].replace("T", " "), r["task"], r["encoder"], _short_weights(r),
+             r["head"], _fmt_json(r["resolution"], "x"), _fmt_json(r["layers"]),
+             _fmt_metric(r["metrics_all"].get(args.split, {}).get(args.metric))] for r in runs]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    db = _open(args)
+    r = db.get(args.run_id)
+    skip = {"metrics", "metrics_all", "extra"}
+    width = max(len(k) for k in r)
+    for k, v in r.items():
+        if k in skip or (k == "extra" and not v):
+            continue
+        text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+        print(f"{k:<{width}}  {text}")
+    if r["extra"]:
+        print(f"{'extra':<{width}}  {json.dumps(r['extra'], sort_keys=True)}")
+    print("metrics:")
+    for sp, ms in r["metrics_all"].items():
+        for name, m in sorted(ms.items()):
+            print(f"  {sp}/{name:<24} {_fmt_metric(m)}")
+    if not r["metrics_all"]:
+        print("  (none)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    db = _open(args)
+    n = db.export_csv(args.csv, **_filters(args))
+    print(f"wrote {n} rows to {args.csv}")
+    return 0

@@ -1,0 +1,14 @@
+"""Results database: SQLite rows per complete run, metrics with CIs, per-case prediction files."""
+
+from medprobe.results.db import (
+    SCHEMA_VERSION,
+    SPLITS,
+    TASK_TYPES,
+    ResultsDB,
+    collect_environment,
+    default_results_path,
+    resolve_db_path,
+)
+
+__all__ = ["SCHEMA_VERSION", "SPLITS", "TASK_TYPES", "ResultsDB", "collect_environment", "default_results_path",
+           "resolve_db_path"]

@@ -1,0 +1,536 @@
+"""SQLite results database: one row per finished run, its metrics with CIs, and per-case prediction files.
+
+Layout beside the database file::
+
+    results.db                  runs + metrics + schema_version (WAL mode)
+    predictions/<run_id>.npz    per-case arrays (case ids, y_true, y_score, ...), written atomically
+
+Only complete runs are stored. :meth:`ResultsDB.add_run` first writes the predictions file (temp + rename),
+then inserts the run row and all its metrics in ONE transaction; if anything fails the transaction is rolled
+back and the predictions file removed, so nothing half-written remains. Every write opens a short
+``BEGIN IMMEDIATE`` transaction with a long busy timeout, so several processes may add runs at once.
+
+Metric values may be NaN (an undefined metric); SQLite stores NaN as NULL, which reads back as NaN. A CI
+bound that is missing or NaN reads back as ``None``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medprobe.errors import ConfigError
+from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json, hash_obj
+
+SCHEMA_VERSION = 1
+DB_NAME = "results.db"
+TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal", "segmentation", "registration")
+SPLITS = ("test", "val")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id              TEXT PRIMARY KEY,
+    created             TEXT NOT NULL,
+    status              TEXT NOT NULL CHECK (status = 'complete'),
+    task                TEXT NOT NULL,
+    task_type           TEXT NOT NULL CHECK (task_type IN ({", ".join(repr(t) for t in TASK_TYPES)})),
+    config_json         TEXT NOT NULL,
+    config_hash         TEXT NOT NULL,
+    encoder             TEXT NOT NULL,
+    weights             TEXT NOT NULL,
+    pretrained          INTEGER NOT NULL,
+    dataset             TEXT,
+    dataset_fingerprint TEXT,
+    split_json          TEXT,
+    seed                INTEGER,
+    head                TEXT NOT NULL,
+    head_params_json    TEXT,
+    layers_json         TEXT,
+    resolution_json     TEXT,
+    preprocess_json     TEXT,
+    versions_json       TEXT,
+    device              TEXT,
+    timings_json        TEXT,
+    compute_json        TEXT,
+    labels_json         TEXT,
+    sweep               TEXT,
+    metrics_split       TEXT NOT NULL,
+    predictions_path    TEXT,
+    extra_json          TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_config_hash ON runs (config_hash, created);
+CREATE INDEX IF NOT EXISTS runs_task ON runs (task);
+CREATE INDEX IF NOT EXISTS runs_encoder ON runs (encoder);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    split  TEXT NOT NULL CHECK (split IN ({", ".join(repr(s) for s in SPLITS)})),
+    name   TEXT NOT NULL,
+    value  REAL,
+    low    REAL,
+    high   REAL,
+    PRIMARY KEY (run_id, split, name)
+);
+"""
+
+# record key -> (column, kind); kind "json" values are stored as canonical JSON and decoded on read
+_FIELDS: dict[str, tuple[str, str]] = {
+    "task": ("task", "text"),
+    "task_type": ("task_type", "text"),
+    "config": ("config_json", "json"),
+    "config_hash": ("config_hash", "text"),
+    "encoder": ("encoder", "text"),
+    "weights": ("weights", "text"),
+    "pretrained": ("pretrained", "bool"),
+    "dataset": ("dataset", "text"),
+    "dataset_fingerprint": ("dataset_fingerprint", "text"),
+    "split": ("split_json", "json"),
+    "seed": ("seed", "int"),
+    "head": ("head", "text"),
+    "head_params": ("head_params_json", "json"),
+    "layers": ("layers_json", "json"),
+    "resolution": ("resolution_json", "json"),
+    "preprocess": ("preprocess_json", "json"),
+    "versions": ("versions_json", "json"),
+    "device": ("device", "text"),
+    "timings": ("timings_json", "json"),
+    "compute": ("compute_json", "json"),
+    "labels": ("labels_json", "json"),
+}
+_REQUIRED = ("task", "task_type", "encoder", "head")
+_RESERVED = {"run_id", "created", "status", "metrics", "metrics_split", "metrics_all", "predictions_path", "notes",
+             "sweep", "extra"}
+_FILTERS = {"task": "task", "task_type": "task_type", "encoder": "encoder", "weights": "weights", "head": "head",
+            "dataset": "dataset", "sweep": "sweep", "config_hash": "config_hash", "status": "status",
+            "seed": "seed", "pretrained": "pretrained"}
+_CSV_FIELDS = ("run_id", "created", "task", "task_type", "dataset", "encoder", "weights", "pretrained", "head",
+               "layers", "resolution", "seed", "config_hash", "sweep", "split", "metric", "value", "low", "high")
+
+
+def default_results_path() -> Path:
+    """``$MEDPROBE_RESULTS`` (a .db file or a folder) or ``./medprobe-results/results.db``."""
+    return resolve_db_path(os.environ.get("MEDPROBE_RESULTS") or "./medprobe-results")
+
+
+def resolve_db_path(path: str | Path) -> Path:
+    """A folder (existing, or a name without suffix) means ``<folder>/results.db``; anything else is the file."""
+    p = Path(path).expanduser()
+    if p.is_dir() or (not p.exists() and not p.suffix):
+        return p / DB_NAME
+    return p
+
+
+def utc_now() -> str:
+    """Current time as ISO-8601 UTC with microseconds (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_environment(device: Any = None) -> dict[str, Any]:
+    """``{"versions": {...}, "device": "..."}`` for a run record (merge it into the record).
+
+    Versions of medprobe, torch, transformers, numpy, sklearn and python; ``device`` is a ``torch.device`` or
+    string, and CUDA devices get the GPU name appended when torch can tell it.
+    """
+    from medprobe import __version__
+
+    versions = {"medprobe": __version__, "torch": _version("torch"), "transformers": _version("transformers"),
+                "numpy": np.__version__, "sklearn": _version("scikit-learn"), "python": platform.python_version()}
+    dev = "cpu" if device is None else str(device)
+    if dev.startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
+        except Exception:  # pragma: no cover - name is cosmetic
+            pass
+    return {"versions": versions, "device": dev}
+
+
+def _as_float(x: Any) -> float | None:
+    if x is None:
+        return None
+    return float(x)
+
+
+def _parse_metrics(metrics: Mapping[str, Any], split: str) -> list[tuple[str, str, float | None, float | None,
+                                                                        float | None]]:
+    """``{name | "split/name": value | (value, low, high)}`` -> rows ``(split, name, value, low, high)``."""
+    rows = []
+    for key, v in metrics.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"metric names must be non-empty strings, got {key!r}")
+        sp, name = key.split("/", 1) if "/" in key and key.split("/", 1)[0] in SPLITS else (split, key)
+        try:
+            if isinstance(v, (tuple, list, np.ndarray)):
+                if len(v) != 3:
+                    raise ValueError("needs (value, low, high)")
+                value, low, high = (_as_float(t) for t in v)
+            else:
+                value, low, high = _as_float(v), None, None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"metric {key!r}: expected a number or (value, low, high), got {v!r} ({e})") from None
+        if value is None:
+            value = math.nan
+        low = None if low is None or math.isnan(low) else low
+        high = None if high is None or math.isnan(high) else high
+        rows.append((sp, name, value, low, high))
+    return rows
+
+
+def _check_predictions(predictions: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for k, v in predictions.items():
+        arr = np.asarray(v)
+        if arr.dtype == object:
+            try:
+                arr = arr.astype(str)
+            except Exception:  # pragma: no cover - astype(str) rarely fails
+                raise ConfigError(f"predictions[{k!r}]: cannot store an object array") from None
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ConfigError(f"prediction names must be identifiers, got {k!r}")
+        out[k] = arr
+    return out
+
+
+class ResultsDB:
+    """Results database at ``path`` (file or folder; default :func:`default_results_path`), created on first write.
+
+    Reading a database that does not exist yet behaves as an empty one.
+    """
+
+    def __init__(self, path: str | Path | None = None, timeout: float = 120.0) -> None:
+        self.path = resolve_db_path(path) if path is not None else default_results_path()
+        self.root = self.path.parent
+        self.timeout = timeout
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"ResultsDB({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    # -- connections -------------------------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot open results database: {e}", self.path) from None
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            con.execute("PRAGMA foreign_keys = ON")
+            if not self._ready:
+                self._init_schema(con)
+            yield con
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.IntegrityError):
+                raise
+            raise ConfigError(f"results database error: {e}", self.path) from None
+        finally:
+            con.close()
+
+    @contextmanager
+    def _transaction(self, con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def _init_schema(self, con: sqlite3.Connection) -> None:
+        for attempt in range(50):  # switching to WAL needs a moment without other writers
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
+        with self._transaction(con):
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            if row[0] is None:
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise ConfigError(f"results database has schema version {row[0]}; this medprobe reads up to "
+                                  f"{SCHEMA_VERSION} (upgrade medprobe)", self.path)
+        self._ready = True
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def _row_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        rec = dict(record)
+        if "notes" in rec and "labels" not in rec:
+            rec["labels"] = rec.pop("notes")
+        missing = [k for k in _REQUIRED if rec.get(k) in (None, "")]
+        if missing:
+            raise ConfigError(f"run record lacks {', '.join(missing)}")
+        if rec["task_type"] not in TASK_TYPES:
+            raise ConfigError(f"task_type must be one of {', '.join(TASK_TYPES)}; got {rec['task_type']!r}")
+        status = rec.pop("status", "complete")
+        if status != "complete":
+            raise ConfigError(f"only complete runs are stored; got status {status!r}")
+        if rec.get("config") is None and not rec.get("config_hash"):
+            raise ConfigError("run record needs 'config' (the resolved config) or 'config_hash'")
+        rec.setdefault("config", {})
+        if not rec.get("config_hash"):
+            rec["config_hash"] = hash_obj(rec["config"])
+        weights = rec.get("weights")
+        rec["weights"] = "none" if weights is None else str(weights)
+        if rec.get("pretrained") is None:
+            rec["pretrained"] = not (rec["weights"].startswith("random") or rec["weights"] == "none")
+        if rec.get("versions") is None:
+            rec["versions"] = collect_environment()["versions"]
+        labels = rec.get("labels")
+        if labels is not None and not isinstance(labels, Mapping):
+            raise ConfigError(f"run record 'labels' must be a mapping, got {type(labels).__name__}")
+        row: dict[str, Any] = {"created": rec.pop("created", None) or utc_now(), "status": "complete",
+                               "sweep": None if not labels or labels.get("sweep") is None else str(labels["sweep"])}
+        for key, (col, kind) in _FIELDS.items():
+            v = rec.pop(key, None)
+            if v is None:
+                row[col] = None
+            elif kind == "json":
+                row[col] = canonical_json(v)
+            elif kind == "bool":
+                row[col] = int(bool(v))
+            elif kind == "int":
+                row[col] = int(v)
+            else:
+                row[col] = str(v)
+        rec.pop("run_id", None)
+        for k in _RESERVED:
+            rec.pop(k, None)
+        row["extra_json"] = canonical_json(rec) if rec else None
+        return row
+
+    def add_run(self, record: Mapping[str, Any], metrics: Mapping[str, float | tuple[float, float, float]],
+                predictions: Mapping[str, np.ndarray] | None = None, split: str = "test") -> str:
+        """Store one complete run with its metrics (and optional per-case predictions); returns the run id.
+
+        ``record`` keys: task, task_type, config (or config_hash), encoder, weights, pretrained, dataset,
+        dataset_fingerprint, split (description), seed, head, head_params, layers, resolution, preprocess,
+        versions, device, timings, compute, labels (alias notes); optional run_id and created. Other keys are
+        kept under ``extra``. ``metrics`` values are a number or ``(value, low, high)``; a name ``"val/x"``
+        stores ``x`` under the val split, otherwise ``split`` is used.
+        """
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        row = self._row_from_record(record)
+        metric_rows = _parse_metrics(metrics, split)
+        run_id = str(record.get("run_id") or uuid.uuid4().hex)
+        if not run_id.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"run_id must be alphanumeric (with - or _), got {run_id!r}")
+        row["run_id"] = run_id
+        row["metrics_split"] = split
+        pred_file: Path | None = None
+        if predictions is not None:
+            arrays = _check_predictions(predictions)
+            pred_file = self.root / "predictions" / f"{run_id}.npz"
+            if pred_file.exists():
+                raise ConfigError(f"run id {run_id} already has a predictions file", pred_file)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            atomic_write_bytes(pred_file, buf.getvalue())
+            row["predictions_path"] = pred_file.relative_to(self.root).as_posix()
+        else:
+            row["predictions_path"] = None
+        try:
+            with self._connect() as con, self._transaction(con):
+                cols = ", ".join(row)
+                con.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+                self._insert_metrics(con, run_id, metric_rows)
+        except BaseException as e:
+            if pred_file is not None:
+                pred_file.unlink(missing_ok=True)
+            if isinstance(e, sqlite3.IntegrityError):
+                raise ConfigError(f"cannot store run {run_id}: {e}", self.path) from None
+            raise
+        return run_id
+
+    def _insert_metrics(self, con: sqlite3.Connection, run_id: str,
+                        rows: list[tuple[str, str, float | None, float | None, float | None]]) -> None:
+        for sp, name, value, low, high in rows:
+            con.execute("INSERT INTO metrics (run_id, split, name, value, low, high) VALUES (?, ?, ?, ?, ?, ?)",
+                        (run_id, sp, name, value, low, high))
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run (id or unique prefix), its metrics and its predictions file."""
+        rid = self._resolve(run_id)
+        with self._connect() as con, self._transaction(con):
+            path = con.execute("SELECT predictions_path FROM runs WHERE run_id = ?", (rid,)).fetchone()[0]
+            con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+            con.execute("DELETE FROM runs WHERE run_id = ?", (rid,))
+        if path:
+            (self.root / path).unlink(missing_ok=True)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _resolve(self, run_id_or_prefix: str) -> str:
+        prefix = str(run_id_or_prefix).strip()
+        if not prefix:
+            raise ConfigError("empty run id")
+        if not self.exists():
+            raise ConfigError("no results database here (pass --db or set MEDPROBE_RESULTS)", self.path)
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._connect() as con:
+            ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 6",
+                                             (pattern,))]
+        if prefix in ids:
+            return prefix
+        if not ids:
+            raise ConfigError(f"unknown run id {prefix!r}", self.path)
+        if len(ids) > 1:
+            raise ConfigError(f"run id prefix {prefix!r} is ambiguous ({', '.join(i[:12] for i in ids[:5])} ...)",
+                              self.path)
+        return ids[0]
+
+    def _decode(self, row: sqlite3.Row, metric_rows: list[sqlite3.Row]) -> dict[str, Any]:
+        d = dict(row)
+        out: dict[str, Any] = {"run_id": d["run_id"], "created": d["created"], "status": d["status"]}
+        for key, (col, kind) in _FIELDS.items():
+            v = d[col]
+            if v is not None and kind == "json":
+                v = json.loads(v)
+            elif v is not None and kind == "bool":
+                v = bool(v)
+            out[key] = v
+        out["sweep"] = d["sweep"]
+        out["extra"] = json.loads(d["extra_json"]) if d["extra_json"] else {}
+        out["predictions_path"] = str(self.root / d["predictions_path"]) if d["predictions_path"] else None
+        out["metrics_split"] = d["metrics_split"]
+        by_split: dict[str, dict[str, tuple[float, float | None, float | None]]] = {}
+        for m in metric_rows:
+            value = math.nan if m["value"] is None else m["value"]
+            by_split.setdefault(m["split"], {})[m["name"]] = (value, m["low"], m["high"])
+        out["metrics_all"] = {s: dict(sorted(v.items())) for s, v in sorted(by_split.items())}
+        out["metrics"] = out["metrics_all"].get(d["metrics_split"], {})
+        return out
+
+    def get(self, run_id_or_prefix: str) -> dict[str, Any]:
+        """One run as a dict (record fields + run_id, created, status, metrics {name: (value, low, high)},
+        metrics_split, metrics_all {split: {...}}, predictions_path, extra)."""
+        rid = self._resolve(run_id_or_prefix)
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE run_id = ?", (rid,)).fetchone()
+            ms = con.execute("SELECT * FROM metrics WHERE run_id = ?", (rid,)).fetchall()
+        return self._decode(row, ms)
+
+    def _where(self, filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for key, val in filters.items():
+            if key not in _FILTERS:
+                raise ConfigError(f"unknown results filter {key!r}; use {', '.join(sorted(_FILTERS))}")
+            if val is None:
+                continue
+            col = f"r.{_FILTERS[key]}"
+            vals = list(val) if isinstance(val, (list, tuple, set, frozenset)) else [val]
+            vals = [int(bool(v)) if key == "pretrained" else v for v in vals]
+            clauses.append(f"{col} IN ({', '.join('?' * len(vals))})")
+            params.extend(vals)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def runs(self, **filters: Any) -> list[dict[str, Any]]:
+        """All runs matching ``filters`` (task, task_type, encoder, weights, head, dataset, sweep, config_hash,
+        status, seed, pretrained; a list value matches any), oldest first."""
+        where, params = self._where(filters)
+        if not self.exists():
+            return []
+        with self._connect() as con:
+            rows = con.execute(f"SELECT r.* FROM runs r{where} ORDER BY r.created, r.rowid", params).fetchall()
+            ms = con.execute(f"SELECT m.* FROM metrics m JOIN runs r ON r.run_id = m.run_id{where}",
+                             params).fetchall()
+        by_run: dict[str, list[sqlite3.Row]] = {}
+        for m in ms:
+            by_run.setdefault(m["run_id"], []).append(m)
+        return [self._decode(r, by_run.get(r["run_id"], [])) for r in rows]
+
+    def find(self, config_hash: str) -> dict[str, Any] | None:
+        """Latest complete run with this config hash, or None (sweeps use it to skip finished cells)."""
+        if not self.exists():
+            return None
+        with self._connect() as con:
+            row = con.execute("SELECT run_id FROM runs WHERE config_hash = ? AND status = 'complete' "
+                              "ORDER BY created DESC, rowid DESC LIMIT 1", (config_hash,)).fetchone()
+        return self.get(row[0]) if row else None
+
+    def metrics_table(self, metric: str = "auc", split: str = "test", **filters: Any) -> list[dict[str, Any]]:
+        """Flat rows, one per run that has ``metric`` in ``split``: run fields + metric, value, low, high."""
+        out = []
+        for r in self.runs(**filters):
+            m = r["metrics_all"].get(split, {}).get(metric)
+            if m is None:
+                continue
+            flat = {k: r[k] for k in ("run_id", "created", "task", "task_type", "dataset", "encoder", "weights",
+                                      "pretrained", "head", "layers", "resolution", "seed", "config_hash", "sweep",
+                                      "labels", "device", "timings", "compute")}
+            flat.update(split=split, metric=metric, value=m[0], low=m[1], high=m[2])
+            out.append(flat)
+        return out
+
+    def load_predictions(self, run_id: str) -> dict[str, np.ndarray]:
+        """The per-case arrays stored with a run."""
+        r = self.get(run_id)
+        path = r["predictions_path"]
+        if not path:
+            raise ConfigError(f"run {r['run_id']} has no stored predictions", self.path)
+        if not os.path.isfile(path):
+            raise ConfigError("predictions file is missing", path)
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def export_csv(self, path: str | Path, **filters: Any) -> int:
+        """Write one CSV row per run x metric (atomic); returns the number of data rows."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(_CSV_FIELDS)
+        n = 0
+        for r in self.runs(**filters):
+            for sp, ms in r["metrics_all"].items():
+                for name, (value, low, high) in ms.items():
+                    vals = {**r, "split": sp, "metric": name, "value": value, "low": low, "high": high}
+                    w.writerow([_csv_cell(vals[k]) for k in _CSV_FIELDS])
+                    n += 1
+        atomic_write_text(path, buf.getvalue())
+        return n
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, dict)):
+        return canonical_json(v)
+    return str(v)
