@@ -104,6 +104,14 @@ def test_filters_find_and_metrics_table(tmp_path: Path) -> None:
     assert tab[1]["encoder"] == "dinov3-vitb16" and tab[1]["metric"] == "auc" and tab[1]["layers"] == [2, 5, 8, 11]
     assert [t["run_id"] for t in db.metrics_table("acc")] == [b, c]
 
+    rec = _record(layer="last", preprocessing={"intensity": "ct:lung"}, notes={"untrained": True})
+    for k in ("layers", "preprocess", "labels"):
+        del rec[k]
+    e = db.get(db.add_run(rec, {"auc": 0.6}))
+    assert (e["layers"], e["preprocess"], e["labels"], e["extra"]) == ("last", {"intensity": "ct:lung"},
+                                                                       {"untrained": True}, {})
+    db.delete(e["run_id"])
+
     with pytest.raises(ConfigError, match="lacks"):
         db.add_run({"task": "x"}, {"auc": 1.0})
     with pytest.raises(ConfigError, match="task_type"):

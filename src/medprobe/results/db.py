@@ -113,9 +113,10 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "compute": ("compute_json", "json"),
     "labels": ("labels_json", "json"),
 }
+_ALIASES = {"notes": "labels", "layer": "layers", "preprocessing": "preprocess", "config_json": "config"}
 _REQUIRED = ("task", "task_type", "encoder", "head")
-_RESERVED = {"run_id", "created", "status", "metrics", "metrics_split", "metrics_all", "predictions_path", "notes",
-             "sweep", "extra"}
+_RESERVED = {"run_id", "created", "status", "metrics", "metrics_split", "metrics_all", "predictions_path", "sweep",
+             "extra"}
 _FILTERS = {"task": "task", "task_type": "task_type", "encoder": "encoder", "weights": "weights", "head": "head",
             "dataset": "dataset", "sweep": "sweep", "config_hash": "config_hash", "status": "status",
             "seed": "seed", "pretrained": "pretrained"}
@@ -290,8 +291,11 @@ class ResultsDB:
     # -- writing -----------------------------------------------------------------------------------------------
     def _row_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         rec = dict(record)
-        if "notes" in rec and "labels" not in rec:
-            rec["labels"] = rec.pop("notes")
+        for alias, key in _ALIASES.items():
+            if alias in rec:
+                if rec.get(key) is not None:
+                    raise ConfigError(f"run record has both {alias!r} and {key!r}")
+                rec[key] = rec.pop(alias)
         missing = [k for k in _REQUIRED if rec.get(k) in (None, "")]
         if missing:
             raise ConfigError(f"run record lacks {', '.join(missing)}")
@@ -340,7 +344,8 @@ class ResultsDB:
 
         ``record`` keys: task, task_type, config (or config_hash), encoder, weights, pretrained, dataset,
         dataset_fingerprint, split (description), seed, head, head_params, layers, resolution, preprocess,
-        versions, device, timings, compute, labels (alias notes); optional run_id and created. Other keys are
+        versions, device, timings, compute, labels; aliases notes -> labels, layer -> layers, preprocessing ->
+        preprocess. Optional run_id and created. Other keys are
         kept under ``extra``. ``metrics`` values are a number or ``(value, low, high)``; a name ``"val/x"``
         stores ``x`` under the val split, otherwise ``split`` is used.
         """
