@@ -98,6 +98,7 @@ class FeatureStore:
         self._shard_items = [tuple(s["items"]) for s in self.manifest["shards"]]
         self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
         self._mm: dict[tuple[str, int, int], np.ndarray] = {}
+        self.reused = False  # set by the engine when the entry was found complete (no extraction ran)
 
     # ------------------------------------------------------------------ metadata
     @property

@@ -182,7 +182,9 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     entry = root / cache_key(spec)
     if (entry / "manifest.json").is_file():
         log.info("features cached: %s (skipping extraction)", entry)
-        return FeatureStore(entry)
+        store = FeatureStore(entry)
+        store.reused = True
+        return store
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if rank is None or world is None:
