@@ -1,0 +1,436 @@
+"""Sweeps: one YAML = base task options x tasks x a grid of axes, expanded into cells that each give one
+results row. Finished cells (same ``config_hash`` already complete in the results DB) are skipped, so a
+killed sweep resumes where it stopped.
+
+YAML layout::
+
+    name: my-sweep                 # optional (default: file stem)
+    base: {task: tasks/x.yaml, split: {fractions: [0.6, 0.2, 0.2]}, ...}   # TaskSpec fields
+    tasks: [tasks/nih14.yaml, {name: inline, dataset: "phantom:xray2d-binary"}]
+    grid:
+      encoder: [dinov3-vits16, dinov3-vitb16]
+      weights: {dinov3-vits16: ~/w/dinov3_vits16_pretrain_lvd1689m-08c60483.pth}  # missing -> random
+      resolution: [224, 512]       # or native
+      layer: all                   # or [5, 11]; one extraction serves every layer (features.select)
+      head: [logreg, knn]
+      budget: [0.1, 1.0]           # or ['1/class', '5/class']
+      seed: [0, 1, 2]
+
+Cells are ordered task, encoder, resolution (outer: one extraction each) then layer, budget, seed, head
+(inner: they reuse the cached features).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medprobe.errors import ConfigError, MedprobeError
+from medprobe.pipeline.task import TaskSpec
+from medprobe.utils import hash_obj
+
+log = logging.getLogger("medprobe.sweep")
+
+AXES = ("encoder", "weights", "resolution", "layer", "head", "budget", "seed")
+_DICT_FIELDS = ("preprocess", "features", "data", "metrics", "head_params", "notes")
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep: name, task specs (base applied) and grid axes."""
+
+    name: str
+    tasks: list[TaskSpec]
+    grid: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def hash(self) -> str:
+        return hash_obj({"tasks": [t.to_dict() for t in self.tasks], "grid": self.grid}, n=12)
+
+
+@dataclass
+class Cell:
+    """One point of the grid: a task spec with exactly one head."""
+
+    index: int  # 1-based
+    key: str
+    spec: TaskSpec
+    axes: dict[str, Any]
+
+    @property
+    def head(self) -> str:
+        return self.spec.heads[0]
+
+    @property
+    def config_hash(self) -> str:
+        return self.spec.config_hash(self.head)
+
+    @property
+    def group(self) -> tuple[Any, ...]:
+        """Cells with the same group share one extraction."""
+        return (self.axes["task"], self.axes["encoder"], str(self.axes["resolution"]), self.spec.weights)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k in _DICT_FIELDS and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **copy.deepcopy(v)}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found", path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a {what} file must be a mapping", path)
+    return raw
+
+
+def _resolve_path(p: str, base_dir: Path | None) -> Path:
+    q = Path(p).expanduser()
+    if q.is_absolute() or q.exists() or base_dir is None:
+        return q
+    for d in (base_dir, base_dir.parent):  # sweeps/x.yaml referencing tasks/y.yaml from the repo root
+        if (d / q).exists():
+            return d / q
+    return q
+
+
+def _task_dict(entry: Any, base_dir: Path | None, where: str) -> dict[str, Any]:
+    """A task entry (path or mapping, possibly with ``task: path``) as a raw option mapping."""
+    if isinstance(entry, str):
+        path = _resolve_path(entry, base_dir)
+        raw = _read_yaml(path, "task")
+        raw.setdefault("name", path.stem)
+        return raw
+    if not isinstance(entry, dict):
+        raise ConfigError(f"a task must be a path or a mapping, got {entry!r}", where)
+    entry = dict(entry)
+    if "task" in entry:
+        inner = _task_dict(str(entry.pop("task")), base_dir, where)
+        return _merge(inner, entry)
+    return entry
+
+
+def _spec(raw: dict[str, Any], where: str) -> TaskSpec:
+    raw = dict(raw)
+    if "head" in raw and "heads" not in raw:
+        raw["heads"] = raw.pop("head")
+    known = {f.name for f in fields(TaskSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown task option(s) {unknown}; known: {sorted(known)}", where)
+    data = dict(raw.get("data") or {})
+    if isinstance(data.get("root"), str):
+        data["root"] = str(Path(data["root"]).expanduser())
+    raw["data"] = data
+    try:
+        return TaskSpec(**raw)
+    except TypeError as e:
+        raise ConfigError(str(e), where) from None
+
+
+def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path | None = None,
+                    source: str | None = None) -> Sweep:
+    """Build a :class:`Sweep` from a parsed YAML mapping (paths resolved against ``base_dir``)."""
+    where = source or name
+    bad = sorted(set(d) - {"name", "base", "tasks", "grid", "description"})
+    if bad:
+        raise ConfigError(f"unknown sweep key(s) {bad}; use name, description, base, tasks, grid", where)
+    bd = Path(base_dir) if base_dir is not None else None
+    base = _task_dict(d.get("base") or {}, bd, where)
+    entries = d.get("tasks")
+    if entries is None:
+        entries = [{}]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("'tasks' must be a non-empty list of task YAML paths or mappings", where)
+    specs = []
+    for e in entries:
+        specs.append(_spec(_merge(base, _task_dict(e, bd, where)), where))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"task names must be unique in a sweep, got {names}", where)
+    grid = dict(d.get("grid") or {})
+    bad = sorted(set(grid) - set(AXES))
+    if bad:
+        raise ConfigError(f"unknown grid axis {bad}; axes: {', '.join(AXES)}", where)
+    if "weights" in grid and not isinstance(grid["weights"], dict):
+        raise ConfigError("grid.weights must map encoder name -> weights path", where)
+    return Sweep(name=str(d.get("name") or name), tasks=specs, grid=grid, source=source)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep YAML; task paths are resolved against its folder (and that folder's parent)."""
+    p = Path(path).expanduser()
+    raw = _read_yaml(p, "sweep")
+    return sweep_from_dict(raw, name=p.stem, base_dir=p.parent, source=str(p))
+
+
+# ------------------------------------------------------------------------------------------------ expansion
+def _axis(grid: dict[str, Any], name: str, default: Any) -> list[Any]:
+    v = grid.get(name)
+    if v is None:
+        return [default]
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _depth(encoder: str) -> int:
+    from medprobe.encoders.registry import get_spec
+
+    return max(1, int(get_spec(encoder).depth))
+
+
+def _fmt_budget(b: Any) -> str:
+    return "all" if b in (None, 1, 1.0, "all") else str(b)
+
+
+def expand(sweep: Sweep) -> list[Cell]:
+    """Every cell of the sweep, grouped so one extraction serves many cells."""
+    g = sweep.grid
+    weights = dict(g.get("weights") or {})
+    cells: list[Cell] = []
+    for task in sweep.tasks:
+        for enc in _axis(g, "encoder", task.encoder):
+            w = weights.get(enc, task.weights if enc == task.encoder else None)
+            if isinstance(w, str) and w.strip().lower() in ("", "random", "none"):
+                w = None
+            w = str(Path(w).expanduser()) if isinstance(w, str) and ("/" in w or w.startswith("~")) else w
+            layer_axis = g.get("layer")
+            if layer_axis is None:
+                layers: list[Any] = [None]
+                layer_spec: Any = None
+            elif layer_axis == "all" or layer_axis == ["all"]:
+                layers = list(range(_depth(enc)))
+                layer_spec = "all"
+            else:
+                layers = [int(v) for v in (layer_axis if isinstance(layer_axis, list) else [layer_axis])]
+                depth = _depth(enc)
+                layers = sorted({v + depth if v < 0 else v for v in layers})
+                layer_spec = ",".join(str(v) for v in layers)
+            for res in _axis(g, "resolution", task.preprocess.get("resolution")):
+                for layer in layers:
+                    for budget in _axis(g, "budget", task.budget):
+                        for seed in _axis(g, "seed", task.seed):
+                            for head in (_axis(g, "head", None) if g.get("head") is not None else task.heads):
+                                cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget, seed,
+                                                   head, len(cells) + 1))
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("the grid produces duplicate cells (repeated axis values?)", sweep.source or sweep.name)
+    return cells
+
+
+def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer: int | None, layer_spec: Any,
+          budget: Any, seed: Any, head: str, index: int) -> Cell:
+    over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
+                            "seed": int(seed)}
+    pre = dict(task.preprocess)
+    if res in (None, "native"):
+        pre.pop("resolution", None)
+        res_label = "native"
+    else:
+        r = [int(res), int(res)] if isinstance(res, (int, float, str)) else [int(v) for v in res]
+        pre["resolution"] = r
+        res_label = f"{r[0]}" if r[0] == r[1] else f"{r[0]}x{r[1]}"
+    over["preprocess"] = pre
+    feats = dict(task.features)
+    if layer is not None:
+        feats["layers"] = layer_spec
+        feats["select"] = int(layer)
+    over["features"] = feats
+    spec = task.with_overrides(**over)
+    spec.preprocess = pre  # with_overrides merges dicts; a dropped resolution must stay dropped
+    key = "/".join([task.name, enc, f"r{res_label}", "Ldefault" if layer is None else f"L{layer}", head,
+                    f"b{_fmt_budget(budget)}", f"s{seed}"])
+    spec.notes = {**spec.notes, "sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
+    axes = {"task": task.name, "encoder": enc, "resolution": res_label, "layer": layer, "head": head,
+            "budget": budget, "seed": int(seed)}
+    return Cell(index=index, key=key, spec=spec, axes=axes)
+
+
+# ------------------------------------------------------------------------------------------------ running
+class _TaggingDB:
+    """Wraps a ResultsDB so every stored record carries its cell tag and compute figures of cached runs."""
+
+    def __init__(self, db: Any, cells_by_head: dict[str, Cell], ips_lookup: Callable[[str], float | None]) -> None:
+        self._db, self._cells, self._ips = db, cells_by_head, ips_lookup
+        self.path = db.path
+
+    def add_run(self, record: dict[str, Any], metrics: Any, predictions: Any = None, split: str = "test") -> str:
+        rec = copy.deepcopy(record)
+        cell = self._cells.get(rec.get("head", ""))
+        notes = dict(rec.get("notes") or {})
+        if cell is not None:
+            notes.update(cell=cell.key, sweep=cell.spec.notes.get("sweep"),
+                         sweep_hash=cell.spec.notes.get("sweep_hash"))
+        rec["notes"] = notes
+        comp = dict(rec.get("compute") or {})
+        try:
+            from medprobe.encoders.registry import get_spec
+
+            comp.setdefault("params_m", get_spec(rec["encoder"]).params_m)
+            comp.setdefault("depth", get_spec(rec["encoder"]).depth)
+        except (MedprobeError, KeyError):
+            pass
+        if comp.get("images_per_s") is None and notes.get("cache_key"):
+            ips = self._ips(str(notes["cache_key"]))
+            if ips is not None:
+                comp["images_per_s"] = ips
+                comp["images_per_s_from"] = "extracting run"
+        rec["compute"] = comp
+        return str(self._db.add_run(rec, metrics, predictions=predictions, split=split))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def _ips_finder(db: Any, cache_dirs: Iterable[str | None]) -> Callable[[str], float | None]:
+    """Images/s of the run that extracted a cache entry: from the DB, else from the entry's manifest."""
+    known: dict[str, float] = {}
+    loaded = [False]
+
+    def find(key: str) -> float | None:
+        if key in known:
+            return known[key]
+        if not loaded[0]:
+            for r in db.runs():
+                k = (r.get("labels") or {}).get("cache_key")
+                v = (r.get("compute") or {}).get("images_per_s")
+                if k and v is not None and not (r.get("timings") or {}).get("cached", False):
+                    known.setdefault(k, float(v))
+            loaded[0] = True
+            if key in known:
+                return known[key]
+        import json
+
+        from medprobe.utils import default_cache_dir
+
+        for d in {str(c) for c in cache_dirs if c} | {str(default_cache_dir())}:
+            mf = Path(d) / key / "manifest.json"
+            if mf.is_file():
+                m = json.loads(mf.read_text())
+                secs, rows = m.get("seconds_last_run"), m.get("n_rows")
+                if secs and rows:
+                    known[key] = round(float(rows) / float(secs), 2)
+                    return known[key]
+        return None
+
+    return find
+
+
+def _fmt_s(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None = None, dry_run: bool = False,
+              echo: Callable[[str], None] | None = None, stop_on_error: bool = False) -> dict[str, Any]:
+    """Run every cell not yet in ``db``; returns ``{total, ran, skipped, failed, cells, run_ids, errors}``.
+
+    Log lines: ``cell i/N done already: skipped <key>``, ``running cell i/N: <key>``, and a progress line
+    ``[name] k/N cells done (ran r, skipped s), ETA ...``. ``cache_dir`` overrides every task's feature cache.
+    """
+    from medprobe.pipeline import run_task
+    from medprobe.results import ResultsDB
+
+    sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+    db = db if db is not None else ResultsDB()
+    say = echo or (lambda s: print(s, flush=True))
+    cells = expand(sw)
+    if cache_dir is not None:
+        for c in cells:
+            c.spec.cache_dir = str(cache_dir)
+    n = len(cells)
+    say(f"sweep {sw.name} [{sw.hash}]: {n} cells ({len(sw.tasks)} task(s)) -> {db.path}")
+    done = {c.index: db.find(c.config_hash) is not None for c in cells}
+    if dry_run:
+        for c in cells:
+            say(f"  cell {c.index}/{n} {'done' if done[c.index] else 'todo'}: {c.key} [{c.config_hash}]")
+        todo = sum(not v for v in done.values())
+        say(f"dry run: {n - todo} done, {todo} to run")
+        return {"total": n, "ran": 0, "skipped": n - todo, "failed": 0, "todo": todo, "cells": cells,
+                "run_ids": [], "errors": []}
+    ips = _ips_finder(db, [c.spec.cache_dir for c in cells])
+    ran = skipped = failed = 0
+    run_ids: list[str] = []
+    errors: list[str] = []
+    t_run = 0.0
+    i = 0
+    while i < n:
+        c = cells[i]
+        if done[c.index]:
+            say(f"cell {c.index}/{n} done already: skipped {c.key}")
+            skipped += 1
+            i += 1
+            continue
+        # batch consecutive missing cells that differ only in the head: one run_task, one row per head
+        batch = [c]
+        j = i + 1
+        while j < n and not done[cells[j].index] and _same_but_head(cells[j], c) \
+                and cells[j].head not in {b.head for b in batch}:
+            batch.append(cells[j])
+            j += 1
+        for b in batch:
+            say(f"running cell {b.index}/{n}: {b.key}")
+        spec = c.spec.with_overrides(heads=[b.head for b in batch])
+        spec.preprocess = c.spec.preprocess
+        t0 = time.perf_counter()
+        try:
+            rows = run_task(spec, db=_TaggingDB(db, {b.head: b for b in batch}, ips), verbose=False)
+            run_ids += [r["run_id"] for r in rows]
+            ran += len(batch)
+            for b, r in zip(batch, rows):
+                m = _headline(r.get("metrics") or {})
+                say(f"  cell {b.index}/{n} finished: {m}")
+        except MedprobeError as e:
+            failed += len(batch)
+            errors.append(f"{c.key}: {e}")
+            say(f"  cell {c.index}/{n} FAILED: {e}")
+            if stop_on_error:
+                raise
+        t_run += time.perf_counter() - t0
+        i = j
+        finished = ran + skipped + failed
+        left = n - finished
+        eta = t_run / max(ran + failed, 1) * left
+        say(f"[{sw.name}] {finished}/{n} cells done (ran {ran}, skipped {skipped}"
+            + (f", failed {failed}" if failed else "") + f"), ETA {_fmt_s(eta) if left else '0m00s'}")
+    say(f"sweep {sw.name}: {ran} ran, {skipped} skipped (done already), {failed} failed, {n} cells")
+    return {"total": n, "ran": ran, "skipped": skipped, "failed": failed, "todo": 0, "cells": cells,
+            "run_ids": run_ids, "errors": errors}
+
+
+def _same_but_head(a: Cell, b: Cell) -> bool:
+    da, db_ = a.spec.to_dict(), b.spec.to_dict()
+    for d in (da, db_):
+        d.pop("heads")
+        d["notes"] = {k: v for k, v in d["notes"].items() if k != "cell"}
+    return da == db_
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    for k in ("auc", "acc", "dice", "miou", "iou"):
+        if k in metrics:
+            v = metrics[k]
+            v0 = v[0] if isinstance(v, (tuple, list)) else v
+            return f"{k} {v0:.4f}"
+    return ""
