@@ -8,6 +8,7 @@ name with a true SHA-256 prefix, loaded through :func:`medprobe.encoders.create_
 from __future__ import annotations
 
 import hashlib
+import shutil
 import math
 import sys
 from collections.abc import Iterator
@@ -255,7 +256,11 @@ def test_missing_and_extra_keys_are_listed(loaded, tmp_path: Path) -> None:  # t
 
 def test_wrong_arch_is_reported(loaded) -> None:  # type: ignore[no-untyped-def]
     path, _, _, _ = loaded("vits16plus")
-    msg = _one_line_error(path)  # an S+ checkpoint is not an S/16
+    msg = _one_line_error(path)  # an S+ checkpoint is not an S/16: its Meta file name says so
+    assert "dinov3_vits16plus" in msg and "dinov3-vits16" in msg
+    plain = path.with_name("checkpoint.pth")  # without Meta's name, strict key checking reports it
+    shutil.copy(path, plain)
+    msg = _one_line_error(plain)
     assert "gate_proj" in msg
 
 

@@ -45,6 +45,7 @@ def _build(spec: EncoderSpec, ref: WeightsRef, **onnx_kw: Any) -> Encoder:
         return _build_onnx(spec, ref, **onnx_kw)
     from medprobe.encoders.hf_vit import HFViTEncoder, build_hf_model
     from medprobe.encoders.weights import (
+        check_meta_name,
         file_sha256,
         load_state_dict,
         load_strict,
@@ -62,6 +63,7 @@ def _build(spec: EncoderSpec, ref: WeightsRef, **onnx_kw: Any) -> Encoder:
     if ref.kind == "file":
         assert ref.location is not None
         path = Path(ref.location)
+        check_meta_name(path, spec)
         digest = verify_meta_hash(path) if ref.verify else file_sha256(path)
         sd = load_state_dict(path)
         model = build_hf_model(spec)
@@ -99,7 +101,8 @@ def _build_pretrained_hf(spec: EncoderSpec, ref: WeightsRef) -> Encoder:
         raise WeightsError(f"model is {cfg.hidden_size}-d/{cfg.num_hidden_layers} blocks but {spec.name} is "
                            f"{spec.width}-d/{spec.depth} blocks", loc)
     enc = HFViTEncoder(spec, model)
-    weights_files = sorted(Path(getattr(model, "name_or_path", loc)).glob("*.safetensors")) if Path(loc).is_dir() else []
+    root = Path(getattr(model, "name_or_path", loc))
+    weights_files = sorted(root.glob("*.safetensors")) if Path(loc).is_dir() else []
     if weights_files:
         from medprobe.encoders.weights import file_sha256
 

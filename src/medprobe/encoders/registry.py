@@ -70,8 +70,9 @@ _DINOV3 = [
     ("vits16", "vits16", 384, 12, 6, 1536, False, 21.6, (2, 5, 8, 11)),
     ("vits16plus", "vits16plus", 384, 12, 6, 1536, True, 28.7, (2, 5, 8, 11)),
     ("vitb16", "vitb16", 768, 12, 12, 3072, False, 85.7, (2, 5, 8, 11)),
-    ("vitl16", "vitl16", 1024, 24, 16, 4096, False, 300.0, (4, 11, 17, 23)),
-    ("vith16plus", "vith16plus", 1280, 32, 20, 5120, True, 840.0, (7, 15, 23, 31)),
+    ("vitl16", "vitl16", 1024, 24, 16, 4096, False, 303.1, (4, 11, 17, 23)),
+    ("vitl16plus", "vitl16plus", 1024, 24, 16, 4096, True, 403.9, (4, 11, 17, 23)),
+    ("vith16plus", "vith16plus", 1280, 32, 20, 5120, True, 840.6, (7, 15, 23, 31)),
     ("vit7b16", "vit7b16", 4096, 40, 32, 8192, True, 6716.0, (9, 19, 29, 39)),
 ]
 for tok, meta, width, depth, heads, ffn, gated, params, taps in _DINOV3:
@@ -90,13 +91,16 @@ for tok, meta, width, depth, heads, ffn, gated, params, taps in _DINOV3:
             hf_repo=f"facebook/dinov3-{tok}-pretrain-{data}", meta_arch=meta, meta_dataset=data,
             timm_name={"vits16": "vit_small_patch16_dinov3", "vits16plus": "vit_small_plus_patch16_dinov3",
                        "vitb16": "vit_base_patch16_dinov3", "vitl16": "vit_large_patch16_dinov3",
+                       "vitl16plus": "vit_large_plus_patch16_dinov3",
                        "vith16plus": "vit_huge_plus_patch16_dinov3", "vit7b16": "vit_7b_patch16_dinov3"}[tok]
             + f".{data}",
             n_registers=4,
             hf_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
                            intermediate_size=ffn, use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
                            num_register_tokens=4, patch_size=16, layer_norm_eps=1e-5, rope_theta=100.0,
-                           query_bias=True, key_bias=False, value_bias=True, proj_bias=True, mlp_bias=True,
+                           # Meta builds the 7B without qkv bias
+                           query_bias=tok != "vit7b16", key_bias=False, value_bias=tok != "vit7b16",
+                           proj_bias=True, mlp_bias=True,
                            layerscale_value=1.0, image_size=224),
         ))
 

@@ -93,6 +93,14 @@ def file_sha256(path: str | Path) -> str:
     return digest
 
 
+def check_meta_name(path: str | Path, spec: EncoderSpec) -> None:
+    """Refuse a Meta checkpoint whose file name names another architecture or pre-training set."""
+    m = META_NAME.match(Path(path).name)
+    if m and spec.meta_arch and (m.group("arch"), m.group("data")) != (spec.meta_arch, spec.meta_dataset):
+        raise WeightsError(f"file is dinov3_{m.group('arch')} ({m.group('data')}) but encoder {spec.name} expects "
+                           f"dinov3_{spec.meta_arch} ({spec.meta_dataset})", path)
+
+
 def verify_meta_hash(path: str | Path) -> str:
     """Check that a Meta checkpoint's content matches the 8 hex digits in its name; return the full digest."""
     path = Path(path)
