@@ -8,8 +8,8 @@ name with a true SHA-256 prefix, loaded through :func:`medprobe.encoders.create_
 from __future__ import annotations
 
 import hashlib
-import shutil
 import math
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
