@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=None, help="results database (default ./medprobe-results/results.db)")
     p.add_argument("--cache-dir", default=None, help="feature cache root for every cell (default: each task's)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done; run nothing")
+    p.add_argument("--skip-missing-tasks", action="store_true", help="leave out task YAMLs that do not exist")
     p.add_argument("--report", default=None, metavar="HTML", help="write the report of this sweep afterwards")
     p.set_defaults(func=run)
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from medprobe.pipeline.sweep import load_sweep, run_sweep
     from medprobe.results import ResultsDB
 
-    sw = load_sweep(args.sweep)
+    sw = load_sweep(args.sweep, skip_missing=args.skip_missing_tasks)
     db = ResultsDB(args.db) if args.db else ResultsDB()
     res = run_sweep(sw, db=db, cache_dir=args.cache_dir, dry_run=args.dry_run)
     if args.report and not args.dry_run:

@@ -51,10 +51,16 @@ class Sweep:
     tasks: list[TaskSpec]
     grid: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    task_grids: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task axis overrides
+    skipped_tasks: list[str] = field(default_factory=list)  # task files not found (skip_missing)
 
     @property
     def hash(self) -> str:
-        return hash_obj({"tasks": [t.to_dict() for t in self.tasks], "grid": self.grid}, n=12)
+        return hash_obj({"tasks": [t.to_dict() for t in self.tasks], "grid": self.grid,
+                         "task_grids": self.task_grids}, n=12)
+
+    def grid_for(self, task: str) -> dict[str, Any]:
+        return {**self.grid, **self.task_grids.get(task, {})}
 
 
 @dataclass
@@ -148,8 +154,10 @@ def _spec(raw: dict[str, Any], where: str) -> TaskSpec:
 
 
 def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path | None = None,
-                    source: str | None = None) -> Sweep:
-    """Build a :class:`Sweep` from a parsed YAML mapping (paths resolved against ``base_dir``)."""
+                    source: str | None = None, skip_missing: bool = False) -> Sweep:
+    """Build a :class:`Sweep` from a parsed YAML mapping (paths resolved against ``base_dir``). A task entry
+    may carry ``grid:`` (axes overriding the sweep's for that task). ``skip_missing``: leave out task files
+    that do not exist (listed in ``skipped_tasks``) instead of failing."""
     where = source or name
     bad = sorted(set(d) - {"name", "base", "tasks", "grid", "description"})
     if bad:
@@ -162,8 +170,30 @@ def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path
     if not isinstance(entries, list) or not entries:
         raise ConfigError("'tasks' must be a non-empty list of task YAML paths or mappings", where)
     specs = []
+    task_grids: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    missing = [str(e if isinstance(e, str) else e.get("task")) for e in entries
+               if (isinstance(e, str) or (isinstance(e, dict) and isinstance(e.get("task"), str)))
+               and not _resolve_path(e if isinstance(e, str) else e["task"], bd).is_file()]
+    if missing and not skip_missing:
+        raise ConfigError(f"task file(s) not found: {', '.join(missing)} (write them, or pass --skip-missing-tasks)",
+                          where)
     for e in entries:
-        specs.append(_spec(_merge(base, _task_dict(e, bd, where)), where))
+        if str(e if isinstance(e, str) else (e or {}).get("task")) in missing:
+            skipped.append(str(e if isinstance(e, str) else e["task"]))
+            continue
+        tg = None
+        if isinstance(e, dict) and "grid" in e:
+            e = dict(e)
+            tg = e.pop("grid")
+        spec = _spec(_merge(base, _task_dict(e, bd, where)), where)
+        specs.append(spec)
+        if tg:
+            if not isinstance(tg, dict) or set(tg) - set(AXES):
+                raise ConfigError(f"task {spec.name}: grid must map axes ({', '.join(AXES)}) to values", where)
+            task_grids[spec.name] = dict(tg)
+    if not specs:
+        raise ConfigError("no task of the sweep exists", where)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"task names must be unique in a sweep, got {names}", where)
@@ -171,16 +201,17 @@ def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path
     bad = sorted(set(grid) - set(AXES))
     if bad:
         raise ConfigError(f"unknown grid axis {bad}; axes: {', '.join(AXES)}", where)
-    if "weights" in grid and not isinstance(grid["weights"], dict):
+    if any("weights" in gr and not isinstance(gr["weights"], dict) for gr in (grid, *task_grids.values())):
         raise ConfigError("grid.weights must map encoder name -> weights path", where)
-    return Sweep(name=str(d.get("name") or name), tasks=specs, grid=grid, source=source)
+    return Sweep(name=str(d.get("name") or name), tasks=specs, grid=grid, source=source, task_grids=task_grids,
+                 skipped_tasks=skipped)
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, skip_missing: bool = False) -> Sweep:
     """Read a sweep YAML; task paths are resolved against its folder (and that folder's parent)."""
     p = Path(path).expanduser()
     raw = _read_yaml(p, "sweep")
-    return sweep_from_dict(raw, name=p.stem, base_dir=p.parent, source=str(p))
+    return sweep_from_dict(raw, name=p.stem, base_dir=p.parent, source=str(p), skip_missing=skip_missing)
 
 
 # ------------------------------------------------------------------------------------------------ expansion
@@ -203,10 +234,10 @@ def _fmt_budget(b: Any) -> str:
 
 def expand(sweep: Sweep) -> list[Cell]:
     """Every cell of the sweep, grouped so one extraction serves many cells."""
-    g = sweep.grid
-    weights = dict(g.get("weights") or {})
     cells: list[Cell] = []
     for task in sweep.tasks:
+        g = sweep.grid_for(task.name)
+        weights = dict(g.get("weights") or {})
         for enc in _axis(g, "encoder", task.encoder):
             w = weights.get(enc, task.weights if enc == task.encoder else None)
             if isinstance(w, str) and w.strip().lower() in ("", "random", "none"):
@@ -361,6 +392,8 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
             c.spec.cache_dir = str(cache_dir)
     n = len(cells)
     say(f"sweep {sw.name} [{sw.hash}]: {n} cells ({len(sw.tasks)} task(s)) -> {db.path}")
+    for t in sw.skipped_tasks:
+        say(f"task file {t} not found: its cells are left out")
     done = {c.index: db.find(c.config_hash) is not None for c in cells}
     if dry_run:
         for c in cells:

@@ -206,22 +206,29 @@ def _good(s: Mapping[str, Any], hib: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ per task
-def _fixed(s: Mapping[str, Any], ref: Mapping[str, Any], vary: str) -> bool:
-    keys = {"head": "head", "resolution": "resolution", "layer": "layer_tag", "budget": "budget_label"}
-    return all(str(s[k]) == str(ref[k]) for axis, k in keys.items() if axis != vary)
+_DIMS = {"head": "head", "resolution": "resolution", "layer": "layer_tag", "budget": "budget_label"}
 
 
 def _curve(task: TaskReport, settings: list[dict[str, Any]], best: Mapping[str, Any], axis: str, x_key: str,
            group: str, x_of: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows for one curve (settings varying only ``axis``) and per-line verdicts on all runs (seeds kept)."""
-    rows = []
+    """Rows for one curve per line (``group``): settings varying only ``axis``, every other axis held at one
+    value -- per line the slice with the most points on the axis (ties: the best setting's slice, then the
+    best score) -- and per-line verdicts on all runs (seeds kept)."""
+    fixed_dims = [d for a, d in _DIMS.items() if a != axis and d != group]
+    buckets: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
     for s in settings:
-        if not _fixed(s, best, axis):
-            continue
         x = x_of(s) if x_of else s.get(x_key)
         if not math.isfinite(_f(x)):
             continue
-        rows.append({**s, x_key: _f(x)})
+        key = (str(s[group]), tuple(str(s[d]) for d in fixed_dims))
+        buckets.setdefault(key, []).append({**s, x_key: _f(x)})
+    best_fixed = tuple(str(best[d]) for d in fixed_dims)
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for (line, fx), rs in buckets.items():
+        rank = (len({r[x_key] for r in rs}), fx == best_fixed, max(_good(r, task.higher_is_better) for r in rs))
+        if line not in chosen or rank > chosen[line][0]:
+            chosen[line] = [rank, rs]  # type: ignore[list-item]
+    rows = [r for _, rs in chosen.values() for r in rs]  # type: ignore[misc]
     verdicts = []
     by_line: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -284,27 +291,27 @@ def analyse_task(points: list[dict[str, Any]]) -> TaskReport:
         verdicts += v
         task.figures.append(Figure(f"{_slug(task.task)}-params", "score vs model size", plots.scaling_plot(
             rows, x="params_m", group="head", title=f"{task.task}: {metric} vs parameters", ylabel=ylabel),
-            f"resolution {best['resolution']} px, layer {best['layer_tag']}, budget {best['budget_label']}"))
+            _caption(rows, ("resolution", "layer_tag", "budget_label"))))
     rows, v = _curve(task, settings, best, "resolution", "resolution", "method")
     if len({r["resolution"] for r in rows}) >= 2:
         verdicts += v
         task.figures.append(Figure(f"{_slug(task.task)}-resolution", "score vs resolution", plots.scaling_plot(
             rows, x="resolution", group="method", title=f"{task.task}: {metric} vs input resolution",
-            ylabel=ylabel), f"head {best['head']}, layer {best['layer_tag']}, budget {best['budget_label']}"))
+            ylabel=ylabel), _caption(rows, ("head", "layer_tag", "budget_label"))))
     rows, v = _curve(task, settings, best, "layer", "layer", "method",
                      x_of=lambda s: s["layer"] if isinstance(s["layer"], int) else math.nan)
     if len({r["layer"] for r in rows}) >= 2:
         verdicts += v
         task.figures.append(Figure(f"{_slug(task.task)}-layers", "layer-wise probing", plots.layer_curve(
             rows, group="method", title=f"{task.task}: {metric} by block", ylabel=ylabel),
-            f"every tapped block; resolution {best['resolution']} px, head {best['head']}"))
+            "every tapped block; " + _caption(rows, ("resolution", "head", "budget_label"))))
     rows, v = _curve(task, settings, best, "budget", "n_train", "method")
     if len({r["n_train"] for r in rows}) >= 2:
         verdicts += v
         rows = [{**r, "budget": r["n_train"]} for r in rows]
         task.figures.append(Figure(f"{_slug(task.task)}-labels", "label efficiency", plots.label_efficiency_plot(
             rows, group="method", title=f"{task.task}: {metric} vs labelled cases", ylabel=ylabel),
-            "nested label budgets (per patient)"))
+            "nested label budgets (per patient); " + _caption(rows, ("resolution", "head", "layer_tag"))))
     if verdicts:
         vt = Table(f"{_slug(task.task)}-verdicts", f"Scaling verdicts: {task.task}",
                    ["axis", "line", "points", "verdict", "best x", "rank corr.", "p", "test"])
@@ -334,6 +341,15 @@ def analyse_task(points: list[dict[str, Any]]) -> TaskReport:
                    [c, p["label"], p["score"], p["low"], p["high"], p["gflops"], p["images_per_s"]])
         task.tables.append(pt)
     return task
+
+
+def _caption(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    names = {"resolution": "resolution", "layer_tag": "layer", "budget_label": "budget", "head": "head"}
+    parts = []
+    for k in keys:
+        vals = sorted({str(r[k]) for r in rows})
+        parts.append(f"{names[k]} {'/'.join(vals)}")
+    return "held fixed: " + ", ".join(parts)
 
 
 def _slug(s: str) -> str:

@@ -20,12 +20,12 @@ DEMO_SWEEP: dict[str, Any] = {
         "metrics": {"bootstrap": 200},
     },
     "tasks": [
-        {"name": "phantom-xray", "dataset": "phantom:xray2d-binary", "data": {"n": 40, "size": 64}},
+        {"name": "phantom-xray", "dataset": "phantom:xray2d-binary", "data": {"n": 32, "size": 64}},
         {"name": "phantom-ct", "dataset": "phantom:ct3d-binary", "data": {"n": 16, "size": [32, 32, 4]}},
     ],
     "grid": {
         "encoder": ["dinov3-vits16", "dinov3-vitb16"],
-        "resolution": [64, 112],
+        "resolution": [64, 96],
         "head": ["logreg", "knn"],
         "seed": [0],
     },
