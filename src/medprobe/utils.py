@@ -118,7 +118,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.n = 0
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._last = self.t0
         self.min_interval = min_interval
 
     def update(self, k: int = 1) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medprobe.encoders.base import Encoder, EncoderOutput, resolve_layers
+from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput, resolve_layers
 from medprobe.encoders.registry import EncoderSpec, get_spec, list_specs, register
 from medprobe.encoders.weights import WeightsRef, parse_weights_arg
 from medprobe.errors import ConfigError, WeightsError
@@ -32,6 +32,34 @@ def create_encoder(name: str, weights: str | os.PathLike[str] | None = None, *, 
         enc = enc.to(dtype=dtype)
     enc.eval().requires_grad_(False)
     return enc
+
+
+def encoder_info(name: str, weights: str | os.PathLike[str] | None = None, *, seed: int = 0,
+                 verify: bool = True) -> EncoderInfo | None:
+    """The encoder's identity for cache look-ups without building it; ``None`` when that needs the model
+    (hub ids, whose revision is only known once loaded)."""
+    from medprobe.encoders.weights import check_meta_name, file_sha256, verify_meta_hash
+
+    spec = get_spec(name)
+    ref = parse_weights_arg(weights, spec, seed=seed, verify=verify)
+    if spec.family == "none":
+        return EncoderInfo(spec, "none", False)
+    if spec.family == "onnx":
+        if ref.kind in ("onnx", "file"):
+            return EncoderInfo(spec, f"sha256:{file_sha256(str(ref.location))}", True)
+        if "package" in spec.hf_config:
+            from medprobe.encoders.onnx_encoder import packaged_onnx
+
+            path = packaged_onnx(spec.hf_config["package"], spec.hf_config["file"])
+            return EncoderInfo(spec, f"sha256:{file_sha256(path)}", True)
+        return None
+    if ref.kind == "random":
+        return EncoderInfo(spec, f"random:seed={ref.seed}", False)
+    if ref.kind == "file":
+        path = Path(str(ref.location))
+        check_meta_name(path, spec)
+        return EncoderInfo(spec, f"sha256:{verify_meta_hash(path) if ref.verify else file_sha256(path)}", True)
+    return None
 
 
 def _build(spec: EncoderSpec, ref: WeightsRef, **onnx_kw: Any) -> Encoder:
@@ -162,5 +190,6 @@ def weights_available(spec: EncoderSpec, search_dirs: list[Path] | None = None) 
     return found
 
 
-__all__ = ["Encoder", "EncoderOutput", "EncoderSpec", "create_encoder", "get_spec", "list_specs", "register",
+__all__ = ["Encoder", "EncoderInfo", "EncoderOutput", "EncoderSpec", "create_encoder", "encoder_info", "get_spec",
+           "list_specs", "register",
            "resolve_layers", "weights_available"]

@@ -105,3 +105,31 @@ class Encoder(torch.nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"encoder": self.spec.name, "weights": self.weights_id, "pretrained": self.pretrained,
                 "params_m": self.spec.params_m, "patch_size": self.patch_size}
+
+
+class EncoderInfo:
+    """What the cache key needs to know about an encoder, without building its network.
+
+    Lets a cached run skip instantiating (and randomly initialising or loading) the model altogether.
+    """
+
+    def __init__(self, spec: EncoderSpec, weights_id: str, pretrained: bool) -> None:
+        self.spec, self.weights_id, self.pretrained = spec, weights_id, pretrained
+        cfg = spec.hf_config
+        self.fixed_resolution: int | None = cfg.get("fixed_resolution") if spec.family == "onnx" else None
+
+    @property
+    def depth(self) -> int:
+        return 1 if self.spec.family == "none" else max(self.spec.depth, 1)
+
+    @property
+    def patch_size(self) -> int:
+        return self.spec.patch_size
+
+    def resolve_layers(self, layers: Any) -> tuple[int, ...]:
+        if self.spec.family in ("onnx", "none"):
+            return (self.depth - 1,)
+        return resolve_layers(layers, self.spec, self.depth)
+
+    check_input_size = Encoder.check_input_size
+    describe = Encoder.describe

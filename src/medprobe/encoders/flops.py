@@ -87,3 +87,25 @@ def gflops_per_image(encoder_or_model: torch.nn.Module, resolution: int | tuple[
     device, dtype = _device_dtype(encoder_or_model)
     example = torch.zeros(1, channels, h, w, device=device, dtype=dtype)
     return count_flops(encoder_or_model, example) / 1e9
+
+
+_SPEC_GFLOPS: dict[tuple[str, int, int], float | None] = {}
+
+
+def spec_gflops(name: str, resolution: int | tuple[int, int]) -> float | None:
+    """GFLOPs per image of a registered ViT encoder, counted on a ``meta``-device model (no weights, no
+    compute); ``None`` for encoders without a transformers network (ONNX, none). Memoised."""
+    from medprobe.encoders.hf_vit import HFViTEncoder, build_hf_model
+    from medprobe.encoders.registry import get_spec
+
+    h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    key = (name, h, w)
+    if key not in _SPEC_GFLOPS:
+        spec = get_spec(name)
+        if spec.family not in ("dinov3", "dinov2", "dinov2_reg"):
+            _SPEC_GFLOPS[key] = None
+        else:
+            with torch.device("meta"):
+                enc = HFViTEncoder(spec, build_hf_model(spec))
+            _SPEC_GFLOPS[key] = gflops_per_image(enc, (h, w))
+    return _SPEC_GFLOPS[key]

@@ -114,7 +114,8 @@ class FeatureStore:
         return tuple(self.manifest["grid"])  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return f"FeatureStore({self.path.name}: {self.n_items} items, {int(self.offsets[-1])} rows, layers {self.layers})"
+        return (f"FeatureStore({self.path.name}: {self.n_items} items, {int(self.offsets[-1])} rows, "
+                f"layers {self.layers})")
 
     def _check(self, token: str, layer: int) -> None:
         if token not in self.tokens:

@@ -74,7 +74,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def entry_spec(dataset: Dataset, encoder: Encoder, pre: PreprocessConfig, cfg: ExtractConfig,
+def entry_spec(dataset: Dataset, encoder: Any, pre: PreprocessConfig, cfg: ExtractConfig,
                device: torch.device) -> dict[str, Any]:
     """Everything that changes a feature value (hashed into the cache key)."""
     ad = amp_dtype(cfg.amp, device)
@@ -93,7 +93,7 @@ def entry_spec(dataset: Dataset, encoder: Encoder, pre: PreprocessConfig, cfg: E
     }
 
 
-def resolve_preprocess(pre: PreprocessConfig, dataset: Dataset, encoder: Encoder) -> PreprocessConfig:
+def resolve_preprocess(pre: PreprocessConfig, dataset: Dataset, encoder: Any) -> PreprocessConfig:
     """Fill encoder/dataset defaults; the dtype for 'auto' intensity is taken from the first item."""
     dtype: Any = np.float32
     if pre.intensity == "auto" and len(dataset):
@@ -163,6 +163,23 @@ class _Runner:
             res[key] = a
             parts.clear()
         return res
+
+
+def lookup(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None,
+           config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
+           device: str | torch.device = "cpu") -> FeatureStore | None:
+    """The complete cache entry for these inputs, or ``None``. ``encoder`` may be an
+    :class:`~medprobe.encoders.EncoderInfo`, so a cached run never builds the network."""
+    cfg = config or ExtractConfig()
+    pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
+    spec = entry_spec(dataset, encoder, pre, cfg, torch.device(device))
+    entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / cache_key(spec)
+    if not (entry / "manifest.json").is_file():
+        return None
+    log.info("features cached: %s (skipping extraction)", entry)
+    store = FeatureStore(entry)
+    store.reused = True
+    return store
 
 
 def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | None = None,

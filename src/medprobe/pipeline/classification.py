@@ -15,9 +15,8 @@ from medprobe.metrics import bootstrap_ci
 from medprobe.pipeline.common import (
     apply_budget,
     build_dataset,
-    build_encoder,
-    extract_features,
     feature_layers,
+    features_for,
     make_splits,
     pick_device,
 )
@@ -76,8 +75,7 @@ def run_classification(spec: TaskSpec, db: ResultsDB | None = None, verbose: boo
     val, test = splits.get("val", []), splits["test"]
 
     device = pick_device(spec.device)
-    enc = build_encoder(spec, device)
-    store, info = extract_features(ds, enc, spec, device, tokens=("cls", "mean"))
+    enc, store, info = features_for(ds, spec, device, tokens=("cls", "mean"))
     if info["timing"]["cached"]:
         log.info("features reused from cache %s: extraction skipped", info["cache_key"])
     X = feature_matrix(store, spec)

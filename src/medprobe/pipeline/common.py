@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
@@ -12,11 +13,13 @@ import torch
 
 from medprobe.data import Dataset, create_dataset
 from medprobe.data.splits import kfold_by_patient, split_by_patient, validate_splits
-from medprobe.encoders import Encoder, create_encoder
+from medprobe.encoders import Encoder, create_encoder, encoder_info
+from medprobe.encoders.flops import spec_gflops
 from medprobe.errors import ConfigError
-from medprobe.features import ExtractConfig, FeatureStore, extract
+from medprobe.features import ExtractConfig, FeatureStore, extract, lookup
 from medprobe.pipeline.task import TaskSpec
 from medprobe.preprocess import PreprocessConfig
+from medprobe.utils import atomic_write_json
 
 
 def build_dataset(spec: TaskSpec) -> Dataset:
@@ -89,7 +92,7 @@ def apply_budget(train: list[int], patients: list[str], labels: list[Any] | None
 
 def build_encoder(spec: TaskSpec, device: torch.device) -> Encoder:
     return create_encoder(spec.encoder, weights=spec.weights, device=device, verify=spec.verify_weights,
-                          seed=spec.seed if spec.weights in (None, "random") else 0)
+                          seed=_weights_seed(spec))
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -98,41 +101,71 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def extract_features(ds: Dataset, enc: Encoder, spec: TaskSpec, device: torch.device,
-                     tokens: tuple[str, ...]) -> tuple[FeatureStore, dict[str, Any]]:
-    """Extract (or reuse) features; returns the store and a timing/compute record."""
+def _configs(spec: TaskSpec, tokens: tuple[str, ...]) -> tuple[PreprocessConfig, ExtractConfig]:
     f = spec.features
     pre = PreprocessConfig.from_dict({**spec.preprocess, **({"resolution": _res(spec.preprocess["resolution"])}
                                                           if spec.preprocess.get("resolution") else {})})
     cfg = ExtractConfig(layers=f.get("layers", "last"), tokens=tokens, batch_size=int(f.get("batch_size", 64)),
                         amp=f.get("amp", "auto"), storage=f.get("storage", "float32"),
                         workers=int(f.get("workers", 0)), progress=bool(f.get("progress", True)))
+    return pre, cfg
+
+
+def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tuple[str, ...]
+                 ) -> tuple[Any, FeatureStore, dict[str, Any]]:
+    """Cached features when they exist (the encoder is then never built), else build + extract.
+
+    Returns (encoder or :class:`EncoderInfo`, store, {timing, compute, cache_key})."""
+    pre, cfg = _configs(spec, tokens)
+    t0 = time.perf_counter()
+    info = encoder_info(spec.encoder, spec.weights, seed=_weights_seed(spec), verify=spec.verify_weights)
+    store = lookup(ds, info, pre, cfg, cache_dir=spec.cache_dir, device=device) if info is not None else None
+    if store is not None:
+        return info, store, _describe(store, info, device, time.perf_counter() - t0)
+    enc = build_encoder(spec, device)
+    store, rec = extract_features(ds, enc, spec, device, tokens)
+    return enc, store, rec
+
+
+def extract_features(ds: Dataset, enc: Encoder, spec: TaskSpec, device: torch.device,
+                     tokens: tuple[str, ...]) -> tuple[FeatureStore, dict[str, Any]]:
+    """Extract (or reuse) features with a built encoder; returns the store and a timing/compute record."""
+    pre, cfg = _configs(spec, tokens)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     store = extract(ds, enc, pre, cfg, cache_dir=spec.cache_dir, device=device)
     assert store is not None
-    dt = time.perf_counter() - t0
-    n_rows = int(store.offsets[-1])
-    res = store.spec["preprocess"]["resolution"]
-    compute: dict[str, Any] = {"resolution": res}
-    try:
-        from medprobe.encoders.flops import gflops_per_image
+    return store, _describe(store, enc, device, time.perf_counter() - t0)
 
-        compute["gflops"] = round(gflops_per_image(enc, tuple(res)), 3)
-    except Exception:  # FLOP counting is best effort for exotic backbones (e.g. ONNX)
-        compute["gflops"] = None
-    if not store.reused:
-        compute["images_per_s"] = round(n_rows / dt, 2) if dt > 0 else None
-        compute["extraction_seconds"] = store.manifest.get("seconds_last_run", dt)
+
+def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) -> dict[str, Any]:
+    """Timing + compute cost; measured once when the entry is made and kept beside it (compute.json)."""
+    side = store.path / "compute.json"
+    if store.reused and side.is_file():
+        compute = json.loads(side.read_text())
     else:
-        compute["images_per_s"] = store.manifest.get("images_per_s")
-    if device.type == "cuda":
-        compute["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    else:
-        compute["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        res = store.spec["preprocess"]["resolution"]
+        n_rows = int(store.offsets[-1])
+        compute = {"resolution": res, "gflops": None, "device": str(device)}
+        try:
+            compute["gflops"] = round(float(spec_gflops(enc.spec.name, tuple(res))), 3)  # type: ignore[arg-type]
+        except Exception:  # FLOP counting is best effort for exotic backbones
+            compute["gflops"] = None
+        secs = store.manifest.get("seconds_last_run", dt)
+        compute["images_per_s"] = round(n_rows / secs, 2) if secs else None
+        compute["extraction_seconds"] = round(secs, 3)
+        if device.type == "cuda":
+            compute["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        else:
+            compute["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        atomic_write_json(side, compute)
     timing = {"extraction_s": round(dt, 3), "cached": bool(store.reused)}
-    return store, {"timing": timing, "compute": compute, "cache_key": store.path.name}
+    return {"timing": timing, "compute": compute, "cache_key": store.path.name}
+
+
+def _weights_seed(spec: TaskSpec) -> int:
+    return spec.seed if spec.weights in (None, "random") else 0
 
 
 def _res(r: Any) -> tuple[int, int]:
