@@ -21,7 +21,7 @@ DEMO_SWEEP: dict[str, Any] = {
     },
     "tasks": [
         {"name": "phantom-xray", "dataset": "phantom:xray2d-binary", "data": {"n": 32, "size": 64}},
-        {"name": "phantom-ct", "dataset": "phantom:ct3d-binary", "data": {"n": 16, "size": [32, 32, 4]}},
+        {"name": "phantom-ct", "dataset": "phantom:ct3d-binary", "data": {"n": 16, "size": [32, 32, 8]}},
     ],
     "grid": {
         "encoder": ["dinov3-vits16", "dinov3-vitb16"],
