@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     report = None
     if not args.skip_sweep:
         try:
-            from medprobe.pipeline.sweep import run_demo_sweep
+            from medprobe.report import run_demo_sweep
         except ImportError:
             print("(sweep/report not available in this build)")
         else:
