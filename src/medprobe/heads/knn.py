@@ -1,0 +1,102 @@
+"""``knn``: the DINOv2/v3 weighted k-NN protocol on frozen features.
+
+Features are L2-normalised; neighbours are the top-k by cosine similarity (chunked torch matmul +
+``topk``, memory bounded by ``chunk_size`` x N_train); neighbour weights are ``softmax(sim / T)``
+over the k neighbours, and a class's probability is the summed weight of neighbours of that class
+(multi-label: the weighted vote of the neighbours' 0/1 labels, per label).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from medprobe.errors import ConfigError
+from medprobe.heads.base import Head, default_metric, holdout_split, register_head, score
+
+
+def _normalise(X: np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
+    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@register_head("knn")
+class KNNHead(Head):
+    """Cosine k-NN with temperature-softmax weighted votes (``k=20``, ``temperature=0.07``)."""
+
+    def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
+                 k: int = 20, ks: list[int] | None = None, select_k: bool = False,
+                 temperature: float = 0.07, selection_metric: str | None = None,
+                 val_fraction: float = 0.1, chunk_size: int = 1024) -> None:
+        super().__init__(task=task, n_classes=n_classes, seed=seed)
+        self.k = k
+        self.ks = ks
+        self.select_k = select_k
+        self.temperature = temperature
+        self.selection_metric = selection_metric
+        self.val_fraction = val_fraction
+        self.chunk_size = chunk_size
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> KNNHead:
+        X = self._check_X(X)
+        y, self.k_classes_ = self._check_y(y, len(X))
+        if self.temperature <= 0 or self.k < 1:
+            raise ConfigError("k must be >= 1 and temperature > 0", self._where())
+        self.n_features_in_ = X.shape[1]
+        self.k_ = int(self.k)
+        self.val_scores_: dict[int, float] = {}
+        if self.select_k:
+            ks = sorted({int(v) for v in (self.ks or [10, 20, 100, 200])})
+            if X_val is None:
+                tr, va = holdout_split(y, self.val_fraction, self.seed)
+                self._store(X[tr], y[tr])
+                Xva, yva = X[va], y[va]
+            else:
+                self._store(X, y)
+                Xva = self._check_X(X_val, "X_val", X.shape[1])
+                yva, _ = self._check_y(y_val, len(Xva), "y_val", self.k_classes_)
+            probas = self._vote(Xva, ks)
+            metric = self.selection_metric or default_metric(self.task)
+            self.val_scores_ = {k: score(self.task, yva, p, metric) for k, p in zip(ks, probas)}
+            self.k_ = max(ks, key=lambda k: (self.val_scores_[k], -k))
+        self._store(X, y)
+        return self
+
+    def _store(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.train_feats_ = _normalise(X)
+        if self.task == "multilabel":
+            self.train_targets_ = torch.as_tensor(y, dtype=torch.float32)
+        else:
+            self.train_targets_ = torch.nn.functional.one_hot(torch.as_tensor(y), self.k_classes_).float()
+
+    def _vote(self, X: np.ndarray, ks: list[int]) -> list[np.ndarray]:
+        """Class probabilities for each k in ``ks`` (one top-max(k) search)."""
+        q = _normalise(X)
+        n_train = self.train_feats_.shape[0]
+        kmax = min(max(ks), n_train)
+        outs = [np.empty((len(q), self.train_targets_.shape[1]), np.float32) for _ in ks]
+        with torch.no_grad():
+            for a in range(0, len(q), self.chunk_size):
+                sims = q[a:a + self.chunk_size] @ self.train_feats_.T
+                top, idx = sims.topk(kmax, dim=1)  # sorted, descending
+                tgt = self.train_targets_[idx]  # (B, kmax, K)
+                for o, k in zip(outs, ks):
+                    kk = min(k, kmax)
+                    w = torch.softmax(top[:, :kk] / self.temperature, dim=1)
+                    o[a:a + len(top)] = torch.einsum("bk,bkc->bc", w, tgt[:, :kk]).numpy()
+        return outs
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        self._check_fitted("train_feats_")
+        X = self._check_X(X, dim=self.n_features_in_)
+        return self._vote(X, [self.k_])[0]
+
+    def selected_params(self) -> dict[str, Any]:
+        if not hasattr(self, "k_"):
+            return {}
+        out: dict[str, Any] = {"k": self.k_}
+        if self.val_scores_:
+            out["val_scores"] = {str(k): v for k, v in self.val_scores_.items()}
+        return out
