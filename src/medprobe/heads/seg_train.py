@@ -205,12 +205,12 @@ class SegData:
         pad = (a - d0, d0 + dn - b)
         fs = []
         for f in self.feats(i):
-            t = torch.from_numpy(np.asarray(f[a:b, :, y0:y0 + yn, x0:x0 + xn], dtype=np.float32))
+            t = torch.from_numpy(np.array(f[a:b, :, y0:y0 + yn, x0:x0 + xn], dtype=np.float32))
             fs.append(F.pad(t.permute(1, 0, 2, 3), (0, 0, 0, 0, *pad)))
-        im = torch.from_numpy(np.asarray(self.image(i)[a:b, :, y0 * p:(y0 + yn) * p, x0 * p:(x0 + xn) * p],
+        im = torch.from_numpy(np.array(self.image(i)[a:b, :, y0 * p:(y0 + yn) * p, x0 * p:(x0 + xn) * p],
                                          dtype=np.float32))
         im = F.pad(im.permute(1, 0, 2, 3), (0, 0, 0, 0, *pad))
-        lab = torch.from_numpy(np.asarray(self.label(i)[a:b, y0 * p:(y0 + yn) * p, x0 * p:(x0 + xn) * p],
+        lab = torch.from_numpy(np.array(self.label(i)[a:b, y0 * p:(y0 + yn) * p, x0 * p:(x0 + xn) * p],
                                           dtype=np.int64))
         lab = F.pad(lab, (0, 0, 0, 0, *pad), value=IGNORE)
         return fs, im, lab
