@@ -309,6 +309,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _json_objects(text: str) -> list[dict]:
+    dec, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            obj, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        out.append(obj)
+        i = end
+    return out
+
+
 def test_torchrun_two_processes_equal_one(baseline: FeatureStore, tmp_path: Path) -> None:
     cache, writers = tmp_path / "cache", tmp_path / "writers.txt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
@@ -316,7 +329,7 @@ def test_torchrun_two_processes_equal_one(baseline: FeatureStore, tmp_path: Path
            "--writers", str(writers)]
     r = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = [json.loads(s) for s in r.stdout.splitlines() if s.startswith("{")]
+    lines = _json_objects(r.stdout)  # the two ranks share stdout: their lines may interleave
     assert sorted(d["rank"] for d in lines) == [0, 1] and all(d["world"] == 2 for d in lines)
     assert all(d["complete"] for d in lines)
     assert {d["key"] for d in lines} == {baseline.path.name}  # the key does not depend on the world size

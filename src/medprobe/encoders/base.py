@@ -33,8 +33,8 @@ def resolve_layers(layers: str | int | Sequence[int] | None, spec: EncoderSpec, 
     blocks (negative counts from the end).
     """
     depth = depth or spec.depth
-    if depth <= 0:  # encoders without blocks (onnx / none) expose one "last" output
-        return (-1,) if depth == 0 else (depth - 1,)
+    if depth <= 1:  # encoders without blocks (onnx / none) expose one output, whatever was asked
+        return (0,) if depth == 1 else (-1,)
     if layers is None or layers == "last":
         idx: list[int] = [depth - 1]
     elif layers in ("four", "default"):

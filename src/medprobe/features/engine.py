@@ -121,9 +121,20 @@ class _ItemSource(torch.utils.data.Dataset):
 
 
 def _iter_items(src: _ItemSource, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Items in order. ``workers=0``: one background thread reads + preprocesses ahead while the encoder
+    runs (numpy/torch release the GIL); ``workers>0``: DataLoader worker processes."""
     if workers <= 0:
-        for j in range(len(src)):
-            yield src[j]
+        from concurrent.futures import ThreadPoolExecutor
+
+        ahead = 8
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medprobe-prefetch") as pool:
+            futures = [pool.submit(src.__getitem__, j) for j in range(min(ahead, len(src)))]
+            for j in range(len(src)):
+                item = futures[j].result()
+                if j + ahead < len(src):
+                    futures.append(pool.submit(src.__getitem__, j + ahead))
+                futures[j] = None  # type: ignore[call-overload]
+                yield item
         return
     loader = torch.utils.data.DataLoader(src, batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=4, persistent_workers=False)

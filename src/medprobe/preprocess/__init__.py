@@ -180,7 +180,9 @@ class Preprocessor:
         mode = self.cfg.interpolation
         kw: dict[str, Any] = {}
         if mode in ("bilinear", "bicubic"):
-            kw = {"align_corners": False, "antialias": self.cfg.antialias}
+            # anti-aliasing only acts when shrinking; enlarging uses the (faster) plain kernel
+            shrink = h < t.shape[-2] or w < t.shape[-1]
+            kw = {"align_corners": False, "antialias": self.cfg.antialias and shrink}
         out = F.interpolate(t, size=(h, w), mode=mode, **kw)
         return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
