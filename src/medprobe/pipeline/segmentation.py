@@ -342,7 +342,7 @@ def demo_segmentation(db: ResultsDB, cache_dir: str | Path, quick: bool = True) 
     """Phantom 2D (MRI, ``decoder2d``) and 3D (CT, ``decoder3d``) segmentation with an untrained DINOv3-S/16."""
     n2, n3 = (24, 10) if quick else (60, 24)
     common = {"encoder": "dinov3-vits16", "weights": "random", "cache_dir": str(cache_dir), "device": "cpu",
-              "features": {"layers": "four", "batch_size": 32, "progress": False}, "seed": 0,
+              "features": {"layers": "four", "batch_size": 32, "amp": "bf16", "progress": False}, "seed": 0,
               "metrics": {"bootstrap": 200, "overlays": 2}, "split": {"fractions": [0.6, 0.2, 0.2]}}
     s2 = TaskSpec(name="demo-seg2d", kind="segmentation", dataset="phantom:mri2d-segmentation",
                   data={"n": n2, "size": 64}, preprocess={"resolution": 64}, heads=["decoder2d"],
