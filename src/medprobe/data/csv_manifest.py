@@ -278,6 +278,14 @@ class ManifestDataset(Dataset):
         tags = [r.split for r in self.records]
         if all(t is None for t in tags):
             return None
+        first: dict[str, Record] = {}  # a patient's cases must all be in one split (no leakage)
+        for r in self.records:
+            if r.patient is None:
+                continue
+            prev = first.setdefault(r.patient, r)
+            if prev.split != r.split:
+                raise DataError(f"{r.where}: patient {r.patient!r} is in split {r.split!r} but {prev.where} puts "
+                                f"it in {prev.split!r}", source=self.source)
         out: dict[str, list[int]] = {}
         for i, t in enumerate(tags):
             out.setdefault(str(t), []).append(i)

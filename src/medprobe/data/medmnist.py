@@ -4,6 +4,11 @@
 ``<root>/pneumoniamnist.npz`` (size 28; ``pneumoniamnist_28.npz`` also accepted) or
 ``<root>/pneumoniamnist_<size>.npz`` (size 64 / 128 / 224). The spec may also be a path to an ``.npz``.
 
+``limit`` keeps a seeded random subset of each official split (for CI and quick checks): an int caps every
+split (``limit=200``), ``"train,val,test"`` counts (``limit="400,50,200"``; ``--data-opt limit=400,50,200``)
+or a mapping ``{"train": 400, ...}`` caps the named splits; ``limit_seed`` (default 0) picks the cases.
+Case ids keep the original index within the split; the fingerprint records the selection.
+
 Arrays: 2D ``(N, H, W)`` or ``(N, H, W, 3)``; 3D ``(N, D, H, W)``; labels ``(N, 1)`` (one class index)
 or ``(N, L)`` (multi-label 0/1). Images are uint8 in [0, 255] (already windowed / normalised by MedMNIST).
 
@@ -122,7 +127,8 @@ def resolve_medmnist_file(name: str, root: str | Path, size: int | None) -> Path
 class MedMNISTDataset(Dataset):
     """One MedMNIST ``.npz`` (all three official splits, in the order train, val, test)."""
 
-    def __init__(self, path: str | Path, name: str | None = None, size: int | None = None) -> None:
+    def __init__(self, path: str | Path, name: str | None = None, size: int | None = None, limit: Any = None,
+                 limit_seed: int = 0) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError("file not found", source=self.path)
@@ -172,21 +178,30 @@ class MedMNISTDataset(Dataset):
         self._labels: list[Any] = []
         self._ids: list[str] = []
         self._offsets: dict[str, tuple[int, int]] = {}
+        caps = _limits(limit, self.path)
+        self.limit = None if caps is None else {**caps, "seed": int(limit_seed)}
+        self._rows: dict[str, np.ndarray] = {}  # selected rows of each split's arrays (all rows without a limit)
         start = 0
-        for s in SPLITS:
+        for i_s, s in enumerate(SPLITS):
             n_img = self._shapes[s][0]
             lab = labels[s].reshape(len(labels[s]), -1) if labels[s].ndim else labels[s].reshape(1, 1)
             if len(lab) != n_img:
                 raise DataError(f"{s}_images has {n_img} cases but {s}_labels has {len(lab)}",
                                 source=self.path)
             self._check_labels(s, lab)
+            rows = np.arange(n_img)
+            if caps is not None and caps.get(s) is not None and caps[s] < n_img:
+                rng = np.random.default_rng([int(limit_seed), i_s])
+                rows = np.sort(rng.permutation(n_img)[: caps[s]])
+            self._rows[s] = rows
+            lab = lab[rows]
             if task_type == "multilabel":
                 self._labels += [row.astype(np.uint8) for row in lab]
             else:
                 self._labels += [int(v) for v in lab[:, 0]]
-            self._ids += [f"{name}-{s}-{j:06d}" for j in range(n_img)]
-            self._offsets[s] = (start, start + n_img)
-            start += n_img
+            self._ids += [f"{name}-{s}-{j:06d}" for j in rows]
+            self._offsets[s] = (start, start + len(rows))
+            start += len(rows)
         self._arrays: dict[str, np.ndarray] = {}
         self._fp: str | None = None
 
@@ -251,7 +266,8 @@ class MedMNISTDataset(Dataset):
         raise IndexError(i)  # pragma: no cover
 
     def load(self, i: int) -> Item:
-        split, j = self.locate(i)
+        split, k = self.locate(i)
+        j = int(self._rows[split][k])
         img = np.array(self._split_array(split)[j])
         if self.spatial_dims == 3:
             if img.ndim == 4 and img.shape[-1] == 1:
@@ -268,15 +284,46 @@ class MedMNISTDataset(Dataset):
 
     def fingerprint(self) -> str:
         if self._fp is None:
-            self._fp = hash_obj({"kind": "medmnist", "name": self.name, "file": file_signature(self.path),
-                                 "n": [self._offsets[s] for s in SPLITS]})
+            d = {"kind": "medmnist", "name": self.name, "file": file_signature(self.path),
+                 "n": [self._offsets[s] for s in SPLITS]}
+            if self.limit is not None:
+                d["rows"] = {s: self._rows[s].tolist() for s in SPLITS}
+            self._fp = hash_obj(d)
         return self._fp
 
 
+def _limits(limit: Any, source: Path) -> dict[str, int | None] | None:
+    """Per-split caps from ``limit`` (int, ``"tr,va,te"``, sequence of 3 or mapping split -> count)."""
+    if limit is None:
+        return None
+    try:
+        if isinstance(limit, dict):
+            unknown = sorted(set(limit) - set(SPLITS))
+            if unknown:
+                raise ConfigError(f"limit names unknown split(s) {unknown}; use {list(SPLITS)}", source)
+            caps: dict[str, int | None] = {s: (None if limit.get(s) is None else int(limit[s])) for s in SPLITS}
+        else:
+            if isinstance(limit, str):
+                limit = [v.strip() for v in limit.split(",")]
+                limit = limit[0] if len(limit) == 1 else limit
+            if isinstance(limit, (list, tuple)):
+                if len(limit) != 3:
+                    raise ConfigError(f"limit needs 3 counts (train,val,test), got {limit!r}", source)
+                caps = dict(zip(SPLITS, (int(v) for v in limit)))
+            else:
+                caps = dict.fromkeys(SPLITS, int(limit))
+    except (TypeError, ValueError):
+        raise ConfigError(f"limit must be N, 'train,val,test' counts or a mapping, got {limit!r}", source) from None
+    if any(v is not None and v < 0 for v in caps.values()):
+        raise ConfigError(f"limit counts must be >= 0, got {limit!r}", source)
+    return caps
+
+
 @register_dataset("medmnist")
-def create_medmnist(arg: str, root: str | Path | None = None, size: int | None = None,
-                    **options: Any) -> MedMNISTDataset:
-    """``medmnist:<name>`` with ``root=<folder>`` and ``size`` (28/64/128/224), or ``medmnist:<file.npz>``."""
+def create_medmnist(arg: str, root: str | Path | None = None, size: int | None = None, limit: Any = None,
+                    limit_seed: int = 0, **options: Any) -> MedMNISTDataset:
+    """``medmnist:<name>`` with ``root=<folder>`` and ``size`` (28/64/128/224), or ``medmnist:<file.npz>``.
+    ``limit`` / ``limit_seed``: a seeded subset of each split (see the module docstring)."""
     if options:
         raise ConfigError(f"unknown option(s) for medmnist: {', '.join(sorted(options))}", f"medmnist:{arg}")
     if size is not None and int(size) not in SIZES:
@@ -285,14 +332,14 @@ def create_medmnist(arg: str, root: str | Path | None = None, size: int | None =
         p = Path(arg)
         if root is not None and not p.is_absolute():
             p = Path(root) / p
-        return MedMNISTDataset(p, size=size)
+        return MedMNISTDataset(p, size=size, limit=limit, limit_seed=limit_seed)
     name = arg.strip().lower()
     if not name:
         raise ConfigError(f"give a MedMNIST name, one of: {', '.join(MEDMNIST_INFO)}", "medmnist:")
     if root is None:
         root = Path.home() / ".medmnist"
     return MedMNISTDataset(resolve_medmnist_file(name, root, size), name=name,
-                           size=28 if size is None else int(size))
+                           size=28 if size is None else int(size), limit=limit, limit_seed=limit_seed)
 
 
 __all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "create_medmnist", "resolve_medmnist_file"]

@@ -15,7 +15,7 @@ from medprobe.data import Dataset, create_dataset
 from medprobe.data.splits import kfold_by_patient, split_by_patient, validate_splits
 from medprobe.encoders import Encoder, create_encoder, encoder_info
 from medprobe.encoders.flops import spec_gflops
-from medprobe.errors import ConfigError
+from medprobe.errors import ConfigError, DataError
 from medprobe.features import ExtractConfig, FeatureStore, extract, lookup
 from medprobe.pipeline.task import TaskSpec
 from medprobe.preprocess import PreprocessConfig
@@ -53,7 +53,11 @@ def make_splits(ds: Dataset, spec: TaskSpec) -> dict[str, list[int]]:
     s = {k: list(v) for k, v in s.items()}
     if "val" not in s:
         s["val"] = []
-    validate_splits({k: v for k, v in s.items() if v or k != "val"}, patients, source=spec.name)
+    source = getattr(ds, "source", None) if split in (None, "official") else None
+    for k in ("train", "test"):  # a split column without any 'test' rows gives no 'test' key at all
+        if not s.get(k):
+            raise DataError(f"split {k!r} is empty (no case is assigned to it)", source=source or spec.name)
+    validate_splits({k: v for k, v in s.items() if v or k != "val"}, patients, source=source or spec.name)
     return s
 
 
