@@ -54,14 +54,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + rename (never half-written)."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[Any]:
+    """``with atomic_open(p) as f: f.write(...)``: writes a temp file in the same folder, fsyncs it and
+    renames it over ``path`` only when the block succeeds, so a killed run never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,6 +71,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + rename)."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -80,20 +88,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
-    """Save a .npy atomically (temp + rename) so a killed run never leaves a truncated array."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Save a .npy atomically (temp + rename)."""
+    with atomic_open(path) as f:
+        np.save(f, arr, allow_pickle=False)
 
 
 def seed_everything(seed: int) -> None:
