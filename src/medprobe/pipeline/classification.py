@@ -118,8 +118,10 @@ def run_classification(spec: TaskSpec, db: ResultsDB | None = None, verbose: boo
                       "features": spec.features},
         }
         preds = {"ids": np.asarray([ids[i] for i in test]), "y_true": y[test], "y_score": proba}
-        run_id = db.add_run(record, ci, predictions=preds, split="test")
-        rows.append({"run_id": run_id, "head": head_name, "metrics": ci, "record": record})
+        rows.append({"head": head_name, "metrics": ci, "record": record, "predictions": preds})
+    # every head is fitted and scored before anything is written: a failing head leaves no partial task
+    for r in rows:
+        r["run_id"] = db.add_run(r["record"], r["metrics"], predictions=r.pop("predictions"), split="test")
     if verbose:
         print_table(spec, enc, rows, db)
     return rows
