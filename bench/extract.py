@@ -73,7 +73,8 @@ def main() -> None:
     print(f"setup: {a.n} phantom images -> {a.encoder} (random init) @ {a.resolution}px, batch {a.batch}, "
           f"amp {a.amp}, torch {torch.__version__}, {torch.get_num_threads()} threads; best of {a.repeats}")
     print(f"bare model(x):       {tb:7.2f} s  {a.n / tb:7.1f} img/s")
-    print(f"engine (cold):       {te:7.2f} s  {a.n / te:7.1f} img/s  (load + preprocess + encode + write cls/mean/patch)")
+    print(f"engine (cold):       {te:7.2f} s  {a.n / te:7.1f} img/s  "
+          "(load + preprocess + encode + write cls/mean/patch)")
     print(f"cached re-read:      {tr:7.3f} s  (cache hit + read every token array)")
     print(f"engine/bare throughput ratio: {tb / te:.3f}  (target >= 0.95)")
     print(f"re-read/cold time ratio:      {tr / te:.4f}  (target <= 0.05)")

@@ -74,7 +74,7 @@ def _fail(env: dict[str, Path], dataset: str, opts: list[str], capsys: pytest.Ca
 
 def _csv(env: dict[str, Path], text: str) -> Path:
     p = env["root"] / "labels.csv"
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8")
     return p
 
 

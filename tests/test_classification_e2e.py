@@ -39,7 +39,7 @@ def _task_yaml(tmp_path: Path, name: str, **extra: Any) -> Path:
     """A task file with the cheap head options and bootstrap count; everything else comes from flags."""
     d: dict[str, Any] = {"name": name, "head_params": HEAD_PARAMS, "metrics": {"bootstrap": 200}, **extra}
     p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(d))
+    p.write_text(yaml.safe_dump(d), encoding="utf-8")
     return p
 
 

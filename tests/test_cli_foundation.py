@@ -71,7 +71,7 @@ def assert_no_entry(capsys: pytest.CaptureFixture[str], cache: Path) -> None:
 def test_missing_file_in_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_folder(tmp_path / "img", n=1)
     csv = tmp_path / "labels.csv"
-    csv.write_text("path,label\nimg/a/0.png,0\nimg/b/gone.png,1\n")
+    csv.write_text("path,label\nimg/a/0.png,0\nimg/b/gone.png,1\n", encoding="utf-8")
     cache = tmp_path / "cache"
     rc, _, err = run_cli(capsys, *extract_args(f"csv:{csv}", cache, "--data-opt", "label_columns=label"))
     assert rc == 2
@@ -102,7 +102,7 @@ def test_truncated_volume_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     raw = bad.read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])
     csv = tmp_path / "vols.csv"
-    csv.write_text("path,label\nv0.nii.gz,0\nv1.nii.gz,1\n")
+    csv.write_text("path,label\nv0.nii.gz,0\nv1.nii.gz,1\n", encoding="utf-8")
     cache = tmp_path / "cache"
     rc, _, err = run_cli(capsys, *extract_args(f"volumes:{csv}", cache, "--encoder", "none", "--data-opt",
                                                "modality=ct"))

@@ -123,10 +123,10 @@ def test_csv_multilabel_columns_and_patients(tmp_path: Path) -> None:
 
 def test_csv_single_label_binary_and_named(tmp_path: Path) -> None:
     _images(tmp_path, ["a.png", "b.png", "c.png"])
-    (tmp_path / "l.csv").write_text("path,y\na.png,1\nb.png,0\nc.png,1.0\n")
+    (tmp_path / "l.csv").write_text("path,y\na.png,1\nb.png,0\nc.png,1.0\n", encoding="utf-8")
     ds = create_dataset(f"csv:{tmp_path / 'l.csv'}", label_columns="y")
     assert ds.task.type == "binary" and ds.labels() == [1, 0, 1]
-    (tmp_path / "n.csv").write_text("path,y\na.png,cat\nb.png,dog\nc.png,bird\n")
+    (tmp_path / "n.csv").write_text("path,y\na.png,cat\nb.png,dog\nc.png,bird\n", encoding="utf-8")
     ds = create_dataset(f"csv:{tmp_path / 'n.csv'}", label_columns="y", task="multiclass",
                         classes=["bird", "cat", "dog"])
     assert ds.labels() == [1, 2, 0] and ds.splits() is None
@@ -137,7 +137,7 @@ def test_csv_single_label_binary_and_named(tmp_path: Path) -> None:
 def test_csv_bad_label_names_row_and_value(tmp_path: Path, value: str, task: str | None) -> None:
     _images(tmp_path, ["a.png", "b.png", "c.png"])
     csv = tmp_path / "bad.csv"
-    csv.write_text(f"path,y\na.png,0\nb.png,1\nc.png,{value}\n")
+    csv.write_text(f"path,y\na.png,0\nb.png,1\nc.png,{value}\n", encoding="utf-8")
     with pytest.raises(DataError) as e:
         create_dataset(f"csv:{csv}", label_columns=["y"], task=task)
     msg = _one_line(e)
@@ -147,7 +147,7 @@ def test_csv_bad_label_names_row_and_value(tmp_path: Path, value: str, task: str
 def test_csv_missing_files_listed_up_front(tmp_path: Path) -> None:
     _images(tmp_path, ["a.png"])
     csv = tmp_path / "m.csv"
-    csv.write_text("path,y\na.png,0\ngone1.png,1\ngone2.png,0\ngone3.png,0\ngone4.png,1\n")
+    csv.write_text("path,y\na.png,0\ngone1.png,1\ngone2.png,0\ngone3.png,0\ngone4.png,1\n", encoding="utf-8")
     with pytest.raises(DataError) as e:
         create_dataset(f"csv:{csv}", label_columns=["y"])
     msg = _one_line(e)
@@ -174,9 +174,9 @@ def test_nih14_layout(tmp_path: Path) -> None:
                 "No Finding", "Pleural_Thickening"]
     for i, (n, f) in enumerate(zip(names, findings)):
         rows.append(f"{n},{f},0,{i // 2 + 1}")
-    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "train_val_list.txt").write_text("\n".join(names[:6]) + "\n")
-    (tmp_path / "test_list.txt").write_text("\n".join(names[6:]) + "\n")
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "train_val_list.txt").write_text("\n".join(names[:6]) + "\n", encoding="utf-8")
+    (tmp_path / "test_list.txt").write_text("\n".join(names[6:]) + "\n", encoding="utf-8")
     ds = create_dataset("nih14:", root=tmp_path, val_fraction=0.34)
     assert ds.task.type == "multilabel" and ds.task.n_classes == 14 and ds.modality == "xray"
     lab = ds.labels()
@@ -185,7 +185,8 @@ def test_nih14_layout(tmp_path: Path) -> None:
     assert sp["test"] == [6, 7] and len(sp["val"]) == 2 and len(sp["train"]) == 4
     assert check_leakage(sp, ds.patients()) == []
     assert ds.load(0).image.shape == (8, 10)
-    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows[:3] + [f"{names[2]},Fracture,0,2"]) + "\n")
+    text = "\n".join(rows[:3] + [f"{names[2]},Fracture,0,2"]) + "\n"
+    (tmp_path / "Data_Entry_2017.csv").write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as e:
         create_dataset("nih14:", root=tmp_path)
     assert "row 3" in _one_line(e) and "Fracture" in str(e.value)
@@ -201,7 +202,7 @@ def test_rsna_pneumonia_dedup(tmp_path: Path) -> None:
     ds = create_dataset("rsna-pneumonia:", root=tmp_path)
     assert ds.ids() == ["p-a", "p-b", "p-c"] and ds.labels() == [0, 1, 0]
     assert ds.task.type == "binary" and ds.records[1].path == img / "p-b.dcm"
-    (tmp_path / "stage_2_train_labels.csv").write_text("patientId,Target\np-a,0\np-b,2\n")
+    (tmp_path / "stage_2_train_labels.csv").write_text("patientId,Target\np-a,0\np-b,2\n", encoding="utf-8")
     with pytest.raises(DataError) as e:
         create_dataset("rsna-pneumonia:", root=tmp_path)
     assert "row 2" in _one_line(e) and "'2'" in str(e.value)
@@ -212,7 +213,7 @@ def test_image_folder(tmp_path: Path) -> None:
     _images(tmp_path / "tumour", ["t1.png", "t2.png"])
     _images(tmp_path / "normal", ["n1.png"])
     _images(tmp_path / "normal" / "sub", ["n2.png"])
-    (tmp_path / "normal" / "notes.txt").write_text("ignored")
+    (tmp_path / "normal" / "notes.txt").write_text("ignored", encoding="utf-8")
     ds = create_dataset(f"folder:{tmp_path}")
     assert ds.task.classes == ("normal", "tumour") and ds.task.type == "binary"
     assert ds.ids() == ["normal/n1", "normal/sub/n2", "tumour/t1", "tumour/t2"]

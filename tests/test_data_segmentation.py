@@ -92,7 +92,7 @@ def test_modality_from_names() -> None:
 # ------------------------------------------------------------------------------ MSD hippocampus
 def test_hippocampus_index(shared_data: Path) -> None:
     ds = create_dataset(f"msd:{shared_data / HIPPO}")
-    js = json.loads((shared_data / HIPPO / "dataset.json").read_text())
+    js = json.loads((shared_data / HIPPO / "dataset.json").read_text(encoding="utf-8"))
     assert len(ds) == 260 == len(set(ds.ids()))
     assert list(ds.task.classes) == [js["labels"][str(i)] for i in range(3)] == ["background", "Anterior",
                                                                                   "Posterior"]
@@ -157,9 +157,9 @@ def test_nnunet_from_hippocampus(shared_data: Path, tmp_path: Path) -> None:
     # "msd:" auto-detects the v2 json too; single-channel variant
     for cid in src.ids():
         (root / "imagesTr" / f"{cid}_0001.nii.gz").unlink()
-    js = json.loads((root / "dataset.json").read_text())
+    js = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     js["channel_names"] = {"0": "T1"}
-    (root / "dataset.json").write_text(json.dumps(js))
+    (root / "dataset.json").write_text(json.dumps(js), encoding="utf-8")
     ds1 = create_dataset(f"msd:{root}")
     assert ds1.layout == "nnunet" and ds1.load(0).image.ndim == 3
     assert ds1.fingerprint() != ds.fingerprint()

@@ -293,7 +293,8 @@ def test_killed_run_resumes_only_missing_shards(enc: Encoder, tmp_path: Path) ->
         ref = extract(ds, enc, PRE, CFG, cache_dir=tmp_path / "ref", device="cpu")  # uninterrupted
     assert ref is not None
     assert file_stats(entry / "shard-00000") == first  # untouched: same inode and mtime
-    pids = {k: json.loads((entry / f"shard-{k:05d}" / "done.json").read_text())["pid"] for k in range(6)}
+    pids = {k: json.loads((entry / f"shard-{k:05d}" / "done.json").read_text(encoding="utf-8"))["pid"]
+            for k in range(6)}
     assert pids[0] == proc.pid
     recomputed = [k for k in range(6) if pids[k] == os.getpid()]
     assert recomputed == [k for k in range(6) if f"shard-{k:05d}" not in done_before]
@@ -333,13 +334,13 @@ def test_torchrun_two_processes_equal_one(baseline: FeatureStore, tmp_path: Path
     assert sorted(d["rank"] for d in lines) == [0, 1] and all(d["world"] == 2 for d in lines)
     assert all(d["complete"] for d in lines)
     assert {d["key"] for d in lines} == {baseline.path.name}  # the key does not depend on the world size
-    assert writers.read_text().split() == ["0"]  # only rank 0 wrote the manifest, once
+    assert writers.read_text(encoding="utf-8").split() == ["0"]  # only rank 0 wrote the manifest, once
     entry = cache / baseline.path.name
-    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["world"] == 2
     pid_of = {d["rank"]: d["pid"] for d in lines}
     for k in range(4):  # shard k computed by rank k % 2
-        assert json.loads((entry / f"shard-{k:05d}" / "done.json").read_text())["pid"] == pid_of[k % 2]
+        assert json.loads((entry / f"shard-{k:05d}" / "done.json").read_text(encoding="utf-8"))["pid"] == pid_of[k % 2]
     dist_arrays, one = arrays(FeatureStore(entry)), arrays(baseline)
     for k in one:
         assert np.abs(dist_arrays[k] - one[k]).max() <= 1e-5, k

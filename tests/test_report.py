@@ -64,7 +64,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_html_is_self_contained(report_dir: Path) -> None:
-    text = (report_dir / "report.html").read_text()
+    text = (report_dir / "report.html").read_text(encoding="utf-8")
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text)
     assert "url(" not in text and "@import" not in text
     imgs = re.findall(r'<img [^>]*src="([^"]+)"', text)
@@ -73,7 +73,7 @@ def test_html_is_self_contained(report_dir: Path) -> None:
 
 
 def test_report_sections(report_dir: Path) -> None:
-    text = (report_dir / "report.html").read_text()
+    text = (report_dir / "report.html").read_text(encoding="utf-8")
     assert 'id="untrained-banner"' in text and "pipeline check, not a score" in text
     for fig in ("nih14-params", "nih14-resolution", "nih14-layers", "nih14-labels", "nih14-pareto", "cd"):
         assert f'data-fig="{fig}"' in text, fig
@@ -85,21 +85,21 @@ def test_report_sections(report_dir: Path) -> None:
 
 
 def test_markdown_and_csv(report_dir: Path) -> None:
-    md = (report_dir / "report.md").read_text()
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
     assert "## Task: nih14" in md and "| rank | encoder |" in md
     lb = report_dir / "report-nih14-leaderboard.csv"
-    rows = list(csv.DictReader(lb.open()))
+    rows = list(csv.DictReader(lb.open(encoding="utf-8")))
     assert rows and {"encoder", "auc", "low", "high", "gflops", "images_per_s"} <= set(rows[0])
-    comp = list(csv.DictReader((report_dir / "report-comparisons.csv").open()))
+    comp = list(csv.DictReader((report_dir / "report-comparisons.csv").open(encoding="utf-8")))
     assert len(comp) >= 6 and all(r["p_holm"] for r in comp)
     assert all(float(r["p_holm"]) >= float(r["p_boot"]) for r in comp)
-    study = list(csv.DictReader((report_dir / "report-study-vs-measured.csv").open()))
+    study = list(csv.DictReader((report_dir / "report-study-vs-measured.csv").open(encoding="utf-8")))
     assert {r["encoder"] for r in study} == set(ENCODERS)
     assert any(r["task"] == "nih14" and float(r["study"]) == 0.7788 for r in study)
 
 
 def test_verdicts_detect_resolution_trend(report_dir: Path) -> None:
-    rows = list(csv.DictReader((report_dir / "report-verdicts.csv").open()))
+    rows = list(csv.DictReader((report_dir / "report-verdicts.csv").open(encoding="utf-8")))
     axes = {r["axis"] for r in rows}
     assert {"model size", "resolution", "layer", "budget"} <= axes
     assert all(r["verdict"] in ("improves", "flat", "worsens") or r["verdict"].startswith("peaks at") for r in rows)
@@ -127,4 +127,4 @@ def test_reference_table() -> None:
 
 def test_empty_db(tmp_path: Path) -> None:
     out = build_report(ResultsDB(tmp_path / "none"), tmp_path / "r.html")
-    assert "No results" in out.read_text()
+    assert "No results" in out.read_text(encoding="utf-8")

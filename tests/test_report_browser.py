@@ -36,7 +36,7 @@ def test_report_loads_in_chromium(tmp_path: Path) -> None:
     res = run_sweep(sweep_from_dict(SWEEP), db=db, cache_dir=str(tmp_path / "cache"), echo=lambda s: None)
     assert res["failed"] == 0
     out = build_report(db, tmp_path / "report.html", sweep="browser", cache_dir=tmp_path / "cache", n_boot=50)
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert text.count("<img ") >= 4 and 'data-fig="pca-xa"' in text and 'data-fig="pca-ct"' in text
     shot = tmp_path / "shot.png"
     status = browser_check(out, screenshot=shot)

@@ -136,7 +136,7 @@ def test_export_csv(tmp_path: Path) -> None:
     db.add_run(_record(task="other"), {"auc": 0.5})
     out = tmp_path / "out" / "res.csv"
     n = db.export_csv(out, task="pneumonia")
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert n == 2 == len(rows)
     assert [r["metric"] for r in rows] == ["acc", "auc"]
     assert all(r["run_id"] == a and r["task"] == "pneumonia" and r["split"] == "test" for r in rows)
@@ -247,5 +247,5 @@ def test_env_var_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     out_csv = tmp_path / "x.csv"
     assert main(["results", "export", "--csv", str(out_csv), "--db", dbp, "--task", "pneumonia"]) == 0
     assert "wrote 2 rows" in capsys.readouterr().out
-    rows = list(csv.DictReader(out_csv.open()))
+    rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
     assert {(r["run_id"], r["metric"]) for r in rows} == {(a, "acc"), (a, "auc")}

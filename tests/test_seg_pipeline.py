@@ -69,7 +69,7 @@ def _msd(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]], labels: di
         nib.save(nib.Nifti1Image(lab, np.diag([1.0, 1.0, 2.0, 1.0])), str(root / "labelsTr" / f"{cid}.nii.gz"))
     js = {"name": "toy", "modality": {"0": "MRI"}, "labels": labels or {"0": "background", "1": "blob"},
           "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]}
-    (root / "dataset.json").write_text(json.dumps(js))
+    (root / "dataset.json").write_text(json.dumps(js), encoding="utf-8")
     return root
 
 
@@ -152,7 +152,7 @@ def _sct_msd(shared: Path, tmp: Path) -> Path:
     js = {"name": "sct", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "cord"},
           "training": [{"image": f"./imagesTr/{Path(i).name.split('.')[0]}.nii.gz",
                         "label": f"./labelsTr/{Path(i).name.split('.')[0]}.nii.gz"} for i, _ in SCT]}
-    (root / "dataset.json").write_text(json.dumps(js))
+    (root / "dataset.json").write_text(json.dumps(js), encoding="utf-8")
     return root
 
 

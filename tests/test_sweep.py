@@ -56,10 +56,10 @@ def test_expand_order_axes_and_layers() -> None:
 
 def test_sweep_yaml_errors(tmp_path: Path) -> None:
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump({"tasks": ["nope.yaml"], "grid": {"encoder": ["none"]}}))
+    p.write_text(yaml.safe_dump({"tasks": ["nope.yaml"], "grid": {"encoder": ["none"]}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="not found"):
         load_sweep(p)
-    p.write_text(yaml.safe_dump({"tasks": [{"name": "a"}], "grid": {"colour": [1]}}))
+    p.write_text(yaml.safe_dump({"tasks": [{"name": "a"}], "grid": {"colour": [1]}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown grid axis"):
         load_sweep(p)
 
@@ -75,7 +75,7 @@ def test_study_and_demo_configs() -> None:
     assert all(c.spec.weights and c.spec.weights.endswith(".pth") for c in cells)
     from medprobe.report.demo import DEMO_SWEEP
 
-    assert yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text()) == DEMO_SWEEP
+    assert yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text(encoding="utf-8")) == DEMO_SWEEP
 
 
 def _start(cfg: Path, db: Path, cache: Path) -> subprocess.Popen[str]:
@@ -87,7 +87,7 @@ def _start(cfg: Path, db: Path, cache: Path) -> subprocess.Popen[str]:
 
 def test_killed_sweep_reruns_only_missing_cells(tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    cfg.write_text(yaml.safe_dump(TINY), encoding="utf-8")
     db_path, cache = tmp_path / "db", tmp_path / "cache"
     proc = _start(cfg, db_path, cache)
     seen: list[str] = []
@@ -131,7 +131,7 @@ def test_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     from medprobe.cli.main import main
 
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    cfg.write_text(yaml.safe_dump(TINY), encoding="utf-8")
     assert main(["sweep", str(cfg), "--db", str(tmp_path / "db"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "cell 12/12 todo" in out and "dry run: 0 done, 12 to run" in out

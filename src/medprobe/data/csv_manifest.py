@@ -353,7 +353,7 @@ def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError("official split list not found (pass official_split=False for a patient split)",
                         source=path)
-    return [s.strip() for s in path.read_text().splitlines() if s.strip()]
+    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
 def _nih_image_index(root: Path, image_dir: str | Path | None) -> dict[str, Path] | Path:

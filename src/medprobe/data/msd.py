@@ -180,7 +180,7 @@ class SegmentationDecathlon(Dataset):
         if not js_path.is_file():
             raise DataError("no dataset.json in the dataset folder", source=self.root)
         try:
-            self._json_text = js_path.read_text()
+            self._json_text = js_path.read_text(encoding="utf-8")
             self.meta_json: dict[str, Any] = json.loads(self._json_text)
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read dataset.json ({type(e).__name__}: {e})", source=js_path) from None

@@ -79,7 +79,7 @@ def file_sha256(path: str | Path) -> str:
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
     try:
-        memo = json.loads(_SHA_CACHE.read_text())
+        memo = json.loads(_SHA_CACHE.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         memo = {}
     if key in memo:

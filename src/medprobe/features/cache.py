@@ -72,7 +72,7 @@ def write_manifest(entry: Path, spec: dict[str, Any], plan: ShardPlan, extra: di
         d = shard_dir(entry, k)
         r = np.load(d / "rows.npy") if b > a else np.zeros(0, np.int64)
         rows += [int(v) for v in r]
-        done = json.loads((d / "done.json").read_text())
+        done = json.loads((d / "done.json").read_text(encoding="utf-8"))
         shards.append({"dir": d.name, "items": [a, b], "rows": int(r.sum()), "seconds": done.get("seconds")})
     manifest = {"key": entry.name, "spec": spec, "slices_per_item": rows, "n_items": len(rows),
                 "n_rows": int(sum(rows)), "shards": shards, **extra}
@@ -88,7 +88,7 @@ class FeatureStore:
         mf = self.path / "manifest.json"
         if not mf.is_file():
             raise DataError("feature cache entry is incomplete (no manifest.json)", self.path)
-        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        self.manifest: dict[str, Any] = json.loads(mf.read_text(encoding="utf-8"))
         self.spec: dict[str, Any] = self.manifest["spec"]
         self.layers: list[int] = list(self.spec["layers"])
         self.tokens: list[str] = list(self.spec["tokens"])
@@ -186,7 +186,7 @@ def list_entries(root: str | Path) -> list[dict[str, Any]]:
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         info["bytes"] = size
         spec_f, mf = d / "spec.json", d / "manifest.json"
-        spec = json.loads(spec_f.read_text()) if spec_f.is_file() else {}
+        spec = json.loads(spec_f.read_text(encoding="utf-8")) if spec_f.is_file() else {}
         info["complete"] = mf.is_file()
         info["encoder"] = spec.get("encoder", "?")
         info["weights"] = spec.get("weights", "?")
@@ -194,7 +194,7 @@ def list_entries(root: str | Path) -> list[dict[str, Any]]:
         info["layers"] = spec.get("layers")
         info["resolution"] = (spec.get("preprocess") or {}).get("resolution")
         if mf.is_file():
-            info["n_items"] = json.loads(mf.read_text()).get("n_items")
+            info["n_items"] = json.loads(mf.read_text(encoding="utf-8")).get("n_items")
         else:
             n = len(list(d.glob("shard-*/done.json")))
             info["shards_done"] = n

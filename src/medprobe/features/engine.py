@@ -225,7 +225,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     spec_file = entry / "spec.json"
     shard_items = cfg.shard_items or (256 if dataset.spatial_dims == 2 else 8)
     if spec_file.is_file():  # resume with the plan the entry was started with
-        shard_items = int(json.loads(spec_file.read_text())["shard_items"])
+        shard_items = int(json.loads(spec_file.read_text(encoding="utf-8"))["shard_items"])
     plan = ShardPlan.make(len(dataset), shard_items)
     if (rank == 0 or shard is not None) and not spec_file.is_file():  # job arrays: any shard may start first
         atomic_write_json(spec_file, {**spec, "shard_items": shard_items, "key": entry.name})

@@ -420,7 +420,7 @@ def validate(head: SegHead, data: SegData, items: list[int], cfg: SegTrainConfig
 
 
 def load_shape(targets: Path, i: int) -> tuple[int, int, int]:
-    return tuple(json.loads((Path(targets) / f"{i}.json").read_text())["shape_sab"])  # type: ignore[return-value]
+    return tuple(json.loads((Path(targets) / f"{i}.json").read_text(encoding="utf-8"))["shape_sab"])  # type: ignore[return-value]
 
 
 __all__ = ["IGNORE", "SegData", "SegTrainConfig", "content_box", "dice_ce_loss", "dice_per_class", "fit",

@@ -147,7 +147,7 @@ def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) ->
     """Timing + compute cost; measured once when the entry is made and kept beside it (compute.json)."""
     side = store.path / "compute.json"
     if store.reused and side.is_file():
-        compute = json.loads(side.read_text())
+        compute = json.loads(side.read_text(encoding="utf-8"))
     else:
         res = store.spec["preprocess"]["resolution"]
         n_rows = int(store.offsets[-1])

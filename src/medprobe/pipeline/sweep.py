@@ -101,7 +101,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} file not found", path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
     if not isinstance(raw, dict):
@@ -356,7 +356,7 @@ def _ips_finder(db: Any, cache_dirs: Iterable[str | None]) -> Callable[[str], fl
         for d in {str(c) for c in cache_dirs if c} | {str(default_cache_dir())}:
             mf = Path(d) / key / "manifest.json"
             if mf.is_file():
-                m = json.loads(mf.read_text())
+                m = json.loads(mf.read_text(encoding="utf-8"))
                 secs, rows = m.get("seconds_last_run"), m.get("n_rows")
                 if secs and rows:
                     known[key] = round(float(rows) / float(secs), 2)

@@ -79,7 +79,7 @@ def load_task(path: str | Path, **overrides: Any) -> TaskSpec:
     if not path.is_file():
         raise ConfigError("task file not found", path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
     if not isinstance(raw, dict):

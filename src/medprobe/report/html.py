@@ -178,9 +178,9 @@ def table_csv(t: Table) -> str:
 def write_all(out_html: Path, html_text: str, md_text: str, tables: Sequence[Table]) -> list[Path]:
     """Write the HTML, ``<stem>.md`` and ``<stem>-<table>.csv`` beside it (atomic); returns the paths."""
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_html, html_text)
+    atomic_write_text(out_html, html_text, encoding="utf-8")
     md = out_html.with_suffix(".md")
-    atomic_write_text(md, md_text)
+    atomic_write_text(md, md_text, encoding="utf-8")
     paths = [out_html, md]
     seen: set[str] = set()
     for t in tables:
@@ -189,6 +189,6 @@ def write_all(out_html: Path, html_text: str, md_text: str, tables: Sequence[Tab
             slug += "-2"
         seen.add(slug)
         p = out_html.with_name(f"{out_html.stem}-{slug}.csv")
-        atomic_write_text(p, table_csv(t))
+        atomic_write_text(p, table_csv(t), encoding="utf-8")
         paths.append(p)
     return paths

@@ -525,7 +525,7 @@ class ResultsDB:
                     vals = {**r, "split": sp, "metric": name, "value": value, "low": low, "high": high}
                     w.writerow([_csv_cell(vals[k]) for k in _CSV_FIELDS])
                     n += 1
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, buf.getvalue(), encoding="utf-8")
         return n
 
 
