@@ -120,9 +120,14 @@ class _ItemSource(torch.utils.data.Dataset):
         return i, self.pre(self.dataset.load(i))
 
 
-def _iter_items(src: _ItemSource, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Items in order. ``workers=0``: one background thread reads + preprocesses ahead while the encoder
-    runs (numpy/torch release the GIL); ``workers>0``: DataLoader worker processes."""
+def _iter_items(src: _ItemSource, workers: int, prefetch: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    """Items in order. ``workers>0``: DataLoader worker processes. ``workers=0``: read + preprocess in this
+    process -- inline on the CPU (the encoder already uses every core, and a second thread's OpenMP work only
+    contends with it), or in one background thread ahead of an accelerator (``prefetch``)."""
+    if workers <= 0 and not prefetch:
+        for j in range(len(src)):
+            yield src[j]
+        return
     if workers <= 0:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -289,7 +294,7 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
     views: int | None = None
     pending: list[torch.Tensor] = []
     n_pending = 0
-    for _i, x in _iter_items(_ItemSource(dataset, prep, start, stop), cfg.workers):
+    for _i, x in _iter_items(_ItemSource(dataset, prep, start, stop), cfg.workers, dev.type != "cpu"):
         s, v = x.shape[:2]
         if views is None:
             views = v

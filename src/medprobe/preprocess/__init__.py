@@ -132,11 +132,11 @@ class Preprocessor:
         if h < self.patch_size or w < self.patch_size:
             raise DataError(f"image is {h}x{w} pixels, smaller than one {self.patch_size}-px patch", src)
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # S, C, H, W
-        views = self._channels(t, src)  # S, V, 3, H, W
-        sv = views.reshape(s * views.shape[1], 3, h, w)
-        sv = self._geometry(sv, src)
-        sv = (sv - self._mean) / self._std
-        return sv.reshape(s, views.shape[1], 3, *sv.shape[-2:])
+        t = self._geometry(t, src)  # resize the stored channels, before grey is replicated to 3
+        views = self._channels(t, src)  # S, V, 3, H', W'
+        v = views.shape[1]
+        sv = (views.reshape(s * v, 3, *t.shape[-2:]) - self._mean) / self._std
+        return sv.reshape(s, v, 3, *sv.shape[-2:])
 
     def _channels(self, t: torch.Tensor, src: str) -> torch.Tensor:
         mode, c = self.cfg.channels, t.shape[1]
