@@ -4,6 +4,13 @@ Features are L2-normalised; neighbours are the top-k by cosine similarity (chunk
 ``topk``, memory bounded by ``chunk_size`` x N_train); neighbour weights are ``softmax(sim / T)``
 over the k neighbours, and a class's probability is the summed weight of neighbours of that class
 (multi-label: the weighted vote of the neighbours' 0/1 labels, per label).
+
+Search (``search="auto"``): where the CPU multiplies bfloat16 natively, candidates are the top
+``k + margin`` by a bfloat16 matmul (about twice the float32 GEMM speed), re-scored exactly in float32.
+The result is exact, not approximate: for unit vectors a bfloat16 similarity is within
+``BF16_ERR`` of the float32 one, so a row whose (k + margin)-th candidate score + ``2 * BF16_ERR``
+lies below its exact k-th score cannot have missed a neighbour; any other row is searched again in
+float32. ``search="exact"`` always uses float32.
 """
 
 from __future__ import annotations
@@ -16,10 +23,44 @@ import torch
 from medprobe.errors import ConfigError
 from medprobe.heads.base import Head, default_metric, holdout_split, register_head, score
 
+# |bf16 dot - fp32 dot| for unit vectors: two bf16 roundings (2 * 2^-9 relative each product, summed
+# |q_i x_i| <= 1) plus float32 accumulation; 2x safety factor.
+BF16_ERR = 2 * (2.0 ** -8 + 1e-4)
+
 
 def _normalise(X: np.ndarray) -> torch.Tensor:
     t = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _bf16_fast() -> bool:
+    """True where oneDNN has native bfloat16 GEMM (AVX512-BF16 / AMX); elsewhere bf16 is slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover
+        return False
+
+
+def topk_cosine(q: torch.Tensor, db: torch.Tensor, k: int, db_bf16: torch.Tensor | None = None,
+                margin: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` (scores descending, indices) of ``q @ db.T`` for unit rows, float32 scores.
+
+    With ``db_bf16`` the search runs in bfloat16 on ``k + margin`` candidates that are re-scored in
+    float32, and rows whose candidate set cannot be proven to hold the exact top-k are redone in float32.
+    """
+    n = db.shape[0]
+    k = min(k, n)
+    if db_bf16 is None or k + margin >= n:
+        return (q @ db.T).topk(k, dim=1)
+    m = k + margin
+    cand_s, cand = (q.to(torch.bfloat16) @ db_bf16.T).topk(m, dim=1)
+    exact = torch.einsum("bd,bmd->bm", q, db[cand])
+    top, pos = exact.topk(k, dim=1)
+    idx = cand.gather(1, pos)
+    bad = (cand_s[:, -1].float() + 2 * BF16_ERR >= top[:, -1]).nonzero()[:, 0]
+    if len(bad):
+        top[bad], idx[bad] = (q[bad] @ db.T).topk(k, dim=1)
+    return top, idx
 
 
 @register_head("knn")
@@ -29,7 +70,7 @@ class KNNHead(Head):
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  k: int = 20, ks: list[int] | None = None, select_k: bool = False,
                  temperature: float = 0.07, selection_metric: str | None = None,
-                 val_fraction: float = 0.1, chunk_size: int = 1024) -> None:
+                 val_fraction: float = 0.1, chunk_size: int = 1024, search: str = "auto") -> None:
         super().__init__(task=task, n_classes=n_classes, seed=seed)
         self.k = k
         self.ks = ks
@@ -38,12 +79,15 @@ class KNNHead(Head):
         self.selection_metric = selection_metric
         self.val_fraction = val_fraction
         self.chunk_size = chunk_size
+        self.search = search
 
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> KNNHead:
         X = self._check_X(X)
         y, self.k_classes_ = self._check_y(y, len(X))
         if self.temperature <= 0 or self.k < 1:
             raise ConfigError("k must be >= 1 and temperature > 0", self._where())
+        if self.search not in ("auto", "exact", "bf16"):
+            raise ConfigError(f"search must be 'auto', 'exact' or 'bf16', got {self.search!r}", self._where())
         self.n_features_in_ = X.shape[1]
         self.k_ = int(self.k)
         self.val_scores_: dict[int, float] = {}
@@ -66,6 +110,8 @@ class KNNHead(Head):
 
     def _store(self, X: np.ndarray, y: np.ndarray) -> None:
         self.train_feats_ = _normalise(X)
+        use = self.search == "bf16" or (self.search == "auto" and _bf16_fast())
+        self._train_bf16 = self.train_feats_.to(torch.bfloat16) if use else None
         if self.task == "multilabel":
             self.train_targets_ = torch.as_tensor(y, dtype=torch.float32)
         else:
@@ -79,8 +125,8 @@ class KNNHead(Head):
         outs = [np.empty((len(q), self.train_targets_.shape[1]), np.float32) for _ in ks]
         with torch.no_grad():
             for a in range(0, len(q), self.chunk_size):
-                sims = q[a:a + self.chunk_size] @ self.train_feats_.T
-                top, idx = sims.topk(kmax, dim=1)  # sorted, descending
+                top, idx = topk_cosine(q[a:a + self.chunk_size], self.train_feats_, kmax,
+                                       getattr(self, "_train_bf16", None))  # sorted, descending
                 tgt = self.train_targets_[idx]  # (B, kmax, K)
                 for o, k in zip(outs, ks):
                     kk = min(k, kmax)

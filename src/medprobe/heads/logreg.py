@@ -5,7 +5,8 @@ penalised, float64. C is swept over ``10**linspace(-6, 5, 45)`` from the stronge
 upwards, each C warm-started from the previous solution:
 
 * binary and one-vs-rest multi-label: Newton's method with a *lagged* data Hessian
-  ``G = X^T diag(p(1-p)) X`` -- the system ``(C G + I) d = -g`` is re-factorised per C (cheap,
+  ``G = X^T diag(p(1-p)) X`` (formed in float32: it only steers the steps) -- the system
+  ``(C G + I) d = -g`` is re-factorised per C (cheap,
   D^3/3) while ``G`` (N D^2) is only recomputed when convergence slows; Armijo backtracking.
 * multi-class / ordinal: multinomial loss (as scikit-learn's lbfgs), full-batch L-BFGS with
   strong-Wolfe line search in the eigenbasis of the centred Gram matrix, each coordinate scaled by
@@ -55,6 +56,7 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
     pen = torch.ones(d + 1, dtype=X.dtype)
     pen[d] = 0.0
     z = X @ theta[:d] + theta[d]
+    Xf = X.to(torch.float32)
     G: torch.Tensor | None = None
     out, iters = [], []
     n_refresh = 0
@@ -76,8 +78,11 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
             if G is None:
                 s = torch.sigmoid(z)
                 s = s * (1 - s)
+                # the (lagged) Hessian only steers the steps -- gradient, objective and stopping test
+                # stay float64 -- so it is formed in float32, at about twice the float64 GEMM speed
+                Xs = Xf * s.to(torch.float32).sqrt()[:, None]
                 G = torch.empty(d + 1, d + 1, dtype=X.dtype)
-                G[:d, :d] = X.T @ (X * s[:, None])
+                G[:d, :d] = (Xs.T @ Xs).to(X.dtype)
                 G[:d, d] = G[d, :d] = X.T @ s
                 G[d, d] = s.sum()
                 chol = None
