@@ -112,6 +112,24 @@ def test_knn_matches_bruteforce_reference():
     assert (P.argmax(1) == yte).mean() > 0.6 and score("multiclass", yte, P, "auc") > 0.8
 
 
+def test_knn_bf16_candidate_search_is_exact():
+    from medprobe.heads.knn import _normalise, topk_cosine
+
+    X, y = gaussian_mixture(1500, 48, 3, sep=2.0, seed=12)
+    db, q = _normalise(X[:1200]), _normalise(X[1200:])
+    ref_s, ref_i = (q @ db.T).topk(20, dim=1)
+    for margin in (0, 4, 16):  # margin 0 forces many rows through the exact float32 fallback
+        s, i = topk_cosine(q, db, 20, db.to(torch.bfloat16), margin=margin)
+        np.testing.assert_array_equal(i.numpy(), ref_i.numpy())
+        np.testing.assert_allclose(s.numpy(), ref_s.numpy(), atol=1e-6)
+    P = create_head("knn", task="multiclass", k=20, search="bf16").fit(X[:1200], y[:1200]).predict_proba(X[1200:])
+    np.testing.assert_allclose(P, knn_reference(X[:1200], y[:1200], X[1200:], 20, 0.07, 3), atol=1e-6)
+    E = create_head("knn", task="multiclass", k=20, search="exact").fit(X[:1200], y[:1200]).predict_proba(X[1200:])
+    np.testing.assert_allclose(P, E, atol=1e-6)
+    with pytest.raises(ConfigError):
+        create_head("knn", task="binary", search="fast").fit(X, (y > 0).astype(int))
+
+
 def test_knn_select_k_and_multilabel():
     X, y = gaussian_mixture(900, 16, 2, sep=3.0, seed=6)
     head = create_head("knn", task="binary", select_k=True, ks=[5, 20, 100]).fit(X[:600], y[:600], X[600:750],
