@@ -31,7 +31,8 @@ def find_chromium() -> str | None:
 
 def _run(exe: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="medprobe-chromium-") as prof:
-        return subprocess.run([exe, *FLAGS, f"--user-data-dir={prof}", *args], capture_output=True, text=True, encoding="utf-8", errors="replace",
+        return subprocess.run([exe, *FLAGS, f"--user-data-dir={prof}", *args], capture_output=True, text=True,
+                              encoding="utf-8", errors="replace",
                               timeout=timeout, check=False)
 
 
