@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         t_mpk, p_mp = best_of(mp_knn, repeat=2)
         t_floor, _ = best_of(gemm_floor, repeat=2)
         # neighbours of the bf16-candidate search vs exact float32 search
-        dbb = db.to(torch.bfloat16) if _bf16_fast() else None
+        dbb = db.to(torch.bfloat16)
         same = 0
         for i in range(0, len(q), 1024):
             _, i_fast = topk_cosine(q[i:i + 1024], db, 20, dbb)
