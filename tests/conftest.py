@@ -30,3 +30,14 @@ def shared_data_path() -> Path:
 def shared_data() -> Path:
     """Path to ../shared/data (skips the test when absent)."""
     return shared_data_path()
+
+
+@pytest.fixture(scope="module")
+def single_thread():  # type: ignore[no-untyped-def]
+    """One torch intra-op thread for a module: the 2 cores are shared, and oversubscribed OpenMP threads crawl."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

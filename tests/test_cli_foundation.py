@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,8 @@ from medprobe.encoders import list_specs
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread: None) -> None:
+    """Module-wide: see conftest.single_thread."""
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -12,12 +10,8 @@ from medprobe.errors import ConfigError, WeightsError
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread: the 2 cores are shared, and oversubscribed OpenMP threads crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread: None) -> None:
+    """Module-wide: see conftest.single_thread."""
 
 
 @pytest.fixture(scope="module")

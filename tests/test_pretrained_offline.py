@@ -6,12 +6,10 @@ on PneumoniaMNIST, same 224x224 preprocessing, same logistic-regression probe.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medprobe.data import create_dataset
 from medprobe.data.base import Subset
@@ -27,11 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data, pytest.mark.filterwarni
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread: None) -> None:
+    """Module-wide: see conftest.single_thread."""
 
 
 def _balanced(idx: list[int], labels: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:

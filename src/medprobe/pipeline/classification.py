@@ -19,6 +19,7 @@ from medprobe.pipeline.common import (
     features_for,
     make_splits,
     pick_device,
+    run_header,
 )
 from medprobe.pipeline.task import TaskSpec
 from medprobe.results import ResultsDB, collect_environment
@@ -137,11 +138,7 @@ def print_table(spec: TaskSpec, enc: Any, rows: list[dict[str, Any]], db: Result
     if not rows:
         return
     r0 = rows[0]["record"]
-    label = "pretrained" if enc.pretrained else "UNTRAINED weights: a pipeline check, not a score"
-    print(f"\n{spec.name}: {r0['dataset']} ({r0['task_type']}), {enc.spec.name} [{label}], "
-          f"{r0['resolution'][0]}x{r0['resolution'][1]} px, layer(s) {r0['layer']}, "
-          f"train/val/test {r0['split']['n_train']}/{r0['split']['n_val']}/{r0['split']['n_test']}"
-          + ("  [features from cache]" if r0["timings"]["cached"] else ""))
+    print(run_header(spec, enc, r0, r0["task_type"]))
     cols = [m for m in HEADLINE if m in rows[0]["metrics"]]
     print(f"  {'head':<8} " + " ".join(f"{m:>22}" for m in cols) + "   run id")
     for r in rows:

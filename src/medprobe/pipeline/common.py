@@ -191,3 +191,13 @@ def feature_layers(store: FeatureStore, spec: TaskSpec) -> list[int]:
             raise ConfigError(f"layer {sel} was not extracted (have {store.layers})", spec.name)
         return [sel]
     return list(store.layers) if f.get("use", "last") == "concat" else [store.layers[-1]]
+
+
+def run_header(spec: TaskSpec, enc: Any, r0: dict[str, Any], kind: str, unit: str = "px") -> str:
+    """First line of a printed result table: task, data, encoder (untrained marked), input, layers, split."""
+    label = "pretrained" if enc.pretrained else "UNTRAINED weights: a pipeline check, not a score"
+    sp = r0["split"]
+    return (f"\n{spec.name}: {r0['dataset']} ({kind}), {enc.spec.name} [{label}], "
+            f"{r0['resolution'][0]}x{r0['resolution'][1]} {unit}, layer(s) {r0['layer']}, "
+            f"train/val/test {sp['n_train']}/{sp['n_val']}/{sp['n_test']}"
+            + ("  [features from cache]" if r0["timings"]["cached"] else ""))

@@ -40,7 +40,7 @@ from medprobe.heads.seg_train import (
     to_original,
 )
 from medprobe.metrics.segmentation import aggregate_cases, segmentation_metrics
-from medprobe.pipeline.common import build_encoder, extract_features, make_splits, pick_device
+from medprobe.pipeline.common import build_encoder, extract_features, make_splits, pick_device, run_header
 from medprobe.pipeline.task import TaskSpec
 from medprobe.preprocess import PreprocessConfig
 from medprobe.results import ResultsDB, collect_environment
@@ -316,11 +316,7 @@ def print_table(spec: TaskSpec, enc: Any, rows: list[dict[str, Any]], classes: l
     if not rows:
         return
     r0 = rows[0]["record"]
-    label = "pretrained" if enc.pretrained else "UNTRAINED weights: a pipeline check, not a score"
-    print(f"\n{spec.name}: {r0['dataset']} (segmentation), {enc.spec.name} [{label}], "
-          f"{r0['resolution'][0]}x{r0['resolution'][1]} px/slice, layer(s) {r0['layer']}, "
-          f"train/val/test {r0['split']['n_train']}/{r0['split']['n_val']}/{r0['split']['n_test']}"
-          + ("  [features from cache]" if r0["timings"]["cached"] else ""))
+    print(run_header(spec, enc, r0, "segmentation", unit="px/slice"))
     if r0["notes"]["skipped_cases"]:
         print(f"  skipped {len(r0['notes']['skipped_cases'])} invalid case(s): "
               + "; ".join(r0["notes"]["skipped_cases"]))
