@@ -102,6 +102,10 @@ def test_pneumoniamnist_subset_every_2d_head(shared_data: Path, tmp_path: Path) 
     rows = _check_rows(db, "pneumonia", HEADS_2D, n_test=120, resolution=32, layer=[11])
     assert {(r["split"]["n_train"], r["split"]["n_val"]) for r in rows.values()} == {(200, 40)}
     assert rows["knn"]["config"]["data"]["limit"] == "200,40,120"
+    by_k = rows["knn"]["labels"]["knn_by_k"]  # the protocol's other k, from the same search
+    assert sorted(by_k, key=int) == ["10", "20", "100", "200"]
+    assert by_k["20"]["auc"] == pytest.approx(rows["knn"]["metrics"]["auc"][0], abs=1e-6)
+    assert all(0.0 <= by_k[k]["auc"] <= 1.0 for k in by_k)
 
 
 @pytest.mark.parametrize("size,limit", [(28, "60,20,40"), (64, "30,10,20")])

@@ -112,6 +112,26 @@ def test_knn_matches_bruteforce_reference():
     assert (P.argmax(1) == yte).mean() > 0.6 and score("multiclass", yte, P, "auc") > 0.8
 
 
+def test_knn_all_protocol_ks_from_one_search_equal_separate_heads():
+    X, y = gaussian_mixture(900, 24, 3, sep=2.5, seed=9)
+    head = create_head("knn", task="multiclass", chunk_size=128).fit(X[:600], y[:600])
+    by_k = head.predict_proba_ks(X[600:])
+    assert sorted(by_k) == [10, 20, 100, 200] and head.k_ == 20
+    for k, P in by_k.items():
+        np.testing.assert_allclose(P, knn_reference(X[:600], y[:600], X[600:], k, 0.07, 3), atol=1e-6)
+        np.testing.assert_allclose(P, create_head("knn", task="multiclass", k=k).fit(X[:600], y[:600])
+                                   .predict_proba(X[600:]), atol=1e-6)
+    np.testing.assert_array_equal(by_k[20], head.predict_proba(X[600:]))
+    assert not np.allclose(by_k[10], by_k[200])  # a larger k smooths the votes: the ks really differ
+    assert sorted(head.predict_proba_ks(X[600:], ks=[3, 700])) == [3, 20, 700]  # 700 > n_train: all 600 vote
+    np.testing.assert_allclose(head.predict_proba_ks(X[600:], ks=[700])[700],
+                               knn_reference(X[:600], y[:600], X[600:], 600, 0.07, 3), atol=1e-6)
+    with pytest.raises(ConfigError, match="ks"):
+        head.predict_proba_ks(X[600:], ks=[0, 5])
+    with pytest.raises(ConfigError, match="chunk_size"):
+        create_head("knn", task="multiclass", chunk_size=0).fit(X[:600], y[:600])
+
+
 def test_knn_bf16_candidate_search_is_exact():
     from medprobe.heads.knn import _normalise, topk_cosine
 
@@ -214,3 +234,18 @@ def test_registry_params_and_errors():
         create_head("knn", task="binary", kk=3)
     with pytest.raises(ConfigError, match="not fitted"):
         create_head("knn", task="binary").predict_proba(X)
+
+
+def test_knn_device_is_resolved_recorded_and_checked():
+    X, y = gaussian_mixture(300, 8, 2, sep=3.0, seed=4)
+    head = create_head("knn", task="binary", k=5).fit(X[:200], y[:200])
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert head.device_ == want and head.get_params()["selected"]["device"] == want
+    np.testing.assert_allclose(head.predict_proba(X[200:]),
+                               create_head("knn", task="binary", k=5, device="cpu").fit(X[:200], y[:200])
+                               .predict_proba(X[200:]), atol=1e-5)
+    with pytest.raises(ConfigError, match="not a torch device"):
+        create_head("knn", task="binary", device="gpu0").fit(X, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            create_head("knn", task="binary", device="cuda").fit(X, y)
