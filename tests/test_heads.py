@@ -72,6 +72,30 @@ def test_logreg_refit_default_and_holdout_deterministic():
     np.testing.assert_allclose(a.predict_proba(X), ref.predict_proba(X), atol=1e-4)
 
 
+def test_logreg_low_rank_offset_features_solve_at_every_C():
+    """Untrained-encoder-like features (rank 12 of 384, offset 50, n < d): the float32 Hessian alone turns
+    indefinite at large C; the solver must fall back and still reach sklearn's optimum."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(240, 12))
+    X = (Z @ rng.normal(size=(12, 384)) * 3 + 50 + rng.normal(size=(240, 384)) * 1e-3).astype(np.float32)
+    y = (Z[:, 0] + rng.normal(size=240) > 0).astype(int)
+    for C in (1e-2, 1e2, 1e5):  # selected C forced via a one-value sweep
+        head = create_head("logreg", task="binary", Cs=[C], refit_on="train").fit(X[:160], y[:160], X[160:200],
+                                                                             y[160:200])
+        X64 = X[:160].astype(np.float64)
+
+        def objective(w: np.ndarray, b: float, C: float = C, X64: np.ndarray = X64) -> float:
+            z = X64 @ w + b
+            return float(C * (np.logaddexp(0, z) - y[:160] * z).sum() + 0.5 * w @ w)
+
+        ref = LogisticRegression(C=C, max_iter=50000, tol=1e-12).fit(X64, y[:160])
+        ours = objective(head.coef_.ravel().astype(np.float64), float(head.intercept_[0]))
+        theirs = objective(ref.coef_.ravel(), float(ref.intercept_[0]))
+        assert np.isfinite(ours) and ours <= theirs * (1 + 1e-6) + 1e-9, (C, ours, theirs)
+
+
 def test_logreg_multilabel_one_vs_rest():
     rng = np.random.default_rng(4)
     X, _ = gaussian_mixture(800, 12, 2, sep=0.0, seed=4)

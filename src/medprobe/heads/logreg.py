@@ -40,6 +40,40 @@ def _grad(X: torch.Tensor, y: torch.Tensor, z: torch.Tensor, theta: torch.Tensor
     return torch.cat([C * (X.T @ r) + theta[:d], (C * r.sum())[None]])
 
 
+def _gram(X: torch.Tensor, Xf: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
+    """``[X 1]^T diag(s) [X 1]``; the D x D block from ``Xf`` (float32, ~2x faster) when given, else float64."""
+    d = X.shape[1]
+    G = torch.empty(d + 1, d + 1, dtype=X.dtype)
+    if Xf is not None:
+        Xs = Xf * s.to(Xf.dtype).sqrt()[:, None]
+        G[:d, :d] = (Xs.T @ Xs).to(X.dtype)
+    else:
+        G[:d, :d] = X.T @ (X * s[:, None])
+    G[:d, d] = G[d, :d] = X.T @ s
+    G[d, d] = s.sum()
+    return G
+
+
+def _newton_factor(C: float, G: torch.Tensor, pen: torch.Tensor, jitter: bool = False) -> torch.Tensor | None:
+    """Cholesky factor of ``C G + diag(pen)`` (the intercept gets a 1e-10 ridge); ``None`` if it is not
+    numerically positive definite. ``jitter``: add the smallest ridge (1e-12 .. 1e-2 x max diagonal) that
+    makes it so -- the factor only steers Newton steps, the line search keeps the objective exact."""
+    d = G.shape[0] - 1
+    H = C * G + torch.diag(pen)
+    H[d, d] += 1e-10 * (1 + H[d, d])
+    chol, info = torch.linalg.cholesky_ex(H)
+    if not int(info):
+        return chol
+    if not jitter:
+        return None
+    eye = torch.eye(d + 1, dtype=G.dtype) * float(H.diag().abs().max())
+    for eps in (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+        chol, info = torch.linalg.cholesky_ex(H + eps * eye)
+        if not int(info):
+            return chol
+    raise FloatingPointError("logreg: the Newton system stays indefinite (non-finite features?)")
+
+
 def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, max_iter: int,
                  theta0: torch.Tensor | None = None, refresh: float = 0.3) -> tuple[torch.Tensor, list[int]]:
     """Solve L2 binary logistic regression for each C (ascending, warm-started).
@@ -80,19 +114,19 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
                 s = s * (1 - s)
                 # the (lagged) Hessian only steers the steps -- gradient, objective and stopping test
                 # stay float64 -- so it is formed in float32, at about twice the float64 GEMM speed
-                Xs = Xf * s.to(torch.float32).sqrt()[:, None]
-                G = torch.empty(d + 1, d + 1, dtype=X.dtype)
-                G[:d, :d] = (Xs.T @ Xs).to(X.dtype)
-                G[:d, d] = G[d, :d] = X.T @ s
-                G[d, d] = s.sum()
+                G = _gram(X, Xf, s)
                 chol = None
                 n_refresh += 1
             if chol is None:
-                H = C * G + torch.diag(pen)
-                H[d, d] += 1e-10 * (1 + H[d, d])
-                chol, info = torch.linalg.cholesky_ex(H)
-                if int(info):
-                    chol = torch.linalg.cholesky(H + 1e-8 * torch.eye(d + 1, dtype=X.dtype) * H.diag().max())
+                chol = _newton_factor(C, G, pen)
+                if chol is None and Xf is not None:
+                    # float32 rounding left C G + I indefinite (low-rank, offset features at large C):
+                    # form G in float64 from here on
+                    Xf = None
+                    G = _gram(X, None, torch.sigmoid(z) * (1 - torch.sigmoid(z)))
+                    chol = _newton_factor(C, G, pen)
+                if chol is None:
+                    chol = _newton_factor(C, G, pen, jitter=True)
             step = -torch.cholesky_solve(g[:, None], chol)[:, 0]
             dz = X @ step[:d] + step[d]
             slope = float(g.dot(step))
