@@ -93,3 +93,15 @@ def test_gflops_per_image_with_medprobe_encoder() -> None:
     with pytest.raises(ConfigError):
         gflops_per_image(enc, 250)  # not a multiple of the patch size
     assert enc.training and not enc.model.training  # each module's own mode restored after counting
+
+
+def test_spec_gflops_costs_only_the_blocks_extraction_runs() -> None:
+    from medprobe.encoders.flops import spec_gflops
+
+    full = spec_gflops("dinov3-vits16", 224)
+    assert full == pytest.approx(analytic_vit_flops(384, 12, 224, 224) / 1e9)
+    assert spec_gflops("dinov3-vits16", 224, [11]) == pytest.approx(full)
+    # layers 2 and 5 tapped: extraction stops after block 5, i.e. 6 of the 12 blocks run
+    assert spec_gflops("dinov3-vits16", 224, [2, 5]) == pytest.approx(analytic_vit_flops(384, 6, 224, 224) / 1e9)
+    assert spec_gflops("dinov3-vits16", (224, 320), [0]) == pytest.approx(
+        analytic_vit_flops(384, 1, 224, 320) / 1e9)

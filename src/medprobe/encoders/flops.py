@@ -68,14 +68,27 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def gflops_per_image(encoder_or_model: torch.nn.Module, resolution: int | tuple[int, int], channels: int = 3
-                     ) -> float:
+class _Tapped(torch.nn.Module):
+    """``forward_features(x, layers)`` of an encoder as a plain module call (what extraction runs)."""
+
+    def __init__(self, encoder: torch.nn.Module, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.layers = tuple(int(v) for v in layers)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.encoder.forward_features(x, self.layers)  # type: ignore[operator]
+
+
+def gflops_per_image(encoder_or_model: torch.nn.Module, resolution: int | tuple[int, int], channels: int = 3,
+                     layers: Sequence[int] | None = None) -> float:
     """GFLOPs (1e9 FLOPs, 2 x MACs) to encode one ``channels x H x W`` image (batch 1).
 
     Accepts a medprobe :class:`~medprobe.encoders.base.Encoder` (its plain call: last-layer features; the
     input size is validated against the patch size) or any ``nn.Module`` taking a ``(1, C, H, W)`` tensor
-    (transformers vision models take ``pixel_values`` first). Encoders running outside torch (ONNX)
-    count as 0.
+    (transformers vision models take ``pixel_values`` first). With ``layers`` an encoder is costed as
+    extraction runs it: ``forward_features`` up to the deepest tapped block, so early layers cost less.
+    Encoders running outside torch (ONNX) count as 0.
     """
     if isinstance(resolution, int):
         h, w = resolution, resolution
@@ -86,20 +99,24 @@ def gflops_per_image(encoder_or_model: torch.nn.Module, resolution: int | tuple[
         check(h, w)
     device, dtype = _device_dtype(encoder_or_model)
     example = torch.zeros(1, channels, h, w, device=device, dtype=dtype)
+    if layers is not None and callable(getattr(encoder_or_model, "forward_features", None)):
+        return count_flops(_Tapped(encoder_or_model, layers), example) / 1e9
     return count_flops(encoder_or_model, example) / 1e9
 
 
-_SPEC_GFLOPS: dict[tuple[str, int, int], float | None] = {}
+_SPEC_GFLOPS: dict[tuple[str, int, int, tuple[int, ...] | None], float | None] = {}
 
 
-def spec_gflops(name: str, resolution: int | tuple[int, int]) -> float | None:
+def spec_gflops(name: str, resolution: int | tuple[int, int], layers: Sequence[int] | None = None
+                ) -> float | None:
     """GFLOPs per image of a registered ViT encoder, counted on a ``meta``-device model (no weights, no
-    compute); ``None`` for encoders without a transformers network (ONNX, none). Memoised."""
+    compute); ``layers`` (0-based blocks) costs the forward up to the deepest one, as extraction runs it
+    (default: the full depth). ``None`` for encoders without a transformers network (ONNX, none). Memoised."""
     from medprobe.encoders.hf_vit import HFViTEncoder, build_hf_model
     from medprobe.encoders.registry import get_spec
 
     h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
-    key = (name, h, w)
+    key = (name, h, w, tuple(int(v) for v in layers) if layers is not None else None)
     if key not in _SPEC_GFLOPS:
         spec = get_spec(name)
         if spec.family not in ("dinov3", "dinov2", "dinov2_reg"):
@@ -107,5 +124,5 @@ def spec_gflops(name: str, resolution: int | tuple[int, int]) -> float | None:
         else:
             with torch.device("meta"):
                 enc = HFViTEncoder(spec, build_hf_model(spec))
-            _SPEC_GFLOPS[key] = gflops_per_image(enc, (h, w))
+            _SPEC_GFLOPS[key] = gflops_per_image(enc, (h, w), layers=layers)
     return _SPEC_GFLOPS[key]

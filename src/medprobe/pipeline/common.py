@@ -153,7 +153,9 @@ def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) ->
         n_rows = int(store.offsets[-1])
         compute = {"resolution": res, "gflops": None, "device": str(device)}
         try:
-            compute["gflops"] = round(float(spec_gflops(enc.spec.name, tuple(res))), 3)  # type: ignore[arg-type]
+            # costed to the deepest tapped block: extraction stops there
+            g = spec_gflops(enc.spec.name, tuple(res), store.layers)  # type: ignore[arg-type]
+            compute["gflops"] = round(float(g), 3)  # type: ignore[arg-type]
         except Exception:  # FLOP counting is best effort for exotic backbones
             compute["gflops"] = None
         secs = store.manifest.get("seconds_last_run", dt)
