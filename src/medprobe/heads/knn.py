@@ -139,11 +139,12 @@ class KNNHead(Head):
             raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA device", self._where())
         return str(dev)
 
-    def _ks(self) -> list[int]:
-        ks = sorted({int(v) for v in (self.ks or DEFAULT_KS)})
-        if not ks or ks[0] < 1:
-            raise ConfigError(f"ks must be positive integers, got {self.ks!r}", self._where())
-        return ks
+    def _ks(self, ks: Any = None) -> list[int]:
+        """Sorted distinct ``ks`` (default: the head's ``ks``, else 10/20/100/200), checked positive."""
+        out = sorted({int(v) for v in (ks if ks is not None else self.ks or DEFAULT_KS)})
+        if not out or out[0] < 1:
+            raise ConfigError(f"ks must be positive integers, got {out}", self._where())
+        return out
 
     def _store(self, X: np.ndarray, y: np.ndarray) -> None:
         self.train_feats_ = _normalise(X).to(self.device_)
@@ -197,9 +198,7 @@ class KNNHead(Head):
         plus the fitted ``k_``) from one search; each equals ``predict_proba`` of a head fitted with that k."""
         self._check_fitted("train_feats_")
         X = self._check_X(X, dim=self.n_features_in_)
-        ks = sorted({int(v) for v in ks} | {self.k_}) if ks is not None else sorted(set(self._ks()) | {self.k_})
-        if ks[0] < 1:
-            raise ConfigError(f"ks must be positive integers, got {ks}", self._where())
+        ks = sorted(set(self._ks(ks)) | {self.k_})
         return dict(zip(ks, self._vote(X, ks)))
 
     def selected_params(self) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
                     # float32 rounding left C G + I indefinite (low-rank, offset features at large C):
                     # form G in float64 from here on
                     Xf = None
-                    G = _gram(X, None, torch.sigmoid(z) * (1 - torch.sigmoid(z)))
+                    G = _gram(X, None, s)  # the same (lagged) weights, exact arithmetic
                     chol = _newton_factor(C, G, pen)
                 if chol is None:
                     chol = _newton_factor(C, G, pen, jitter=True)

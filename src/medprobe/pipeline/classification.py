@@ -104,11 +104,8 @@ def run_classification(spec: TaskSpec, db: ResultsDB | None = None, verbose: boo
             else:
                 proba = head.predict_proba(X[test])
         fit_s = time.perf_counter() - t0
-        if head_name == "knn":
-            notes_k = {"knn_by_k": {str(k): _point_metrics(y[test], p, task, ds.task.classes)
-                                    for k, p in by_k.items()}}
-        else:
-            notes_k = {}
+        notes_k = {"knn_by_k": {str(k): _point_metrics(y[test], p, task, ds.task.classes)
+                                for k, p in by_k.items()}} if head_name == "knn" else {}
         ci = bootstrap_ci(y[test], proba, task, n_resamples=n_boot, seed=spec.seed, alpha=alpha,
                           classes=list(ds.task.classes) or None)
         record = {
