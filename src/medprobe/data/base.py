@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-TaskType = Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "registration", "none"]
+TaskType = Literal["binary", "multiclass", "multilabel", "ordinal", "regression", "segmentation", "registration",
+                   "instances", "none"]
 Modality = Literal["xray", "ct", "mri", "us", "endoscopy", "pathology", "em", "pet", "petct", "natural",
                    "generic"]
 
