@@ -10,6 +10,7 @@ from medprobe.heads.knn import KNNHead
 from medprobe.heads.linear import LinearHead
 from medprobe.heads.logreg import LogRegHead
 from medprobe.heads.pooling import ABMILHead, pool_slices
+from medprobe.heads.ridge import RidgeHead
 
 __all__ = ["Head", "create_head", "get_head_class", "head_names", "register_head", "LogRegHead", "KNNHead",
-           "LinearHead", "ABMILHead", "pool_slices"]
+           "LinearHead", "ABMILHead", "pool_slices", "RidgeHead"]

@@ -1,7 +1,11 @@
 """``linear``: the study's linear probe -- one ``nn.Linear`` trained by AdamW (or SGD-momentum).
 
 Cross-entropy over K logits for binary / multi-class / ordinal (so ``predict_proba`` is (N, K)),
-BCE-with-logits per label for multi-label. Features are standardised with the training mean/std
+BCE-with-logits per label for multi-label. Regression (``task="regression"``, targets ``(N,)`` or
+``(N, T)`` floats): one output per target, MSE on targets standardised with the training mean/std
+(``y_mean_``/``y_std_``); ``predict`` returns de-standardised values in the targets' layout, there are no
+probabilities, and the epoch is selected on validation R^2 (``selection_metric`` ``r2``, ``mse`` or ``mae``;
+``history_`` then holds R^2, or minus the MSE / MAE). Features are standardised with the training mean/std
 (kept in ``mean_``/``std_``). Shuffling and initialisation use a seeded ``torch.Generator``; with a
 validation set the epoch with the best validation score is kept (``select_epoch``).
 """
@@ -15,12 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from medprobe.errors import ConfigError
-from medprobe.heads.base import Head, default_metric, register_head, score
+from medprobe.heads.base import TASKS, Head, default_metric, register_head, score
+from medprobe.heads.ridge import SELECTION_METRICS, check_regression_targets, regression_scores
 
 
 @register_head("linear")
 class LinearHead(Head):
     """Linear layer on standardised frozen features (lr 0.005, batch 1024, 50 epochs by default)."""
+
+    tasks = (*TASKS, "regression")
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  optimizer: str = "adamw", lr: float = 0.005, batch_size: int = 1024, epochs: int = 50,
@@ -42,20 +49,53 @@ class LinearHead(Head):
     def _to_proba(self, z: torch.Tensor) -> np.ndarray:
         return (torch.sigmoid(z) if self.task == "multilabel" else torch.softmax(z, 1)).numpy()
 
+    def _metric(self) -> str:
+        if self.task != "regression":
+            return self.selection_metric or default_metric(self.task)
+        metric = self.selection_metric or "r2"
+        if metric not in SELECTION_METRICS:
+            raise ConfigError(f"selection_metric for regression must be one of {', '.join(SELECTION_METRICS)}, "
+                              f"got {metric!r}", self._where())
+        return metric
+
+    def _val_score(self, Xv: torch.Tensor, yv: np.ndarray, W: torch.Tensor, b: torch.Tensor, metric: str) -> float:
+        z = self._logits(Xv, W, b)
+        if self.task != "regression":
+            return score(self.task, yv, self._to_proba(z), metric)
+        pred = z.double().numpy() * self.y_std_ + self.y_mean_
+        s = float(regression_scores(yv.reshape(len(yv), -1), pred)[metric])
+        return s if metric == "r2" else -s
+
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> LinearHead:
         X = self._check_X(X)
-        y, k = self._check_y(y, len(X))
+        regression = self.task == "regression"
+        if regression:
+            y = check_regression_targets(self, y, len(X), n_targets=self.n_classes)
+            k = 1 if y.ndim == 1 else y.shape[1]
+            Y = y.reshape(len(y), -1)
+            self.y_mean_ = Y.mean(0)
+            self.y_std_ = np.where(Y.std(0) > 0, Y.std(0), 1.0)
+            self._one_d = y.ndim == 1
+        else:
+            y, k = self._check_y(y, len(X))
+        metric = self._metric()
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}", self._where())
         Xt = torch.as_tensor(X, dtype=torch.float32)
         self.mean_ = Xt.mean(0)
         self.std_ = Xt.std(0).clamp_min(1e-6)
         Xs = (Xt - self.mean_) / self.std_
-        yt = torch.as_tensor(y, dtype=torch.float32 if self.task == "multilabel" else torch.int64)
+        if regression:
+            yt = torch.as_tensor((Y - self.y_mean_) / self.y_std_, dtype=torch.float32)
+        else:
+            yt = torch.as_tensor(y, dtype=torch.float32 if self.task == "multilabel" else torch.int64)
         use_val = X_val is not None and (self.select_epoch is None or self.select_epoch)
         if use_val:
             Xv = torch.as_tensor(self._check_X(X_val, "X_val", X.shape[1]), dtype=torch.float32)
-            yv, _ = self._check_y(y_val, len(Xv), "y_val", k)
+            if regression:
+                yv = check_regression_targets(self, y_val, len(Xv), "y_val", k)
+            else:
+                yv, _ = self._check_y(y_val, len(Xv), "y_val", k)
         g = torch.Generator().manual_seed(int(self.seed))
         bound = 1.0 / np.sqrt(X.shape[1])
         W = ((torch.rand(k, X.shape[1], generator=g) * 2 - 1) * bound).requires_grad_(True)
@@ -64,7 +104,6 @@ class LinearHead(Head):
             opt: torch.optim.Optimizer = torch.optim.AdamW([W, b], lr=self.lr, weight_decay=self.weight_decay)
         else:
             opt = torch.optim.SGD([W, b], lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        metric = self.selection_metric or default_metric(self.task)
         best = (-np.inf, -1, W.detach().clone(), b.detach().clone())
         self.history_: list[float] = []
         for epoch in range(int(self.epochs)):
@@ -72,14 +111,18 @@ class LinearHead(Head):
             for a in range(0, len(Xs), self.batch_size):
                 i = perm[a:a + self.batch_size]
                 z = Xs[i] @ W.T + b
-                loss = (F.binary_cross_entropy_with_logits(z, yt[i]) if self.task == "multilabel"
-                        else F.cross_entropy(z, yt[i]))
+                if regression:
+                    loss = F.mse_loss(z, yt[i])
+                elif self.task == "multilabel":
+                    loss = F.binary_cross_entropy_with_logits(z, yt[i])
+                else:
+                    loss = F.cross_entropy(z, yt[i])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             if use_val:
                 with torch.no_grad():
-                    s = score(self.task, yv, self._to_proba(self._logits(Xv, W, b)), metric)
+                    s = self._val_score(Xv, yv, W, b, metric)
                 self.history_.append(s)
                 if s > best[0]:
                     best = (s, epoch, W.detach().clone(), b.detach().clone())
@@ -91,7 +134,21 @@ class LinearHead(Head):
         self.k_ = k
         return self
 
+    def predict(self, X: Any) -> np.ndarray:
+        """Class index / multi-label 0-1 matrix (as ``Head.predict``); regression: the predicted values,
+        ``(N,)`` for a 1-D training target, else ``(N, T)``."""
+        if self.task != "regression":
+            return super().predict(X)
+        self._check_fitted("coef_")
+        Xt = torch.as_tensor(self._check_X(X, dim=self.n_features_in_), dtype=torch.float32)
+        with torch.no_grad():
+            z = self._logits(Xt, self.coef_, self.intercept_).double().numpy()
+        out = z * self.y_std_ + self.y_mean_
+        return out[:, 0] if self._one_d else out
+
     def predict_proba(self, X: Any) -> np.ndarray:
+        if self.task == "regression":
+            raise ConfigError("a regression head has no class probabilities; use predict()", self._where())
         self._check_fitted("coef_")
         X = torch.as_tensor(self._check_X(X, dim=self.n_features_in_), dtype=torch.float32)
         with torch.no_grad():
