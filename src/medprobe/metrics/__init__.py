@@ -13,6 +13,7 @@ from medprobe.metrics.bootstrap import (
     resample_indices,
 )
 from medprobe.metrics.classification import classification_metrics
+from medprobe.metrics.regression import regression_ci, regression_metrics
 
 __all__ = [
     "bootstrap_ci",
@@ -20,5 +21,7 @@ __all__ = [
     "classification_metrics",
     "mean_ci",
     "percentile_interval",
+    "regression_ci",
+    "regression_metrics",
     "resample_indices",
 ]
