@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import medprobe
-    from medprobe.encoders import list_specs, weights_available
+    from medprobe.encoders import get_family, list_specs, weights_available
 
     _line(None, "medprobe", f"{medprobe.__version__} on Python {platform.python_version()} ({platform.machine()})")
     _line(True, "torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
               why if ok else f"not installed: pip install 'medprobe[{extra}]' ({why})")
     n_found = 0
     for s in list_specs():
-        if s.family == "none":
+        if not get_family(s.family).needs_weights:
             continue
         found = weights_available(s)
         n_found += bool(found)

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medprobe.encoders import list_specs, weights_available
+    from medprobe.encoders import get_family, list_specs, weights_available
     from medprobe.encoders.weights import verify_meta_hash
     from medprobe.errors import WeightsError
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     for s in list_specs():
         found = weights_available(s, dirs)
         if not found:
-            state = "not found (random init available)" if s.family != "none" else "-"
+            state = "not found (random init available)" if get_family(s.family).needs_weights else "-"
         else:
             f = found[0]
             state = f"found {f}"

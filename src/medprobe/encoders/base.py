@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from medprobe.encoders.families import get_family
 from medprobe.encoders.registry import EncoderSpec
 from medprobe.errors import ConfigError
 
@@ -111,23 +112,25 @@ class EncoderInfo:
     """What the cache key needs to know about an encoder, without building its network.
 
     Lets a cached run skip instantiating (and randomly initialising or loading) the model altogether.
+    Made by an :class:`~medprobe.encoders.families.EncoderFamily`'s ``identity``; layer facts come from
+    the family (a ``blockless`` family exposes one output layer, whatever is asked).
     """
 
-    def __init__(self, spec: EncoderSpec, weights_id: str, pretrained: bool) -> None:
+    def __init__(self, spec: EncoderSpec, weights_id: str, pretrained: bool,
+                 fixed_resolution: int | None = None) -> None:
         self.spec, self.weights_id, self.pretrained = spec, weights_id, pretrained
-        cfg = spec.hf_config
-        self.fixed_resolution: int | None = cfg.get("fixed_resolution") if spec.family == "onnx" else None
+        self.fixed_resolution = fixed_resolution
 
     @property
     def depth(self) -> int:
-        return 1 if self.spec.family == "none" else max(self.spec.depth, 1)
+        return max(self.spec.depth, 1)
 
     @property
     def patch_size(self) -> int:
         return self.spec.patch_size
 
     def resolve_layers(self, layers: Any) -> tuple[int, ...]:
-        if self.spec.family in ("onnx", "none"):
+        if get_family(self.spec.family).blockless:
             return (self.depth - 1,)
         return resolve_layers(layers, self.spec, self.depth)
 

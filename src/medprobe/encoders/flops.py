@@ -109,20 +109,17 @@ _SPEC_GFLOPS: dict[tuple[str, int, int, tuple[int, ...] | None], float | None] =
 
 def spec_gflops(name: str, resolution: int | tuple[int, int], layers: Sequence[int] | None = None
                 ) -> float | None:
-    """GFLOPs per image of a registered ViT encoder, counted on a ``meta``-device model (no weights, no
-    compute); ``layers`` (0-based blocks) costs the forward up to the deepest one, as extraction runs it
-    (default: the full depth). ``None`` for encoders without a transformers network (ONNX, none). Memoised."""
-    from medprobe.encoders.hf_vit import HFViTEncoder, build_hf_model
+    """GFLOPs per image of a registered encoder, as its family counts it (transformers ViTs: on a
+    ``meta``-device model, no weights, no compute); ``layers`` (0-based blocks) costs the forward up to the
+    deepest one, as extraction runs it (default: the full depth). ``None`` for families that cannot count
+    (ONNX, none). Memoised."""
+    from medprobe.encoders.families import get_family
     from medprobe.encoders.registry import get_spec
 
     h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
-    key = (name, h, w, tuple(int(v) for v in layers) if layers is not None else None)
+    taps = tuple(int(v) for v in layers) if layers is not None else None
+    key = (name, h, w, taps)
     if key not in _SPEC_GFLOPS:
         spec = get_spec(name)
-        if spec.family not in ("dinov3", "dinov2", "dinov2_reg"):
-            _SPEC_GFLOPS[key] = None
-        else:
-            with torch.device("meta"):
-                enc = HFViTEncoder(spec, build_hf_model(spec))
-            _SPEC_GFLOPS[key] = gflops_per_image(enc, (h, w), layers=layers)
+        _SPEC_GFLOPS[key] = get_family(spec.family).gflops(spec, (h, w), taps)
     return _SPEC_GFLOPS[key]

@@ -3,39 +3,67 @@
 The forward is run block by block so that any set of blocks can be tapped in one pass; the final
 LayerNorm is applied to every tapped block and register tokens are dropped, as DINOv3's own dense
 evaluations do.
+
+Registers the encoder families ``dinov3``, ``dinov2`` and ``dinov2_reg``: one :class:`HFArch` each (the
+transformers classes and the few ways the architectures differ), the same build / identity / cost code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medprobe.encoders.base import Encoder, EncoderOutput
+from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
+from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import EncoderSpec
+from medprobe.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from medprobe.encoders.weights import WeightsRef
+
+
+@dataclass(frozen=True)
+class HFArch:
+    """How one transformers ViT architecture is built and run."""
+
+    config_class: str  # transformers config class name
+    model_class: str  # transformers model class name
+    rope: bool  # rotary position embeddings, computed once per input and passed to every block (DINOv3)
+    final_norm: str  # attribute of the model holding the final LayerNorm
+    meta_layout: bool  # Meta's original checkpoints (dinov3_*.pth) load after key conversion
+
+
+HF_ARCHS: dict[str, HFArch] = {
+    "dinov3": HFArch("DINOv3ViTConfig", "DINOv3ViTModel", rope=True, final_norm="norm", meta_layout=True),
+    "dinov2": HFArch("Dinov2Config", "Dinov2Model", rope=False, final_norm="layernorm", meta_layout=False),
+    "dinov2_reg": HFArch("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel", rope=False,
+                         final_norm="layernorm", meta_layout=False),
+}
+
+
+def arch_of(spec: EncoderSpec) -> HFArch:
+    """The transformers architecture of a spec of one of this module's families."""
+    arch = HF_ARCHS.get(spec.family)
+    if arch is None:
+        raise ConfigError(f"encoder {spec.name} ({spec.family} family) is not a transformers ViT "
+                          f"(those are: {', '.join(sorted(HF_ARCHS))})")
+    return arch
 
 
 def build_hf_model(spec: EncoderSpec, attn_implementation: str = "sdpa") -> torch.nn.Module:
     """Instantiate the transformers model of ``spec`` with random weights."""
-    kw: dict[str, Any] = dict(spec.hf_config)
-    if spec.family == "dinov3":
-        from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    import transformers
 
-        cfg = DINOv3ViTConfig(**kw)
-        cls: Any = DINOv3ViTModel
-    elif spec.family == "dinov2_reg":
-        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-        cfg = Dinov2WithRegistersConfig(**kw)
-        cls = Dinov2WithRegistersModel
-    else:
-        from transformers import Dinov2Config, Dinov2Model
-
-        cfg = Dinov2Config(**kw)
-        cls = Dinov2Model
+    arch = arch_of(spec)
+    cfg: Any = getattr(transformers, arch.config_class)(**dict(spec.hf_config))
     cfg._attn_implementation = attn_implementation
-    return cls(cfg)
+    model: torch.nn.Module = getattr(transformers, arch.model_class)(cfg)
+    return model
 
 
 def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -55,12 +83,14 @@ def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
 class HFViTEncoder(Encoder):
     """A frozen DINOv3 / DINOv2 ViT from transformers."""
 
-    def __init__(self, spec: EncoderSpec, model: torch.nn.Module) -> None:
+    def __init__(self, spec: EncoderSpec, model: torch.nn.Module, arch: HFArch | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.model = model.eval().requires_grad_(False)
+        self.arch = arch or arch_of(spec)
+        # transformers models: attributes (config, embeddings, ...) are typed loosely in torch's stubs
+        self.model: Any = model.eval().requires_grad_(False)
         self.blocks = _blocks(model)
-        cfg = model.config
+        cfg: Any = self.model.config
         self.n_prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
         self._depth = len(self.blocks)
         self._width = int(cfg.hidden_size)
@@ -74,7 +104,13 @@ class HFViTEncoder(Encoder):
         return self._width
 
     def _final_norm(self) -> torch.nn.Module:
-        return self.model.norm if self.spec.family == "dinov3" else self.model.layernorm
+        norm: torch.nn.Module = getattr(self.model, self.arch.final_norm)
+        return norm
+
+    def _input_dtype(self) -> torch.dtype:
+        pe = self.model.embeddings.patch_embeddings  # a conv (DINOv3) or a module holding one (DINOv2)
+        weight: torch.Tensor = getattr(pe, "projection", pe).weight
+        return weight.dtype
 
     def forward_features(self, x: torch.Tensor, layers: Sequence[int]) -> EncoderOutput:
         b, _, h, w = x.shape
@@ -83,13 +119,11 @@ class HFViTEncoder(Encoder):
         want = set(layers)
         last = max(want)
         m = self.model
+        x = x.to(self._input_dtype())
+        hs = m.embeddings(x)
         kwargs: dict[str, Any] = {}
-        if self.spec.family == "dinov3":
-            x = x.to(m.embeddings.patch_embeddings.weight.dtype)
-            hs = m.embeddings(x)
+        if self.arch.rope:
             kwargs["position_embeddings"] = m.rope_embeddings(x)
-        else:
-            hs = m.embeddings(x.to(m.embeddings.patch_embeddings.projection.weight.dtype))
         norm = self._final_norm()
         cls: dict[int, torch.Tensor] = {}
         patch: dict[int, torch.Tensor] = {}
@@ -102,3 +136,116 @@ class HFViTEncoder(Encoder):
                 p = t[:, self.n_prefix:]
                 patch[i] = p.reshape(b, gh, gw, p.shape[-1]).permute(0, 3, 1, 2)
         return EncoderOutput(cls=cls, patch=patch)
+
+
+# ---------------------------------------------------------------- the family: build, identity, cost
+
+
+def _build(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
+    from medprobe.encoders.weights import (
+        check_meta_name,
+        file_sha256,
+        load_state_dict,
+        load_strict,
+        to_model_layout,
+        verify_meta_hash,
+    )
+
+    if ref.kind == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ref.seed)
+            model = build_hf_model(spec)
+        enc = HFViTEncoder(spec, model, arch)
+        enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False
+        return enc
+    if ref.kind == "file":
+        assert ref.location is not None
+        path = Path(ref.location)
+        check_meta_name(path, spec)
+        digest = verify_meta_hash(path) if ref.verify else file_sha256(path)
+        sd = load_state_dict(path)
+        model = build_hf_model(spec)
+        try:
+            sd = to_model_layout(sd, model, spec, meta_layout=arch.meta_layout)
+        except WeightsError as e:  # conversion problems carry no file name: add it (one-line convention)
+            if e.source is None:
+                raise WeightsError(e.problem, path) from None
+            raise
+        load_strict(model, sd, path)
+        enc = HFViTEncoder(spec, model, arch)
+        enc.weights_id, enc.pretrained = f"sha256:{digest}", True
+        return enc
+    if ref.kind in ("hf_dir", "hub"):
+        return _build_pretrained(arch, spec, ref)
+    raise WeightsError(f"{spec.name} cannot load {ref.kind} weights", ref.location)
+
+
+def _build_pretrained(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
+    from transformers import AutoModel
+
+    from medprobe.encoders.weights import file_sha256
+    from medprobe.utils import hash_obj
+
+    loc = str(ref.location)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        model = AutoModel.from_pretrained(loc, local_files_only=offline or ref.kind == "hf_dir",
+                                          attn_implementation="sdpa")
+    except OSError as e:
+        hint = " (offline: it is not in the local Hugging Face cache)" if offline else ""
+        raise WeightsError(f"cannot load Hugging Face model{hint}: {str(e).splitlines()[0][:160]}", loc) from None
+    cfg: Any = model.config
+    if int(cfg.hidden_size) != spec.width or int(cfg.num_hidden_layers) != spec.depth:
+        raise WeightsError(f"model is {cfg.hidden_size}-d/{cfg.num_hidden_layers} blocks but {spec.name} is "
+                           f"{spec.width}-d/{spec.depth} blocks", loc)
+    enc = HFViTEncoder(spec, model, arch)
+    root = Path(getattr(model, "name_or_path", loc))
+    weights_files = sorted(root.glob("*.safetensors")) if Path(loc).is_dir() else []
+    if weights_files:
+        enc.weights_id = "sha256:" + hash_obj([file_sha256(f) for f in weights_files], n=64)
+    else:
+        rev = getattr(cfg, "_commit_hash", None) or "unknown"
+        enc.weights_id = f"hf:{loc}@{rev}"
+    enc.pretrained = True
+    return enc
+
+
+def _identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
+    """Random init and weight files are known before loading; Hugging Face folders / hub ids are not
+    (the revision, or which files hold the weights, is only known once loaded)."""
+    from medprobe.encoders.weights import check_meta_name, file_sha256, verify_meta_hash
+
+    if ref.kind == "random":
+        return EncoderInfo(spec, f"random:seed={ref.seed}", False)
+    if ref.kind == "file":
+        path = Path(str(ref.location))
+        check_meta_name(path, spec)
+        return EncoderInfo(spec, f"sha256:{verify_meta_hash(path) if ref.verify else file_sha256(path)}", True)
+    return None
+
+
+def _gflops(arch: HFArch, spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[int, ...] | None
+            ) -> float | None:
+    """Counted on a ``meta``-device model: no weights, no compute."""
+    from medprobe.encoders.flops import gflops_per_image
+
+    with torch.device("meta"):
+        enc = HFViTEncoder(spec, build_hf_model(spec), arch)
+    return gflops_per_image(enc, resolution, layers=layers)
+
+
+def hf_vit_family(name: str, arch: HFArch) -> EncoderFamily:
+    """The encoder family of one transformers ViT architecture."""
+
+    def build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
+        return _build(arch, spec, ref)
+
+    def gflops(spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[int, ...] | None) -> float | None:
+        return _gflops(arch, spec, resolution, layers)
+
+    return EncoderFamily(name=name, build=build, identity=_identity, gflops=gflops,
+                         description=f"transformers {arch.model_class}")
+
+
+for _name, _arch in HF_ARCHS.items():
+    register_family(hf_vit_family(_name, _arch))

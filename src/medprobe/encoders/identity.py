@@ -1,14 +1,22 @@
-"""Encoder ``none``: the preprocessed image itself average-pooled to the patch grid (image-only baseline)."""
+"""Encoder ``none``: the preprocessed image itself average-pooled to the patch grid (image-only baseline).
+
+Registers the encoder family ``none``: no weights, one output layer, no cost to count.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from medprobe.encoders.base import Encoder, EncoderOutput
+from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
+from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import EncoderSpec
+
+if TYPE_CHECKING:
+    from medprobe.encoders.weights import WeightsRef
 
 
 class IdentityEncoder(Encoder):
@@ -28,3 +36,19 @@ class IdentityEncoder(Encoder):
         self.check_input_size(x.shape[2], x.shape[3])
         grid = F.avg_pool2d(x.float(), self.patch_size)
         return EncoderOutput(cls={0: x.float().mean((2, 3))}, patch={0: grid})
+
+
+def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
+    enc = IdentityEncoder(spec)
+    enc.weights_id, enc.pretrained = "none", False
+    return enc
+
+
+def _identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
+    return EncoderInfo(spec, "none", False)
+
+
+register_family(EncoderFamily(
+    name="none", build=_build, identity=_identity, needs_weights=False, blockless=True,
+    description="no encoder: the image average-pooled to the patch grid (baseline)",
+))

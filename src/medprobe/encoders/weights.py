@@ -153,12 +153,18 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str
     model.load_state_dict(sd, strict=True)
 
 
-def to_model_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module, spec: EncoderSpec) -> dict[str, torch.Tensor]:
-    """Map a Meta-layout or older-transformers-layout state dict onto ``model``'s key names."""
+def to_model_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module, spec: EncoderSpec, *,
+                    meta_layout: bool | None = None) -> dict[str, torch.Tensor]:
+    """Map a Meta-layout or older-transformers-layout state dict onto ``model``'s key names.
+
+    ``meta_layout``: whether the architecture has Meta original checkpoints to convert (the family's
+    :class:`~medprobe.encoders.hf_vit.HFArch` says; ``None``: when the spec names a Meta arch)."""
     from medprobe.encoders.meta_convert import convert_meta_state_dict, is_meta_state_dict
 
     own = set(model.state_dict())
-    if spec.family == "dinov3" and is_meta_state_dict(sd):
+    if meta_layout is None:
+        meta_layout = spec.meta_arch is not None
+    if meta_layout and is_meta_state_dict(sd):
         sd = convert_meta_state_dict(sd, spec)
     if set(sd) == own:
         return sd

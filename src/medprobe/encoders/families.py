@@ -1,0 +1,134 @@
+"""The encoder-family table: how each kind of backbone is built, identified and costed.
+
+An :class:`~medprobe.encoders.registry.EncoderSpec` names its ``family``; everything that depends on the
+kind of network (how to build it from a weights source, what its cache identity is without building it,
+what one image costs, which extra options it takes, whether it has blocks to tap) is declared once here,
+in an :class:`EncoderFamily`, instead of being derived from the family name in the code that uses it.
+
+Each family module registers its own family when imported (``hf_vit``: ``dinov3``, ``dinov2``,
+``dinov2_reg``; ``onnx_encoder``: ``onnx``; ``identity``: ``none``). A new kind of backbone is one module
+with its :class:`~medprobe.encoders.base.Encoder` subclass, a :func:`register_family` call and its
+:func:`~medprobe.encoders.registry.register` entries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medprobe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medprobe.encoders.base import Encoder, EncoderInfo
+    from medprobe.encoders.registry import EncoderSpec
+    from medprobe.encoders.weights import WeightsRef
+
+BuildFn = Callable[["EncoderSpec", "WeightsRef", Mapping[str, Any]], "Encoder"]
+IdentityFn = Callable[["EncoderSpec", "WeightsRef"], "EncoderInfo | None"]
+GflopsFn = Callable[["EncoderSpec", tuple[int, int], "tuple[int, ...] | None"], "float | None"]
+LocalWeightsFn = Callable[["EncoderSpec"], list[Path]]
+
+# modules that register the built-in families at import
+_BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity")
+
+
+def no_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
+    """Identity unknown until the network is loaded (the cache is looked up after building it)."""
+    return None
+
+
+def no_gflops(spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[int, ...] | None) -> float | None:
+    """Cost not countable (runs outside torch, or nothing to count)."""
+    return None
+
+
+def no_local_weights(spec: EncoderSpec) -> list[Path]:
+    return []
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """One kind of backbone.
+
+    ``build(spec, weights, options)``: the :class:`~medprobe.encoders.base.Encoder` for a resolved weights
+    source, with ``weights_id`` and ``pretrained`` set; ``options`` holds only the names in ``options``
+    (given, not ``None``). ``identity(spec, weights)``: the encoder's
+    :class:`~medprobe.encoders.base.EncoderInfo` (weights id, pretrained flag) for cache look-ups without
+    building the network, or ``None`` when only loading can tell. ``gflops(spec, (h, w), layers)``: GFLOPs
+    of one image up to the deepest of ``layers`` (``None``: the full depth), or ``None`` when not
+    countable. ``local_weights(spec)``: weight files the family finds by itself (e.g. inside an installed
+    package), beyond the Meta / Hugging Face cache search every spec gets.
+
+    Declared facts: ``needs_weights`` (False: nothing to load, e.g. the image-only baseline);
+    ``blockless`` (one output layer, no blocks to tap: layer selections resolve to it);
+    ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it).
+    """
+
+    name: str
+    build: BuildFn
+    identity: IdentityFn = no_identity
+    gflops: GflopsFn = no_gflops
+    needs_weights: bool = True
+    blockless: bool = False
+    options: tuple[str, ...] = ()
+    local_weights: LocalWeightsFn = no_local_weights
+    description: str = ""
+
+    def check_options(self, spec: EncoderSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The given options (``None`` values dropped); an option the family does not take is a ConfigError."""
+        given = {k: v for k, v in options.items() if v is not None}
+        for k in given:
+            if k not in self.options:
+                takes = ", ".join(self.options) if self.options else "none"
+                raise ConfigError(f"encoder {spec.name} ({self.name} family) does not take option {k!r} "
+                                  f"(it takes: {takes})")
+        return given
+
+
+_FAMILIES: dict[str, EncoderFamily] = {}
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+
+
+def register_family(family: EncoderFamily) -> EncoderFamily:
+    """Add (or replace) an entry of the family table; returns it."""
+    if not isinstance(family, EncoderFamily):
+        raise TypeError(f"register_family needs an EncoderFamily, got {type(family).__name__}")
+    if not family.name:
+        raise ConfigError("an encoder family needs a name")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family from the table (no error when absent)."""
+    _FAMILIES.pop(name, None)
+
+
+def get_family(name: str) -> EncoderFamily:
+    """The registered family ``name``; an unknown name is a one-line ConfigError listing the known ones."""
+    _load_builtins()
+    fam = _FAMILIES.get(name)
+    if fam is None:
+        raise ConfigError(f"unknown encoder family {name!r} (known: {', '.join(sorted(_FAMILIES))})")
+    return fam
+
+
+def encoder_families() -> list[str]:
+    """Names of the registered encoder families, sorted."""
+    _load_builtins()
+    return sorted(_FAMILIES)
+
+
+__all__ = ["EncoderFamily", "encoder_families", "get_family", "no_gflops", "no_identity", "no_local_weights",
+           "register_family", "unregister_family"]
