@@ -6,6 +6,10 @@
 * labels: one column (binary 0/1, multi-class / ordinal index or class name), several 0/1 columns
   (multi-label, label names = column names), or one column of ``sep``-separated names (multi-label,
   e.g. ``"Effusion|Mass"``; ``no_finding`` such as ``"No Finding"`` -> all zeros);
+* regression (``task="regression"``): one or more numeric target columns (``label_columns`` a list or a
+  comma list ``"age,bmi"``); ``Item.label`` is a float (one column) or a float64 vector; target names =
+  the column names (``TaskInfo("regression", classes=names)``); an empty or non-numeric cell raises
+  :class:`DataError` naming the CSV, row and column;
 * optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``.
 
 Worked examples: ``nih14:`` (NIH ChestX-ray14) and ``rsna-pneumonia:`` (RSNA Pneumonia Detection).
@@ -108,6 +112,32 @@ def parse_label(value: str, task: TaskInfo, where: str, column: str, csv_path: P
     return iv
 
 
+def parse_target(value: str, where: str, column: str, csv_path: Path | str) -> float:
+    """Parse one regression target cell: a finite number."""
+    v = value.strip()
+    if v == "":
+        raise DataError(f"{where}, column {column!r}: empty regression target ''", source=csv_path)
+    try:
+        f = float(v)
+    except ValueError:
+        f = None
+    if f is None or not np.isfinite(f):
+        raise DataError(f"{where}, column {column!r}: regression target {value!r} is not a finite number",
+                        source=csv_path)
+    return f
+
+
+def split_columns(columns: Sequence[str] | str | None, header: Sequence[str] = ()) -> list[str]:
+    """Label columns as a list: a string is one column if the CSV has it, else a comma list."""
+    if columns is None:
+        return []
+    if isinstance(columns, str):
+        if columns in header or "," not in columns:
+            return [columns]
+        return [c.strip() for c in columns.split(",") if c.strip()]
+    return list(columns)
+
+
 def parse_multilabel_cell(value: str, classes: Sequence[str], sep: str, no_finding: str | None, where: str,
                           column: str, csv_path: Path | str) -> np.ndarray:
     """``"A|B"`` -> 0/1 vector over ``classes``; ``no_finding`` -> zeros."""
@@ -131,8 +161,8 @@ def _task_from(task: str | TaskInfo | None, classes: Sequence[str] | None) -> Ta
                                                     tuple(classes))
     if isinstance(task, TaskInfo):
         return task
-    if task not in ("binary", "multiclass", "multilabel", "ordinal"):
-        raise ConfigError(f"task must be binary, multiclass, multilabel or ordinal, got {task!r}")
+    if task not in ("binary", "multiclass", "multilabel", "ordinal", "regression"):
+        raise ConfigError(f"task must be binary, multiclass, multilabel, ordinal or regression, got {task!r}")
     cl: tuple[str, ...] = tuple(classes) if classes is not None else (("0", "1") if task == "binary" else ())
     return TaskInfo(task, cl)  # type: ignore[arg-type]
 
@@ -145,17 +175,30 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                      path_suffix: str = "") -> tuple[list[Record], TaskInfo]:
     """Parse a manifest CSV into records + the task; every label is validated here."""
     csv_path = Path(csv_path)
-    if isinstance(label_columns, str):
-        label_columns = [label_columns]
-    label_columns = list(label_columns or [])
     extra = [c for c in (patient_column, split_column, id_column) if c]
-    _, rows = read_csv_rows(csv_path, [path_column, *label_columns, *extra])
+    header, rows = read_csv_rows(csv_path)
+    label_columns = split_columns(label_columns, header)
+    missing = [c for c in (path_column, *label_columns, *extra) if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; columns are {header}", source=csv_path)
     base = Path(root) if root is not None else csv_path.parent
     info = _task_from(task, classes)
-    multi_cols = len(label_columns) > 1 or (info is not None and info.type == "multilabel" and not sep)
+    regression = info is not None and info.type == "regression"
+    multi_cols = not regression and (len(label_columns) > 1
+                                     or (info is not None and info.type == "multilabel" and not sep))
     if sep and len(label_columns) != 1:
         raise ConfigError("a separator-coded multi-label column needs exactly one label column", csv_path)
-    if sep:
+    if regression:
+        if sep:
+            raise ConfigError("sep= (separator-coded multi-label) does not apply to a regression task", csv_path)
+        if not label_columns:
+            raise ConfigError("a regression task needs at least one target column (label_columns=...)",
+                              csv_path)
+        names = tuple(classes) if classes is not None else tuple(label_columns)
+        if len(names) != len(label_columns):
+            raise ConfigError(f"{len(label_columns)} target columns but {len(names)} target names", csv_path)
+        info = TaskInfo("regression", names)
+    elif sep:
         if classes is None:  # label names = all names seen, sorted
             seen = {s.strip() for _, r in rows for s in r[label_columns[0]].split(sep) if s.strip()}
             seen.discard(no_finding or "")
@@ -191,8 +234,11 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
             raise DataError(f"{where}: empty {path_column!r}", source=csv_path)
         p = Path(rel + path_suffix)
         p = p if p.is_absolute() else base / p
-        if sep:
-            label: Any = parse_multilabel_cell(row[label_columns[0]], info.classes, sep, no_finding, where,
+        if regression:
+            values = [parse_target(row[c], where, c, csv_path) for c in label_columns]
+            label: Any = values[0] if len(values) == 1 else np.array(values, dtype=np.float64)
+        elif sep:
+            label = parse_multilabel_cell(row[label_columns[0]], info.classes, sep, no_finding, where,
                                                label_columns[0], csv_path)
         elif multi_cols:
             label = np.array([parse_label(row[c], TaskInfo("binary", ("0", "1")), where, c, csv_path)
@@ -461,5 +507,5 @@ def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_d
 
 
 __all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "create_csv_dataset", "create_nih14",
-           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "read_csv_rows",
-           "records_from_csv"]
+           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "parse_target", "read_csv_rows",
+           "records_from_csv", "split_columns"]

@@ -20,6 +20,18 @@ Masks are integer label maps with the image's shape: **0 background, 1 organ, 2 
 label overrides the organ). Lesion types (:data:`LESION_TYPES`): ``round_bright``, ``round_dark``,
 ``elongated`` (bright, ~3.5:1, random orientation), ``ring`` (bright rim, darker core).
 
+Regression phantoms (:func:`make_regression_phantom`, ``phantom:xray2d-regression`` and its 3D
+counterpart ``phantom:ct3d-regression``; :data:`REGRESSION_SPECS`): a grey field of tissue with one bright round
+lesion whose diameter in millimetres is the target (:data:`REGRESSION_TARGET`), drawn uniformly from
+:data:`REGRESSION_DIAMETER_MM` (5-15 mm in 2D, 10-20 mm in 3D). The field of view is fixed in millimetres
+(40 mm in 2D, a 48 mm cube in 3D), so the spacing follows the image size (``regression_spacing``; 3D slices
+are twice as thick as the in-plane pixels) and the target means the same at every ``size``. Tissue level
+and lesion contrast are fixed; the texture is smooth and zero-mean over the field, the lesion edge has
+one voxel of partial volume, the noise is the modality's (X-ray: Gaussian, 12-bit, a black electronic
+shutter border and a saturated lead marker, so a per-image min-max maps intensities identically for every
+case; CT: correlated Gaussian noise, 10-16 HU, in Hounsfield units). A linear read-out of the mean
+intensity (lesion area ~ diameter^2, volume ~ diameter^3) recovers the diameter with R^2 > 0.9.
+
 Everything is a pure function of ``seed``: same seed -> bitwise identical arrays. Within one seed the
 anatomy, the lesion and the acquisition noise come from separate random streams, so
 ``make_phantom(..., seed=s, lesion=None)`` and ``make_phantom(..., seed=s, lesion="ring")`` differ
@@ -48,7 +60,11 @@ MODALITIES: tuple[str, ...] = ("xray", "ct", "mri", "us")
 SUPPORTED_DIMS: dict[str, tuple[int, ...]] = {"xray": (2,), "ct": (2, 3), "mri": (2, 3), "us": (2,)}
 LESION_TYPES: tuple[str, ...] = ("round_bright", "round_dark", "elongated", "ring")
 MASK_LABELS: tuple[str, ...] = ("background", "organ", "lesion")
-TASKS: tuple[str, ...] = ("binary", "multiclass", "segmentation")
+TASKS: tuple[str, ...] = ("binary", "multiclass", "segmentation", "regression")
+REGRESSION_TARGET = "lesion_diameter_mm"
+REGRESSION_SPECS: tuple[tuple[str, int], ...] = (("xray", 2), ("ct", 3))
+REGRESSION_DIAMETER_MM: dict[int, tuple[float, float]] = {2: (5.0, 15.0), 3: (10.0, 20.0)}
+_REGRESSION_FOV_MM = {2: 40.0, 3: 48.0}
 BINARY_CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
 
 _SPACING: dict[tuple[str, int], tuple[float, ...]] = {
@@ -455,10 +471,13 @@ def phantom_dataset(task: str = "binary", modality: str = "xray", spatial_dims: 
     * ``multiclass``: every case has a lesion; label = index into :data:`LESION_TYPES`.
     * ``segmentation``: every case has a lesion of random type; label ``None``; masks as in
       :func:`make_phantom` (classes :data:`MASK_LABELS`).
+    * ``regression``: see :func:`regression_dataset` (xray 2D and CT 3D only).
 
     Masks are attached for every task; ``Item.meta["lesion"]`` names the lesion type (or ``None``).
     ``size``: see :func:`make_phantom` (default 64 for 2D, 48x48x24 for 3D).
     """
+    if task == "regression":
+        return regression_dataset(modality, spatial_dims, n=n, size=size, seed=seed, splits=splits)
     _check(modality, spatial_dims)
     if task not in TASKS:
         raise ConfigError(f"unknown phantom task {task!r}; valid: {', '.join(TASKS)}")
@@ -489,6 +508,104 @@ def phantom_dataset(task: str = "binary", modality: str = "xray", spatial_dims: 
                         spacing=_SPACING[(modality, spatial_dims)], ids=ids,
                         splits=_split(labels_arr, splits, rng), patients=list(ids),
                         meta=[{"lesion": k} for k in kinds])
+
+
+# --------------------------------------------------------------------------------------------- regression
+def regression_spacing(spatial_dims: int, shape: tuple[int, ...]) -> tuple[float, ...]:
+    """Voxel spacing (mm) of a regression phantom: the fixed field of view over the larger in-plane size."""
+    s = _REGRESSION_FOV_MM[spatial_dims] / max(shape[0], shape[1])
+    return (s, s) if spatial_dims == 2 else (s, s, 2.0 * s)
+
+
+def _check_regression(modality: str, spatial_dims: int) -> None:
+    _check(modality, spatial_dims)
+    if (modality, spatial_dims) not in REGRESSION_SPECS:
+        valid = ", ".join(f"{m}{d}d" for m, d in REGRESSION_SPECS)
+        raise ConfigError(f"no regression phantom for {modality}{spatial_dims}d; valid: {valid}")
+
+
+def make_regression_phantom(modality: str, spatial_dims: int, size: int | tuple[int, ...] | None, seed: int,
+                            diameter_mm: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """One regression case: ``(image, mask, diameter_mm)`` (see the module docstring).
+
+    ``diameter_mm``: the lesion diameter, or ``None`` to draw it from :data:`REGRESSION_DIAMETER_MM`.
+    Mask: 0 outside the exposed field (X-ray shutter and marker), 1 tissue, 2 lesion.
+    """
+    _check_regression(modality, spatial_dims)
+    shape = _shape(spatial_dims, size)
+    spacing = regression_spacing(spatial_dims, shape)
+    s_geo, s_tex, s_noise = (np.random.default_rng(q) for q in np.random.SeedSequence(int(seed)).spawn(3))
+    lo, hi = REGRESSION_DIAMETER_MM[spatial_dims]
+    d = float(s_geo.uniform(lo, hi)) if diameter_mm is None else float(diameter_mm)
+    if not d > 0:
+        raise ConfigError(f"diameter_mm must be positive, got {diameter_mm!r}")
+    field = np.ones(shape, bool)
+    marker = np.zeros(shape, bool)
+    w = 0  # shutter border width (voxels)
+    first_row = 0.0  # mm from the top edge the lesion must stay below (the marker band)
+    if modality == "xray":
+        w = max(1, int(round(0.04 * min(shape))))
+        field[:w] = field[-w:] = field[:, :w] = field[:, -w:] = False
+        mh, mw = max(2, int(round(0.06 * shape[0]))), max(2, int(round(0.1 * shape[1])))
+        marker[w + 1:w + 1 + mh, w + 1:w + 1 + mw] = True
+        first_row = (w + mh + 2) * spacing[0]
+    # lesion centre: the whole lesion inside the field (1 mm margin), below the marker band
+    r = d / 2.0
+    extent = [n * sp for n, sp in zip(shape, spacing)]
+    centre = []
+    for k, (ext, sp) in enumerate(zip(extent, spacing)):
+        a = max(w * sp, first_row if k == 0 else 0.0) + r + 1.0
+        b = ext - w * sp - r - 1.0
+        centre.append(float(s_geo.uniform(a, b)) if b > a else ext / 2.0)
+    grids = np.meshgrid(*[(np.arange(n) + 0.5) * sp for n, sp in zip(shape, spacing)], indexing="ij",
+                        sparse=True)
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre))).astype(np.float32)
+    lesion = np.clip((r - dist) / spacing[0] + 0.5, 0.0, 1.0).astype(np.float32)  # 1-voxel partial volume
+    tex = _smooth(s_tex, shape, tuple(max(2, min(5, n // 8)) for n in shape))
+    tex = tex - tex[field].mean()  # zero-mean over the field: the mean intensity tracks the lesion only
+    mask = field.astype(np.uint8)
+    mask[(dist < r) & field] = 2
+    mask[marker] = 0
+    if modality == "xray":
+        v = 0.35 + 0.02 * tex + 0.3 * lesion
+        v = ndi.gaussian_filter(v, 0.6)  # detector blur
+        v = v + float(s_noise.uniform(0.015, 0.025)) * s_noise.standard_normal(shape, dtype=np.float32)
+        img = np.clip(np.rint(v * 4095), 0, 4095)
+        img[~field] = 0  # electronic shutter
+        img[marker] = 4095  # lead marker (saturated)
+        return img.astype(np.uint16), mask, d
+    v = 45.0 + 6.0 * tex + 120.0 * lesion  # soft tissue with a hyper-enhancing lesion, HU
+    noise = _coloured_noise(s_noise, shape, (0.7,) * len(shape))
+    img = np.clip(np.rint(v + float(s_noise.uniform(10.0, 16.0)) * noise), -1024, 3071)
+    return img.astype(np.int16), mask, d
+
+
+def regression_dataset(modality: str = "xray", spatial_dims: int = 2, n: int = 200,
+                       size: int | tuple[int, ...] | None = None, seed: int = 0,
+                       splits: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> ArrayDataset:
+    """``n`` regression phantoms; label = lesion diameter in mm (float), ``TaskInfo("regression",
+    (REGRESSION_TARGET,))``; split stratified by diameter quartile; ``meta["diameter_mm"]`` too."""
+    _check_regression(modality, spatial_dims)
+    if int(n) < 1:
+        raise ConfigError(f"phantom n={n!r}: need at least 1 case")
+    n = int(n)
+    shape = _shape(spatial_dims, size)
+    images, masks, diam = [], [], []
+    for i in range(n):
+        img, msk, d = make_regression_phantom(modality, spatial_dims, shape, _case_seed(seed, i, 303))
+        images.append(img)
+        masks.append(msk)
+        diam.append(d)
+    d_arr = np.asarray(diam)
+    groups = np.searchsorted(np.quantile(d_arr, [0.25, 0.5, 0.75]), d_arr) if n >= 8 else np.zeros(n, int)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7927]))
+    tag = f"{modality}{spatial_dims}d"
+    ids = [f"phantom-{tag}-reg-{i:06d}" for i in range(n)]
+    return ArrayDataset(images, diam, spatial_dims=spatial_dims, name=f"phantom:{tag}-regression",
+                        modality=modality, task=TaskInfo("regression", (REGRESSION_TARGET,)),  # type: ignore[arg-type]
+                        masks=masks, spacing=regression_spacing(spatial_dims, shape), ids=ids,
+                        splits=_split(groups, splits, rng), patients=list(ids),
+                        meta=[{"diameter_mm": d} for d in diam])
 
 
 def warp(image: np.ndarray, displacement: np.ndarray, order: int = 1) -> np.ndarray:
@@ -568,13 +685,14 @@ def phantom_registration_pairs(n: int, modality: str = "mri", spatial_dims: int 
 
 
 # --------------------------------------------------------------------------------------------- registry
-_SPEC_RE = re.compile(r"^(xray|ct|mri|us)(2d|3d)(?:-(binary|multiclass|segmentation))?$")
+_SPEC_RE = re.compile(r"^(xray|ct|mri|us)(2d|3d)(?:-(binary|multiclass|segmentation|regression))?$")
 _OPTIONS = ("n", "size", "seed", "splits")
 
 
 @register_dataset("phantom")
 def _phantom_factory(arg: str, **options: Any) -> ArrayDataset:
-    """``phantom:<modality><2d|3d>[-<task>]``, e.g. ``ct3d-binary``; options n, size, seed, splits."""
+    """``phantom:<modality><2d|3d>[-<task>]``, e.g. ``ct3d-binary``, ``xray2d-regression``; options n, size,
+    seed, splits."""
     m = _SPEC_RE.match(arg.strip().lower())
     if not m or int(m.group(2)[0]) not in SUPPORTED_DIMS[m.group(1)]:
         raise ConfigError(f"unknown phantom {arg!r}; valid: <{_VALID_SPECS}>-<{'|'.join(TASKS)}>, "
@@ -587,5 +705,7 @@ def _phantom_factory(arg: str, **options: Any) -> ArrayDataset:
                            **options)
 
 
-__all__ = ["LESION_TYPES", "MASK_LABELS", "MODALITIES", "TASKS", "default_spacing", "jacobian_determinant",
-           "make_phantom", "phantom_dataset", "phantom_registration_pairs", "warp"]
+__all__ = ["LESION_TYPES", "MASK_LABELS", "MODALITIES", "REGRESSION_DIAMETER_MM", "REGRESSION_SPECS",
+           "REGRESSION_TARGET", "TASKS", "default_spacing", "jacobian_determinant", "make_phantom",
+           "make_regression_phantom", "phantom_dataset", "phantom_registration_pairs", "regression_dataset",
+           "regression_spacing", "warp"]

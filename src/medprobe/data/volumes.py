@@ -8,6 +8,10 @@
   the patient is the name's first two parts (``train_1``).
 * Generic: a ``path`` column (file or DICOM folder, relative to ``root`` / the CSV's folder) + label
   columns, as for ``csv:`` manifests.
+* Regression (``task="regression"``): one or more numeric target columns per volume (``label_columns`` a
+  list or a comma list; default: every column other than the path / patient / split / id columns), e.g.
+  a lesion volume in ml or an age; labels are floats (float64 vectors for several targets), and a bad cell
+  raises ``DataError`` naming the CSV, row and column (see ``csv_manifest.parse_target``).
 
 Items are ``(X, Y, Z[, C])`` reoriented to closest canonical RAS, ``slice_axis=2``, spacing from the header.
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from medprobe.data import register_dataset
 from medprobe.data.base import Modality, TaskInfo
-from medprobe.data.csv_manifest import ManifestDataset, read_csv_rows, records_from_csv
+from medprobe.data.csv_manifest import ManifestDataset, read_csv_rows, records_from_csv, split_columns
 from medprobe.errors import ConfigError
 
 
@@ -53,8 +57,7 @@ def create_volumes(arg: str, root: str | Path | None = None, path_column: str | 
     if label_columns is None:
         skip = {path_column, patient_column, split_column, id_column}
         label_columns = [c for c in header if c not in skip and c]
-    if isinstance(label_columns, str):
-        label_columns = [label_columns]
+    label_columns = split_columns(label_columns, header)
     if task is None and len(label_columns) > 1:
         task = "multilabel"
     base = Path(root) if root is not None else csv_path.parent
