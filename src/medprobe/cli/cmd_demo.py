@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import time
 from pathlib import Path
+from typing import Any
 
 BANNER = """\
 ================================================================================
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def classification_specs(out: Path, quick: bool) -> list:  # type: ignore[type-arg]
+def classification_specs(out: Path, quick: bool) -> list[Any]:
     from medprobe.pipeline import TaskSpec
 
     n2, n3 = (80, 24) if quick else (240, 60)
@@ -64,14 +65,11 @@ def run(args: argparse.Namespace) -> int:
         run_task(spec, db=db)
     print(f"\nclassification done in {time.perf_counter() - t0:.0f}s")
     if not args.skip_seg:
-        try:
-            from medprobe.pipeline.segmentation import demo_segmentation
-        except ImportError:
-            print("(segmentation demo not available in this build)")
-        else:
-            t1 = time.perf_counter()
-            demo_segmentation(db=db, cache_dir=str(out / "cache"), quick=args.quick)
-            print(f"\nsegmentation done in {time.perf_counter() - t1:.0f}s")
+        from medprobe.pipeline.families.segmentation import demo_segmentation
+
+        t1 = time.perf_counter()
+        demo_segmentation(db=db, cache_dir=str(out / "cache"), quick=args.quick)
+        print(f"\nsegmentation done in {time.perf_counter() - t1:.0f}s")
     report = None
     if not args.skip_sweep:
         try:

@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medprobe.errors import ConfigError
 
 
@@ -57,23 +55,15 @@ def add_dataset_args(p: argparse.ArgumentParser, default: str | None = None) -> 
 
 
 def parse_resolution(s: str | None) -> tuple[int, int] | None:
-    if not s:
-        return None
-    try:
-        parts = [int(v) for v in s.lower().replace(",", "x").split("x")]
-    except ValueError:
-        raise ConfigError(f"--resolution must be N or HxW, got {s!r}") from None
-    if len(parts) == 1:
-        return (parts[0], parts[0])
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise ConfigError(f"--resolution must be N or HxW, got {s!r}")
+    from medprobe.schema import to_size
+
+    return to_size(s, "--resolution") if s else None
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str | None) -> Any:
+    from medprobe.pipeline.common import pick_device as pick
+
+    return pick(name)
 
 
 def _value(v: str) -> Any:
@@ -99,7 +89,7 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def build_encoder(args: argparse.Namespace, device: torch.device) -> Any:
+def build_encoder(args: argparse.Namespace, device: Any) -> Any:
     from medprobe.encoders import create_encoder
 
     return create_encoder(args.encoder, weights=args.weights, device=device, verify=not args.no_verify,

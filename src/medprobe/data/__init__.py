@@ -42,6 +42,15 @@ def dataset_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def dataset_factory(spec: str) -> Callable[..., Dataset]:
+    """The registered factory of ``"kind:arg"`` (its signature names the kind's options)."""
+    _ensure_loaded()
+    kind = spec.partition(":")[0]
+    if kind not in _REGISTRY:
+        raise ConfigError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}", spec)
+    return _REGISTRY[kind]
+
+
 def create_dataset(spec: str, **options: Any) -> Dataset:
     """Build a dataset from ``"kind:arg"`` (e.g. ``"medmnist:pneumoniamnist"``, ``"phantom:xray2d"``)."""
     _ensure_loaded()
@@ -51,5 +60,5 @@ def create_dataset(spec: str, **options: Any) -> Dataset:
     return _REGISTRY[kind](arg, **options)
 
 
-__all__ = ["ArrayDataset", "Dataset", "Item", "Subset", "TaskInfo", "create_dataset", "dataset_kinds",
-           "register_dataset"]
+__all__ = ["ArrayDataset", "Dataset", "Item", "Subset", "TaskInfo", "create_dataset", "dataset_factory",
+           "dataset_kinds", "register_dataset"]

@@ -99,6 +99,8 @@ class FeatureStore:
         self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
         self._mm: dict[tuple[str, int, int], np.ndarray] = {}
         self.reused = False  # set by the engine when the entry was found complete (no extraction ran)
+        self.preprocess: Any = None  # the resolved PreprocessConfig, set by the engine that opened the entry
+        self.extract_config: Any = None  # the ExtractConfig, likewise
 
     # ------------------------------------------------------------------ metadata
     @property

@@ -193,8 +193,15 @@ def lookup(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None =
     if not (entry / "manifest.json").is_file():
         return None
     log.info("features cached: %s (skipping extraction)", entry)
+    return _opened(entry, pre, cfg, reused=True)
+
+
+def _opened(entry: Path, pre: PreprocessConfig, cfg: ExtractConfig, reused: bool) -> FeatureStore:
+    """The store of a complete entry with the resolved configs it was made with (never read back from disk)."""
     store = FeatureStore(entry)
-    store.reused = True
+    store.reused = reused
+    store.preprocess = pre
+    store.extract_config = cfg
     return store
 
 
@@ -202,7 +209,8 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
             config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
             device: str | torch.device | None = None, rank: int | None = None, world: int | None = None,
             shard: tuple[int, int] | None = None) -> FeatureStore | None:
-    """Extract (or reuse) features of every item of ``dataset``; returns the :class:`FeatureStore`.
+    """Extract (or reuse) features of every item of ``dataset``; returns the :class:`FeatureStore` with the
+    resolved configs it was made with (``store.preprocess``, ``store.extract_config``, ``store.layers``).
 
     ``rank``/``world`` default to torch.distributed's when it is initialised. With ``shard=(i, n)``
     only shards ``k % n == i`` are computed; the return value is ``None`` until all shards exist.
@@ -215,9 +223,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     entry = root / cache_key(spec)
     if (entry / "manifest.json").is_file():
         log.info("features cached: %s (skipping extraction)", entry)
-        store = FeatureStore(entry)
-        store.reused = True
-        return store
+        return _opened(entry, pre, cfg, reused=True)
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if rank is None or world is None:
@@ -269,7 +275,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
                 })
         if dist and shard is None:
             torch.distributed.barrier()
-        return FeatureStore(entry)
+        return _opened(entry, pre, cfg, reused=False)
     return None
 
 

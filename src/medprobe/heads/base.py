@@ -17,43 +17,111 @@ import numpy as np
 from medprobe.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+INPUT_KINDS = ("vector", "bag", "dense", "pair")
 
-_HEADS: dict[str, type[Head]] = {}
+# one registry for every head: keyed by (name, input kind), so ``linear`` names both the linear layer on
+# vectors and the linear segmentation head on dense grids; a task family asks for the kinds it can feed
+_HEADS: dict[tuple[str, str], type[Any]] = {}
+_ALIASES: dict[tuple[str, str], str] = {}
 
 
-def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator: make ``cls`` available as ``create_head(name, ...)``."""
+def register_head(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Any]], type[Any]]:
+    """Class decorator: register head class ``cls`` under ``name`` (and ``aliases``).
 
-    def deco(cls: type[Head]) -> type[Head]:
-        if name in _HEADS and _HEADS[name] is not cls:
-            raise ConfigError(f"head {name!r} is registered twice", "medprobe.heads")
+    The class declares its capabilities: ``input_kind`` (``vector``: one feature vector per case, ``bag``:
+    a variable-size set of vectors, ``dense``: patch grids, ``pair``: fixed/moving features), ``tasks``
+    (the dataset task types it fits) and ``outputs`` (``proba``, ``values``, ``proba_ks``: several k at once,
+    ``logits``). Its hyper-parameters are its ``__init__`` keywords (or ``defaults`` for torch modules)."""
+
+    def deco(cls: type[Any]) -> type[Any]:
+        kind = getattr(cls, "input_kind", "vector")
+        if kind not in INPUT_KINDS:
+            raise ConfigError(f"head {name!r} declares input_kind {kind!r}; use one of {', '.join(INPUT_KINDS)}",
+                              "medprobe.heads")
+        key = (name, kind)
+        if key in _HEADS and _HEADS[key].__qualname__ != cls.__qualname__:
+            raise ConfigError(f"head {name!r} for {kind} input is registered twice", "medprobe.heads")
         cls.name = name
-        _HEADS[name] = cls
+        _HEADS[key] = cls
+        for a in aliases:
+            _ALIASES[(a, kind)] = name
         return cls
 
     return deco
 
 
-def head_names() -> list[str]:
-    """Names of all registered heads, sorted."""
-    return sorted(_HEADS)
+def unregister_head(name: str, input_kind: str = "vector") -> None:
+    """Remove a registered head (tests and plug-ins that register temporary heads)."""
+    _HEADS.pop((name, input_kind), None)
+    for k in [k for k, v in _ALIASES.items() if v == name and k[1] == input_kind]:
+        del _ALIASES[k]
 
 
-def get_head_class(name: str) -> type[Head]:
-    if name not in _HEADS:
-        raise ConfigError(f"unknown head {name!r} (known: {', '.join(head_names())})", "heads")
-    return _HEADS[name]
+def head_names(input_kind: str | None = None) -> list[str]:
+    """Names of the registered heads (of one input kind), sorted."""
+    return sorted({n for n, k in _HEADS if input_kind is None or k == input_kind})
 
 
-def create_head(name: str, task: str = "multiclass", **hp: Any) -> Head:
-    """Build the head ``name`` for ``task`` with hyper-parameters ``hp`` (unknown ones -> ConfigError)."""
-    cls = get_head_class(name)
+def head_classes() -> list[type[Any]]:
+    """Every registered head class, by name then input kind."""
+    return [_HEADS[k] for k in sorted(_HEADS)]
+
+
+def find_head(name: str, input_kinds: tuple[str, ...] | list[str], task: str | None = None,
+              where: str | None = None) -> type[Any]:
+    """The head ``name`` that takes one of ``input_kinds`` (the first that matches) and fits ``task``.
+
+    Errors say why: unknown name, a head for other inputs, or a task type the head does not fit."""
+    for kind in input_kinds:
+        canon = _ALIASES.get((name, kind), name)
+        cls = _HEADS.get((canon, kind))
+        if cls is None:
+            continue
+        tasks = tuple(getattr(cls, "tasks", ()))
+        if task is not None and tasks and task not in tasks:
+            raise ConfigError(f"head {name!r} does not fit {task} tasks (it fits {', '.join(tasks)})",
+                              where or "heads")
+        return cls
+    others = sorted({k for n, k in _HEADS if n == name or _ALIASES.get((name, k)) == n})
+    if others:
+        raise ConfigError(f"head {name!r} takes {'/'.join(others)} input; this task feeds "
+                          f"{'/'.join(input_kinds)} (heads for it: {', '.join(_names_for(input_kinds, task))})",
+                          where or "heads")
+    raise ConfigError(f"unknown head {name!r} (heads for this task: {', '.join(_names_for(input_kinds, task))})",
+                      where or "heads")
+
+
+def _names_for(input_kinds: tuple[str, ...] | list[str], task: str | None) -> list[str]:
+    return sorted({n for (n, k), c in _HEADS.items() if k in input_kinds
+                   and (task is None or not getattr(c, "tasks", ()) or task in c.tasks)})
+
+
+def head_param_names(cls: type[Any]) -> list[str]:
+    """The hyper-parameters a head accepts (what ``head_params.<head>`` may set)."""
+    extra = getattr(cls, "extra_params", ())
+    if isinstance(getattr(cls, "defaults", None), dict) and cls.defaults:
+        return sorted({*cls.defaults, *extra})
+    fixed = {"self", "task", "n_classes"}
+    return sorted({n for n in inspect.signature(cls.__init__).parameters if n not in fixed} | set(extra))
+
+
+def get_head_class(name: str, input_kind: str = "vector") -> type[Head]:
+    canon = _ALIASES.get((name, input_kind), name)
+    if (canon, input_kind) not in _HEADS:
+        raise ConfigError(f"unknown head {name!r} (known: {', '.join(head_names(input_kind))})", "heads")
+    return _HEADS[(canon, input_kind)]  # type: ignore[no-any-return]
+
+
+def create_head(name: str, task: str = "multiclass", input_kind: str | None = None, **hp: Any) -> Head:
+    """Build the vector/bag head ``name`` for ``task`` with hyper-parameters ``hp`` (unknown ones ->
+    ConfigError). ``input_kind``: which registration of ``name`` (default: vector, else bag)."""
+    cls = get_head_class(name, input_kind) if input_kind else find_head(name, ("vector", "bag"))
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     bad = sorted(set(hp) - allowed)
     if bad:
         raise ConfigError(f"unknown hyper-parameter(s) {', '.join(bad)} "
                           f"(allowed: {', '.join(sorted(allowed - {'task'}))})", f"head {name}")
-    return cls(task=task, **hp)
+    return cls(task=task, **hp)  # type: ignore[no-any-return]
 
 
 def _jsonable(v: Any) -> Any:
@@ -75,6 +143,8 @@ class Head:
 
     name: str = "head"
     tasks: tuple[str, ...] = TASKS
+    input_kind: str = "vector"
+    outputs: tuple[str, ...] = ("proba",)
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0) -> None:
         self.task = task
@@ -190,8 +260,10 @@ def one_hot(y: np.ndarray, k: int) -> np.ndarray:
 
 def score(task: str, y: np.ndarray, proba: np.ndarray, metric: str) -> float:
     """Validation score used for model selection: ``auc`` (binary / macro OvR / mean per-label) or
-    ``accuracy`` (argmax, or 0.5 threshold for multi-label). Degenerate AUCs count as 0.5."""
-    from sklearn.metrics import roc_auc_score
+    ``accuracy`` (argmax, or 0.5 threshold for multi-label). AUC is :func:`medprobe.numerics.roc_auc`, the
+    one the metrics report. Degenerate AUCs count as 0.5 (multi-label, binary); a multi-class class absent
+    or alone is left out of the mean (0.5 when none is left)."""
+    from medprobe.numerics import roc_auc
 
     if metric == "accuracy":
         if task == "multilabel":
@@ -200,14 +272,14 @@ def score(task: str, y: np.ndarray, proba: np.ndarray, metric: str) -> float:
     if metric != "auc":
         raise ConfigError(f"unknown selection metric {metric!r} (use 'auc' or 'accuracy')", "heads")
     if task == "multilabel":
-        aucs = [roc_auc_score(y[:, j], proba[:, j]) if 0 < y[:, j].sum() < len(y) else 0.5
-                for j in range(y.shape[1])]
-        return float(np.mean(aucs))
+        aucs = np.array([roc_auc(y[:, j] == 1, proba[:, j]) for j in range(y.shape[1])])
+        return float(np.mean(np.nan_to_num(aucs, nan=0.5)))
     k = proba.shape[1]
     if k == 2:
-        return float(roc_auc_score(y, proba[:, 1])) if 0 < y.sum() < len(y) else 0.5
-    aucs = [roc_auc_score(y == c, proba[:, c]) for c in range(k) if 0 < (y == c).sum() < len(y)]
-    return float(np.mean(aucs)) if aucs else 0.5
+        auc = roc_auc(y == 1, proba[:, 1])
+        return 0.5 if np.isnan(auc) else auc
+    aucs = np.array([roc_auc(y == c, proba[:, c]) for c in range(k)])
+    return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else 0.5
 
 
 def default_metric(task: str) -> str:

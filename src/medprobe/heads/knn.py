@@ -83,6 +83,8 @@ def topk_cosine(q: torch.Tensor, db: torch.Tensor, k: int, db_bf16: torch.Tensor
 class KNNHead(Head):
     """Cosine k-NN with temperature-softmax weighted votes (``k=20``, ``temperature=0.07``)."""
 
+    outputs = ("proba", "proba_ks")  # predict_proba_ks: the protocol's k = 10/20/100/200 from one search
+
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  k: int = 20, ks: list[int] | None = None, select_k: bool = False,
                  temperature: float = 0.07, selection_metric: str | None = None,

@@ -52,6 +52,8 @@ class _GatedAttentionMIL(nn.Module):
 class ABMILHead(Head):
     """Gated-attention MIL on bags (list of (S_i, C) arrays); Adam, seeded."""
 
+    input_kind = "bag"
+
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  hidden: int = 128, attn_dim: int = 128, dropout: float = 0.0, lr: float = 1e-3,
                  weight_decay: float = 1e-4, epochs: int = 30, batch_size: int = 8) -> None:

@@ -29,37 +29,35 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medprobe.errors import ConfigError
+from medprobe.heads.base import get_head_class, head_names, register_head
 
-_SEG_HEADS: dict[str, type[SegHead]] = {}
 SEG_HEAD_ALIASES = {"seg-linear": "linear", "decoder-2d": "decoder2d", "decoder-3d": "decoder3d"}
 
 
 def register_seg_head(name: str) -> Callable[[type[SegHead]], type[SegHead]]:
-    """Class decorator: make ``cls`` available as ``create_seg_head(name, ...)``."""
+    """Class decorator: register a dense (segmentation) head in the one head registry."""
 
     def deco(cls: type[SegHead]) -> type[SegHead]:
         cls.head_name = name
-        _SEG_HEADS[name] = cls
+        aliases = tuple(a for a, n in SEG_HEAD_ALIASES.items() if n == name)
+        register_head(name, aliases=aliases)(cls)
         return cls
 
     return deco
 
 
 def seg_head_names() -> list[str]:
-    return sorted(_SEG_HEADS)
+    return head_names("dense")
 
 
 def canonical_seg_head(name: str) -> str:
-    name = SEG_HEAD_ALIASES.get(name, name)
-    if name not in _SEG_HEADS:
-        raise ConfigError(f"unknown segmentation head {name!r} (known: {', '.join(seg_head_names())})", "heads")
-    return name
+    return str(get_head_class(name, "dense").name)
 
 
 def create_seg_head(name: str, in_dims: Sequence[int], n_classes: int, patch: int, n_views: int = 1,
                     **hp: Any) -> SegHead:
     """Build segmentation head ``name``; ``hp`` are the head's own options (unknown ones -> ConfigError)."""
-    cls = _SEG_HEADS[canonical_seg_head(name)]
+    cls: type[SegHead] = get_head_class(name, "dense")  # type: ignore[assignment]
     bad = sorted(set(hp) - set(cls.defaults))
     if bad:
         raise ConfigError(f"unknown option(s) {', '.join(bad)} (allowed: {', '.join(sorted(cls.defaults))})",
@@ -71,6 +69,10 @@ class SegHead(nn.Module):
     """Base: stores the constructor options so results can record them (``params``)."""
 
     head_name = "seg"
+    name = "seg"
+    input_kind = "dense"
+    tasks: tuple[str, ...] = ("segmentation",)
+    outputs: tuple[str, ...] = ("logits",)
     is_3d = False
     defaults: dict[str, Any] = {}
 

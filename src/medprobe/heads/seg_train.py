@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medprobe import numerics
 from medprobe.data.base import Dataset, Item
 from medprobe.errors import ConfigError, DataError
 from medprobe.features.cache import FeatureStore
@@ -135,10 +136,10 @@ def _targets_key(store: FeatureStore, ds: Dataset) -> str:
 
 
 def prepare_targets(ds: Dataset, store: FeatureStore, indices: list[int], cache_dir: str | Path,
-                    patch: int, progress: bool = True) -> Path:
+                    patch: int, pre: PreprocessConfig, progress: bool = True) -> Path:
     """Write (once) the preprocessed grey image ``(S, V, H, W)`` float16, the label map at the preprocessed
-    size ``(S, H, W)`` uint8 and a sample of foreground voxels of every case in ``indices``."""
-    pre = PreprocessConfig.from_dict(store.spec["preprocess"])
+    size ``(S, H, W)`` uint8 and a sample of foreground voxels of every case in ``indices``; ``pre`` is the
+    resolved preprocessing the features were made with."""
     root = Path(cache_dir) / "seg-targets" / _targets_key(store, ds)
     root.mkdir(parents=True, exist_ok=True)
     todo = [i for i in indices if not (root / f"{i}.json").is_file()]
@@ -398,13 +399,8 @@ def predict_proba(head: SegHead, data: SegData, i: int, cfg: SegTrainConfig, dev
 
 
 def dice_per_class(pred: np.ndarray, gt: np.ndarray, k: int) -> list[float]:
-    """Dice of classes 1..k-1 (NaN when absent from both)."""
-    out = []
-    for c in range(1, k):
-        a, b = pred == c, gt == c
-        s = int(a.sum()) + int(b.sum())
-        out.append(float("nan") if s == 0 else 2.0 * int((a & b).sum()) / s)
-    return out
+    """Dice of classes 1..k-1 (NaN when absent from both): :func:`medprobe.numerics.dice_per_class`."""
+    return [float(d) for d in numerics.dice_per_class(pred, gt, range(1, k))]
 
 
 def validate(head: SegHead, data: SegData, items: list[int], cfg: SegTrainConfig,

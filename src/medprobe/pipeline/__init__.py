@@ -1,19 +1,21 @@
 """Task pipelines: wire data -> preprocess -> encoder -> cached features -> heads -> metrics -> results.
 
-A task is a small YAML (:class:`TaskSpec`); :func:`run_task` runs it and returns the result rows.
+A task is a small YAML parsed into a typed :class:`TaskSpec` (:func:`parse_task` / :func:`load_task`);
+:func:`run_task` runs it through its task family (:mod:`medprobe.pipeline.family`) and returns the rows.
+Importing this package does not import torch.
 """
 
-from medprobe.pipeline.task import TaskSpec, load_task
+from __future__ import annotations
 
-__all__ = ["TaskSpec", "load_task", "run_task"]
+from typing import Any
+
+from medprobe.pipeline.task import TaskSpec, load_task, parse_task
+
+__all__ = ["TaskSpec", "load_task", "parse_task", "run_task"]
 
 
-def run_task(spec: TaskSpec, **kw):  # type: ignore[no-untyped-def]
-    """Run a task spec of any kind (classification or segmentation)."""
-    if spec.kind == "segmentation":
-        from medprobe.pipeline.segmentation import run_segmentation
+def run_task(spec: TaskSpec, **kw: Any) -> list[dict[str, Any]]:
+    """Run a task of any family (see :func:`medprobe.pipeline.run.run_task`)."""
+    from medprobe.pipeline.run import run_task as _run
 
-        return run_segmentation(spec, **kw)
-    from medprobe.pipeline.classification import run_classification
-
-    return run_classification(spec, **kw)
+    return _run(spec, **kw)

@@ -27,20 +27,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medprobe.errors import ConfigError, MedprobeError
-from medprobe.pipeline.task import TaskSpec
+from medprobe.pipeline.task import TaskSpec, load_task_raw, merge_raw, parse_task, read_yaml
+from medprobe.schema import to_size, unknown_key
 from medprobe.utils import hash_obj
 
 log = logging.getLogger("medprobe.sweep")
 
 AXES = ("encoder", "weights", "resolution", "layer", "head", "budget", "seed")
-_DICT_FIELDS = ("preprocess", "features", "data", "metrics", "head_params", "notes")
+_SWEEP_KEYS = ("base", "description", "grid", "name", "tasks")
 
 
 @dataclass
@@ -88,25 +87,11 @@ class Cell:
 
 # ------------------------------------------------------------------------------------------------ loading
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k in _DICT_FIELDS and isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **copy.deepcopy(v)}
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+    return merge_raw(base, over)
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{what} file not found", path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"a {what} file must be a mapping", path)
-    return raw
+    return read_yaml(path, what)
 
 
 def _resolve_path(p: str, base_dir: Path | None) -> Path:
@@ -123,8 +108,8 @@ def _task_dict(entry: Any, base_dir: Path | None, where: str) -> dict[str, Any]:
     """A task entry (path or mapping, possibly with ``task: path``) as a raw option mapping."""
     if isinstance(entry, str):
         path = _resolve_path(entry, base_dir)
-        raw = _read_yaml(path, "task")
-        raw.setdefault("name", path.stem)
+        raw = load_task_raw(path)
+        parse_task(raw, source=path)  # a misspelt key is reported against the task file itself
         return raw
     if not isinstance(entry, dict):
         raise ConfigError(f"a task must be a path or a mapping, got {entry!r}", where)
@@ -136,21 +121,7 @@ def _task_dict(entry: Any, base_dir: Path | None, where: str) -> dict[str, Any]:
 
 
 def _spec(raw: dict[str, Any], where: str) -> TaskSpec:
-    raw = dict(raw)
-    if "head" in raw and "heads" not in raw:
-        raw["heads"] = raw.pop("head")
-    known = {f.name for f in fields(TaskSpec)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown task option(s) {unknown}; known: {sorted(known)}", where)
-    data = dict(raw.get("data") or {})
-    if isinstance(data.get("root"), str):
-        data["root"] = str(Path(data["root"]).expanduser())
-    raw["data"] = data
-    try:
-        return TaskSpec(**raw)
-    except TypeError as e:
-        raise ConfigError(str(e), where) from None
+    return parse_task(raw, source=where)
 
 
 def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path | None = None,
@@ -159,9 +130,9 @@ def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path
     may carry ``grid:`` (axes overriding the sweep's for that task). ``skip_missing``: leave out task files
     that do not exist (listed in ``skipped_tasks``) instead of failing."""
     where = source or name
-    bad = sorted(set(d) - {"name", "base", "tasks", "grid", "description"})
-    if bad:
-        raise ConfigError(f"unknown sweep key(s) {bad}; use name, description, base, tasks, grid", where)
+    for k in d:
+        if k not in _SWEEP_KEYS:
+            raise unknown_key("", str(k), _SWEEP_KEYS, where)
     bd = Path(base_dir) if base_dir is not None else None
     base = _task_dict(d.get("base") or {}, bd, where)
     entries = d.get("tasks")
@@ -189,18 +160,24 @@ def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path
         spec = _spec(_merge(base, _task_dict(e, bd, where)), where)
         specs.append(spec)
         if tg:
-            if not isinstance(tg, dict) or set(tg) - set(AXES):
+            if not isinstance(tg, dict):
                 raise ConfigError(f"task {spec.name}: grid must map axes ({', '.join(AXES)}) to values", where)
+            for k in tg:
+                if k not in AXES:
+                    raise unknown_key(f"tasks[{spec.name}].grid", str(k), AXES, where)
             task_grids[spec.name] = dict(tg)
     if not specs:
         raise ConfigError("no task of the sweep exists", where)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"task names must be unique in a sweep, got {names}", where)
-    grid = dict(d.get("grid") or {})
-    bad = sorted(set(grid) - set(AXES))
-    if bad:
-        raise ConfigError(f"unknown grid axis {bad}; axes: {', '.join(AXES)}", where)
+    grid = d.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"grid must map axes ({', '.join(AXES)}) to values", where)
+    grid = dict(grid)
+    for k in grid:
+        if k not in AXES:
+            raise unknown_key("grid", str(k), AXES, where)
     if any("weights" in gr and not isinstance(gr["weights"], dict) for gr in (grid, *task_grids.values())):
         raise ConfigError("grid.weights must map encoder name -> weights path", where)
     return Sweep(name=str(d.get("name") or name), tasks=specs, grid=grid, source=source, task_grids=task_grids,
@@ -272,25 +249,25 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
           budget: Any, seed: Any, head: str, index: int) -> Cell:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
-    pre = dict(task.preprocess)
+    where = sweep.source or sweep.name
     if res in (None, "native"):
-        pre.pop("resolution", None)
+        over["preprocess"] = {"resolution": None}
         res_label = "native"
     else:
-        r = [int(res), int(res)] if isinstance(res, (int, float, str)) else [int(v) for v in res]
-        pre["resolution"] = r
+        r = to_size(res, "grid.resolution")
+        if r is None:
+            raise ConfigError(f"grid.resolution: bad value {res!r}", where)
+        over["preprocess"] = {"resolution": list(r)}
         res_label = f"{r[0]}" if r[0] == r[1] else f"{r[0]}x{r[1]}"
-    over["preprocess"] = pre
-    feats = dict(task.features)
     if layer is not None:
-        feats["layers"] = layer_spec
-        feats["select"] = int(layer)
-    over["features"] = feats
-    spec = task.with_overrides(**over)
-    spec.preprocess = pre  # with_overrides merges dicts; a dropped resolution must stay dropped
+        over["features"] = {"layers": layer_spec, "select": int(layer)}
     key = "/".join([task.name, enc, f"r{res_label}", "Ldefault" if layer is None else f"L{layer}", head,
                     f"b{_fmt_budget(budget)}", f"s{seed}"])
-    spec.notes = {**spec.notes, "sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
+    over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
+    try:
+        spec = parse_task(merge_raw(task.to_dict(), over), source=where)
+    except ConfigError as e:
+        raise ConfigError(f"cell {key}: {e.problem}", where) from None
     axes = {"task": task.name, "encoder": enc, "resolution": res_label, "layer": layer, "head": head,
             "budget": budget, "seed": int(seed)}
     return Cell(index=index, key=key, spec=spec, axes=axes)
@@ -389,7 +366,7 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
     cells = expand(sw)
     if cache_dir is not None:
         for c in cells:
-            c.spec.cache_dir = str(cache_dir)
+            c.spec = c.spec.with_overrides(cache_dir=str(cache_dir))
     n = len(cells)
     say(f"sweep {sw.name} [{sw.hash}]: {n} cells ({len(sw.tasks)} task(s)) -> {db.path}")
     for t in sw.skipped_tasks:
@@ -425,7 +402,6 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
         for b in batch:
             say(f"running cell {b.index}/{n}: {b.key}")
         spec = c.spec.with_overrides(heads=[b.head for b in batch])
-        spec.preprocess = c.spec.preprocess
         t0 = time.perf_counter()
         try:
             rows = run_task(spec, db=_TaggingDB(db, {b.head: b for b in batch}, ips), verbose=False)

@@ -1,102 +1,431 @@
-"""Task specs: one YAML = dataset + options + encoder + heads + metrics. Every field has a default."""
+"""The typed, canonical task config: one schema for YAML files, CLI flags and sweep cells (torch-free).
+
+:func:`parse_task` is the one parser. Every value is normalised once (resolution, layers, split, budget,
+...), defaults are filled in, and an unknown key at any depth is a one-line :class:`ConfigError` naming the
+source file, the key path and the closest valid key. Equal configs therefore have equal
+:meth:`TaskSpec.config_hash` values wherever they come from: ``medprobe run``, a sweep cell, the cache, the
+results database and the report.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+import dataclasses
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from medprobe.errors import ConfigError
+from medprobe.preprocess.config import PreprocessConfig
+from medprobe.schema import (
+    as_dict,
+    bad_value,
+    choice,
+    describe_field,
+    describe_keys,
+    numbers_only,
+    opt,
+    parse_section,
+    to_bool,
+    to_float,
+    to_int,
+    to_mapping,
+    to_str,
+    unknown_key,
+)
 from medprobe.utils import hash_obj
 
-CLASSIFICATION_HEADS = ("logreg", "linear", "knn", "abmil")
+# ------------------------------------------------------------------------------------------ normalisers
+TOKENS = ("cls", "mean", "cls+mean")
 
 
-@dataclass
-class TaskSpec:
-    """A runnable task. ``split``: ``"official"`` (the dataset's own), ``{"fractions": [tr, va, te],
-    "seed": s}`` (patient-level, seeded) or ``{"folds": k, "fold": i, "seed": s}`` (patient k-fold).
-    ``budget``: fraction (0-1] or ``"<k>/class"`` of the training labels, nested per patient.
-    ``features``: layers ('last', 'four', '2,5,8,11'), ``use`` ('last' or 'concat' of tapped layers),
-    ``token`` ('cls', 'mean' or 'cls+mean'), ``pooling`` for volumes ('mean' or 'max'), ``amp``,
-    ``batch_size``, ``storage``, ``workers``."""
+def _layers(v: Any, path: str) -> str:
+    """``auto`` (the family's default), ``last``, ``four``, ``all`` or sorted unique block indices
+    ``"2,5,8,11"`` (from an int, a list or a comma string)."""
+    if v is None:
+        return "auto"
+    if isinstance(v, str) and v.strip().lower() in ("auto", "last", "four", "default", "all"):
+        s = v.strip().lower()
+        return "four" if s == "default" else s
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, int):
+            idx = [v]
+        elif isinstance(v, str):
+            idx = [int(p) for p in v.replace(" ", "").split(",") if p]
+        else:
+            idx = [int(p) for p in v]
+        if not idx:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: must be auto, last, four, all or block indices like 2,5,8,11, got {v!r}") from None
+    return ",".join(str(i) for i in sorted(set(idx)))
 
-    name: str = "task"
-    kind: str = "classification"  # classification | segmentation
-    dataset: str = "phantom:xray2d-binary"
-    data: dict[str, Any] = field(default_factory=dict)
-    split: Any = "official"
-    encoder: str = "dinov3-vits16"
-    weights: str | None = None
-    verify_weights: bool = True
-    preprocess: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, Any] = field(default_factory=dict)
-    heads: list[str] = field(default_factory=lambda: ["logreg"])
-    head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    budget: Any = None
-    seed: int = 0
-    device: str | None = None
-    cache_dir: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
+
+def _budget(v: Any, path: str) -> float | str | None:
+    """All labels (null), a fraction in (0, 1], or ``"<k>/class"``."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "all", "none", "null")):
+        return None
+    if isinstance(v, str) and v.strip().endswith("/class"):
+        k = v.strip().split("/")[0]
+        if not k.isdigit() or int(k) < 1:
+            raise ConfigError(f"{path}: must be a fraction in (0, 1] or '<k>/class', got {v!r}")
+        return f"{int(k)}/class"
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: must be a fraction in (0, 1] or '<k>/class', got {v!r}") from None
+    if not 0 < x <= 1:
+        raise ConfigError(f"{path}: must be a fraction in (0, 1] or '<k>/class', got {v!r}")
+    return None if x == 1 else x
+
+
+def _heads(v: Any, path: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        names = [h.strip() for h in v.split(",") if h.strip()]
+    elif isinstance(v, (list, tuple)):
+        names = [str(h).strip() for h in v if str(h).strip()]
+    else:
+        raise ConfigError(f"{path}: must be a head name or a list of names, got {v!r}")
+    if not names:
+        raise ConfigError(f"{path}: a task needs at least one head")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: a head is listed twice ({', '.join(names)})")
+    return tuple(names)
+
+
+def _head_params(v: Any, path: str) -> dict[str, dict[str, Any]]:
+    d = to_mapping(v, path)
+    for k, p in d.items():
+        if not isinstance(p, Mapping):
+            raise ConfigError(f"{path}.{k}: must be a mapping of the head's parameters, got {p!r}")
+    return {k: {str(a): b for a, b in p.items()} for k, p in d.items()}
+
+
+def _weights(v: Any, path: str) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    if s.lower() in ("", "random", "none", "null"):
+        return None
+    if "/" in s or s.startswith("~"):
+        if not s.startswith(("hf:", "http")) and (s.startswith(("~", "/", ".")) or Path(s).expanduser().exists()):
+            return str(Path(s).expanduser())
+    return s
+
+
+def _data(v: Any, path: str) -> dict[str, Any]:
+    d = to_mapping(v, path)
+    if isinstance(d.get("root"), str):
+        d["root"] = str(Path(d["root"]).expanduser())
+    return d
+
+
+# ------------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class SplitConfig:
+    """How cases are split. ``kind``: ``official`` (the dataset's own; a seeded, stratified, patient-level
+    70/10/20 split when it has none), ``fractions`` (patient-level, seeded) or ``folds`` (patient k-fold)."""
+
+    kind: str = opt("official", norm=choice("official", "fractions", "folds"), type="official|fractions|folds",
+                    help="official, fractions or folds")
+    fractions: tuple[float, float, float] | None = opt(None, type="[train, val, test]",
+                                                      help="fractions: train/val/test shares summing to 1")
+    folds: int | None = opt(None, norm=to_int(2, optional=True), type="int", help="folds: number of folds k")
+    fold: int = opt(0, norm=to_int(0), type="int", help="folds: which fold is the test fold")
+    val_fraction: float = opt(0.2, norm=to_float(0, 1), type="float",
+                              help="folds: share of the training patients held out for validation")
+    seed: int | None = opt(None, norm=to_int(optional=True), type="int|null",
+                           help="split seed (null: the task's seed)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.heads, str):
-            self.heads = [h.strip() for h in self.heads.split(",") if h.strip()]
-        if self.kind not in ("classification", "segmentation"):
-            raise ConfigError(f"task kind must be classification or segmentation, got {self.kind!r}", self.name)
-        if not self.heads:
-            raise ConfigError("a task needs at least one head", self.name)
+        if self.kind == "fractions":
+            fr = self.fractions
+            try:
+                vals = tuple(float(x) for x in (fr.split(",") if isinstance(fr, str) else fr))  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise ConfigError(f"fractions must be three numbers [train, val, test], got {fr!r}") from None
+            if len(vals) != 3 or min(vals) < 0 or abs(sum(vals) - 1) > 1e-6 or vals[0] <= 0 or vals[2] <= 0:
+                raise ConfigError(f"fractions must be three shares summing to 1 with train and test > 0, "
+                                  f"got {fr!r}")
+            object.__setattr__(self, "fractions", vals)
+        elif self.fractions is not None:
+            raise ConfigError(f"fractions is only used with kind: fractions (kind is {self.kind})")
+        if self.kind == "folds":
+            if self.folds is None:
+                raise ConfigError("folds (number of folds) is required with kind: folds")
+            if not 0 <= self.fold < self.folds:
+                raise ConfigError(f"fold {self.fold} out of range for {self.folds} folds")
+        elif self.folds is not None:
+            raise ConfigError(f"folds is only used with kind: folds (kind is {self.kind})")
 
+
+def parse_split(v: Any, path: str = "split", source: str | None = None) -> SplitConfig:
+    """``official``, ``fractions:0.7,0.1,0.2``, ``folds:5:0``, ``{fractions: [...], seed: s}``,
+    ``{folds: 5, fold: 0}`` or the canonical ``{kind: ..., ...}`` mapping."""
+    if isinstance(v, SplitConfig):
+        return v
+    if v is None:
+        return SplitConfig()
+    if isinstance(v, str):
+        kind, _, rest = v.strip().partition(":")
+        try:
+            if kind == "official" and not rest:
+                return SplitConfig()
+            if kind == "fractions":
+                return SplitConfig(kind="fractions", fractions=tuple(float(x) for x in rest.split(",")))  # type: ignore[arg-type]
+            if kind == "folds":
+                k, _, i = rest.partition(":")
+                return SplitConfig(kind="folds", folds=int(k), fold=int(i or 0))
+        except ValueError:
+            pass
+        except ConfigError as e:
+            raise ConfigError(e.problem, source) from None
+        raise bad_value(path, f"must be official, fractions:a,b,c or folds:k:i, got {v!r}", source)
+    if not isinstance(v, Mapping):
+        raise bad_value(path, f"must be official, fractions:a,b,c, folds:k:i or a mapping, got {v!r}", source)
+    raw = dict(v)
+    if "kind" not in raw:
+        raw["kind"] = "fractions" if "fractions" in raw else "folds" if "folds" in raw else "official"
+    return parse_section(SplitConfig, raw, path, source)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """What the encoder is asked for and how features become a head's input."""
+
+    layers: str = opt("auto", norm=_layers, type="auto|last|four|all|2,5,8,11",
+                      help="blocks to extract (auto: the family's default, last for classification, four for "
+                           "segmentation)")
+    select: int | None = opt(None, norm=to_int(optional=True), type="int|null",
+                             help="use only this one extracted block (negative counts from the end)")
+    use: str = opt("auto", norm=choice("auto", "last", "concat"), type="auto|last|concat",
+                   help="the last extracted block, or all of them concatenated (auto: the family's default)")
+    token: str = opt("cls", norm=choice(*TOKENS), type="|".join(TOKENS), help="vector per image: class token, "
+                     "mean patch token or both")
+    pooling: str = opt("mean", norm=choice("mean", "max"), type="mean|max", help="volumes: slice pooling")
+    amp: str = opt("auto", norm=choice("auto", "bf16", "fp16", "off"), type="auto|bf16|fp16|off",
+                   help="autocast (auto: bf16 on a GPU, off on the CPU)")
+    storage: str = opt("float32", norm=choice("float32", "float16"), type="float32|float16",
+                       help="dtype of cached features")
+    batch_size: int = opt(64, norm=to_int(1), type="int", numbers=False, help="images per encoder batch")
+    workers: int = opt(0, norm=to_int(0), type="int", numbers=False, help="reader processes")
+    progress: bool = opt(True, norm=to_bool, type="bool", numbers=False, help="show a progress line")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Scoring options (confidence intervals, segmentation distances, outputs)."""
+
+    bootstrap: int = opt(1000, norm=to_int(0), type="int", help="bootstrap resamples for 95% CIs (0: none)")
+    alpha: float = opt(0.05, norm=to_float(0, 1, open_lo=True), type="float", help="1 - CI level")
+    nsd_tolerance_mm: float = opt(1.0, norm=to_float(0), type="float", help="segmentation: NSD tolerance (mm)")
+    empty_policy: str = opt("nan", norm=choice("nan", "one", "worst"), type="nan|one|worst",
+                            help="segmentation: score of a class absent from both prediction and truth")
+    overlays: int = opt(4, norm=to_int(0), type="int", numbers=False, help="overlay figures written per head")
+
+
+_SECTIONS: dict[str, type] = {"split": SplitConfig, "preprocess": PreprocessConfig, "features": FeaturesConfig,
+                              "metrics": MetricsConfig}
+_MERGED = ("data", "preprocess", "features", "metrics", "head_params", "notes", "encoder_options")
+
+
+def _section(cls: type) -> Any:
+    def norm(v: Any, path: str) -> Any:
+        return parse_split(v, path) if cls is SplitConfig else parse_section(cls, v, path, None)
+
+    return norm
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A runnable task: dataset + split + encoder + preprocessing + features + heads + metrics.
+
+    Build it with :func:`parse_task` (or ``TaskSpec(**raw)``: every value is normalised the same way)."""
+
+    name: str = opt("task", norm=to_str(), type="str", numbers=False, help="task name (rows are grouped by it)")
+    kind: str | None = opt(None, norm=to_str(optional=True), type="str|null", numbers=False,
+                           help="task family (null: from the dataset's task type); see 'medprobe config families'")
+    dataset: str = opt("phantom:xray2d-binary", norm=to_str(), type="kind:arg",
+                       help="dataset, e.g. medmnist:pneumoniamnist, msd:/data/Task04, csv:labels.csv")
+    data: dict[str, Any] = opt(factory=dict, norm=_data, type="mapping", help="the dataset kind's options")
+    split: SplitConfig = opt(factory=SplitConfig, norm=_section(SplitConfig), type="section",
+                             help="train/val/test split")
+    encoder: str = opt("dinov3-vits16", norm=to_str(), type="str", help="registry name ('medprobe models')")
+    weights: str | None = opt(None, norm=_weights, type="path|hub id|random[:seed=N]|null",
+                              help="weights (null: random, labelled untrained)")
+    verify_weights: bool = opt(True, norm=to_bool, type="bool", numbers=False,
+                               help="check the SHA-256 prefix of Meta checkpoint names")
+    encoder_options: dict[str, Any] = opt(factory=dict, norm=to_mapping, type="mapping",
+                                          help="family-specific encoder options (e.g. onnx_output)")
+    preprocess: PreprocessConfig = opt(factory=PreprocessConfig, norm=_section(PreprocessConfig), type="section",
+                                       help="preprocessing")
+    features: FeaturesConfig = opt(factory=FeaturesConfig, norm=_section(FeaturesConfig), type="section",
+                                   help="features")
+    heads: tuple[str, ...] = opt(("logreg",), norm=_heads, type="list", numbers=False,
+                                 help="heads fitted on the features (one result row each)")
+    head_params: dict[str, dict[str, Any]] = opt(factory=dict, norm=_head_params, type="mapping",
+                                                 help="per head: its hyper-parameters")
+    metrics: MetricsConfig = opt(factory=MetricsConfig, norm=_section(MetricsConfig), type="section",
+                                 help="metrics")
+    budget: float | str | None = opt(None, norm=_budget, type="fraction|<k>/class|null",
+                                     help="share of training labels used (nested per patient)")
+    seed: int = opt(0, norm=to_int(), type="int", help="seed of heads, splits and random weights")
+    device: str | None = opt(None, norm=to_str(optional=True), type="str|null", numbers=False,
+                             help="cpu, cuda, cuda:1 (null: cuda when available)")
+    cache_dir: str | None = opt(None, norm=to_str(optional=True), type="path|null", numbers=False,
+                                help="feature cache root (null: ./medprobe-cache or $MEDPROBE_CACHE)")
+    notes: dict[str, Any] = opt(factory=dict, norm=to_mapping, type="mapping", numbers=False,
+                                help="free-form notes stored with the rows")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            norm = f.metadata.get("norm")
+            if norm is not None:
+                object.__setattr__(self, f.name, norm(getattr(self, f.name), f.name))
+
+    # ------------------------------------------------------------------------------ canonical forms
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
+        """The canonical plain-data form (every default filled in)."""
+        return copy.deepcopy(as_dict(self))
 
     def with_overrides(self, **kw: Any) -> TaskSpec:
-        d = self.to_dict()
-        for k, v in kw.items():
-            if k in ("preprocess", "features", "data", "metrics", "head_params", "notes") and isinstance(v, dict):
-                d[k] = {**d.get(k, {}), **v}
-            else:
-                d[k] = v
-        return TaskSpec(**d)
+        """A copy with ``kw`` applied: mapping sections are merged key by key, other values replaced."""
+        return parse_task(merge_raw(self.to_dict(), kw), source=None)
+
+    def numbers_dict(self) -> dict[str, Any]:
+        """Everything that changes a number, canonical (no names, devices, paths to caches or notes)."""
+        return numbers_only(self)
 
     def config_hash(self, head: str) -> str:
-        """Hash of everything that changes this head's numbers (not paths to caches, devices or notes)."""
-        d = self.to_dict()
-        for k in ("cache_dir", "device", "notes", "name", "heads"):
-            d.pop(k, None)
+        """Hash of everything that changes this head's numbers: one task gives one hash whether it was
+        written as CLI flags, a YAML file or a sweep cell."""
+        d = self.numbers_dict()
+        d.pop("head_params", None)
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
         return hash_obj(d, n=16)
 
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.split.seed is None else self.split.seed
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def merge_raw(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw option mappings merged: the mapping sections (data, preprocess, features, metrics, head_params,
+    notes, encoder_options) key by key (head_params one level deeper), everything else replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if k in _MERGED and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            merged = dict(out[k])
+            for k2, v2 in v.items():
+                if k == "head_params" and isinstance(v2, Mapping) and isinstance(merged.get(k2), Mapping):
+                    merged[k2] = {**merged[k2], **copy.deepcopy(dict(v2))}
+                else:
+                    merged[k2] = copy.deepcopy(v2)
+            out[k] = merged
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_task(raw: Mapping[str, Any], source: str | Path | None = None) -> TaskSpec:
+    """The one parser: a raw mapping (from YAML, CLI flags or a sweep cell) -> a canonical :class:`TaskSpec`.
+
+    ``head`` is accepted for ``heads``. Errors name ``source`` and the key path."""
+    src = str(source) if source is not None else None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("a task must be a mapping of options", src)
+    raw = dict(raw)
+    if "head" in raw:
+        if "heads" in raw:
+            raise ConfigError("give 'heads' or 'head', not both", src)
+        raw["heads"] = raw.pop("head")
+    flds = {f.name: f for f in dataclasses.fields(TaskSpec)}
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        k = str(key)
+        if k not in flds:
+            raise unknown_key("", k, sorted(flds), src)
+        if k in _SECTIONS:
+            cls = _SECTIONS[k]
+            kw[k] = parse_split(value, k, src) if cls is SplitConfig else parse_section(cls, value, k, src)
+            continue
+        norm = flds[k].metadata.get("norm")
+        try:
+            kw[k] = norm(value, k) if norm is not None else value
+        except ConfigError as e:
+            raise ConfigError(e.problem, src) from None
+    try:
+        return TaskSpec(**kw)
+    except ConfigError as e:
+        raise ConfigError(e.problem, src) from None
+
+
+def read_yaml(path: str | Path, what: str = "task") -> dict[str, Any]:
+    """A YAML file as a mapping; a missing file, bad YAML or bad encoding is one line naming the file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found", p)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", p) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", p) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a {what} file must be a mapping of options", p)
+    return raw
+
+
+def load_task_raw(path: str | Path) -> dict[str, Any]:
+    """A task YAML's raw mapping with its default name (the file stem)."""
+    raw = read_yaml(path)
+    raw.setdefault("name", Path(path).stem)
+    return raw
+
 
 def load_task(path: str | Path, **overrides: Any) -> TaskSpec:
-    """Read a task YAML; unknown keys are an error naming the file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError("task file not found", path)
+    """Read a task YAML (every key checked) and apply ``overrides`` (None values ignored)."""
+    raw = merge_raw(load_task_raw(path), {k: v for k, v in overrides.items() if v is not None})
+    return parse_task(raw, source=Path(path).expanduser())
+
+
+def check_data_options(spec: TaskSpec, source: str | Path | None = None, extra: set[str] | None = None) -> None:
+    """Dataset options checked against the dataset kind's factory (when it names its options); ``extra``:
+    options a task family consumes itself."""
+    from medprobe.data import dataset_factory
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
-    if not isinstance(raw, dict):
-        raise ConfigError("a task file must be a mapping of options", path)
-    known = {f.name for f in fields(TaskSpec)}
-    if "head" in raw and "heads" not in raw:
-        raw["heads"] = raw.pop("head")
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown task option(s) {unknown}; known: {sorted(known)}", path)
-    raw.setdefault("name", path.stem)
-    data = raw.get("data") or {}
-    if isinstance(data.get("root"), str):
-        data["root"] = str(Path(data["root"]).expanduser())
-    raw["data"] = data
-    try:
-        spec = TaskSpec(**raw)
-    except TypeError as e:
-        raise ConfigError(str(e), path) from None
-    return spec.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+        fn = dataset_factory(spec.dataset)
+    except ConfigError as e:
+        raise ConfigError(f"dataset: {e.problem}", source) from None
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted({n for n, p in params.items() if n != next(iter(params)) and p.kind is not p.VAR_POSITIONAL}
+                   | set(extra or ()))
+    for k in spec.data:
+        if k not in valid:
+            raise unknown_key("data", k, valid, str(source) if source is not None else None)
+
+
+def config_keys() -> Iterator[tuple[str, str, str, bool, str]]:
+    """Every key of a task config: ``(path, type, default, changes numbers, help)``."""
+    for f in dataclasses.fields(TaskSpec):
+        if f.name in _SECTIONS:
+            yield from describe_keys(_SECTIONS[f.name], prefix=f"{f.name}.")
+            continue
+        yield describe_field(f, f.name)
+
+
+__all__ = ["FeaturesConfig", "MetricsConfig", "SplitConfig", "TaskSpec", "check_data_options", "config_keys",
+           "load_task", "load_task_raw", "merge_raw", "parse_split", "parse_task", "read_yaml"]

@@ -39,7 +39,8 @@ from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.db"
-TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal", "segmentation", "registration")
+TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal", "regression", "segmentation", "registration",
+              "instances")
 SPLITS = ("test", "val")
 
 _SCHEMA = f"""

@@ -1,0 +1,1 @@
+"""Built-in task families, one module each (see :mod:`medprobe.pipeline.family`)."""

@@ -1,0 +1,247 @@
+"""Task families as plug-ins: the interface a family implements, its registry, and the pieces every family
+shares (one run context, one result record built in one place, one table printer).
+
+A family says which dataset task types it serves, which head inputs it can feed (``vector``, ``bag``,
+``dense``, ``pair``), which features it asks the engine for (per image / slice today; tiles and pairs are the
+units slides and registration will add), and how it fits, predicts and scores one head. Everything else --
+dataset, splits, label budget, encoder, cached features, head look-up and parameter checks, the record,
+writing results, the printed table -- is done once, by :func:`medprobe.pipeline.run.run_task`.
+
+Add a family: one module with a :class:`TaskFamily` subclass decorated with ``@register_family`` (and, for a
+built-in one, its module name in ``_BUILTIN``); see ``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medprobe.errors import ConfigError
+from medprobe.pipeline.task import TaskSpec
+
+FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
+_FAMILIES: dict[str, type[TaskFamily]] = {}
+_BUILTIN = ("classification", "segmentation", "regression")
+
+
+def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
+    """Class decorator: make ``cls`` the family named ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise ConfigError(f"task family {cls.__qualname__} has no name", "medprobe.pipeline")
+    if cls.feature_unit not in FEATURE_UNITS:
+        raise ConfigError(f"task family {cls.name!r}: feature_unit must be one of {', '.join(FEATURE_UNITS)}",
+                          "medprobe.pipeline")
+    _FAMILIES[cls.name] = cls
+    return cls
+
+
+def unregister_family(name: str) -> None:
+    _FAMILIES.pop(name, None)
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN:
+        importlib.import_module(f"medprobe.pipeline.families.{mod}")
+
+
+def family_names() -> list[str]:
+    _load_builtin()
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> TaskFamily:
+    _load_builtin()
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown task family {name!r} (known: {', '.join(sorted(_FAMILIES))})", "kind")
+    return _FAMILIES[name]()
+
+
+def family_for_task_type(task_type: str, where: str | None = None) -> TaskFamily:
+    """The family serving a dataset task type (the first registered that lists it)."""
+    _load_builtin()
+    for cls in _FAMILIES.values():
+        if task_type in cls.task_types:
+            return cls()
+    raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(sorted(_FAMILIES))})",
+                      where)
+
+
+@dataclass
+class RunContext:
+    """Everything a family needs to fit and score heads: built once by the run path."""
+
+    spec: TaskSpec  # resolved by the family (defaults of the family made explicit)
+    user_spec: TaskSpec  # as the user wrote it (what the config hash covers)
+    dataset: Any
+    splits: dict[str, list[int]]  # train (label budget applied), val, test
+    device: Any
+    encoder: Any  # a built Encoder, or an EncoderInfo when the features came from the cache
+    store: Any  # FeatureStore
+    preprocess: Any  # the resolved PreprocessConfig the features were made with
+    layers: list[int]  # the extracted blocks a head consumes
+    extraction: dict[str, Any]  # timing, compute, cache_key
+    verbose: bool = True
+    results_root: Any = None  # folder of the results database (outputs/<run_id>/ live there)
+    state: dict[str, Any] = field(default_factory=dict)  # family-private (targets, label matrix, ...)
+    notes: dict[str, Any] = field(default_factory=dict)  # recorded with every row (skipped cases, warnings)
+
+    @property
+    def train(self) -> list[int]:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> list[int]:
+        return self.splits.get("val", [])
+
+    @property
+    def test(self) -> list[int]:
+        return self.splits["test"]
+
+
+@dataclass
+class HeadResult:
+    """What a family returns for one head: metrics with CIs, per-case predictions, and what to record."""
+
+    head: str
+    metrics: dict[str, Any]
+    predictions: dict[str, np.ndarray] | None
+    head_params: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    table: list[str] = field(default_factory=list)  # extra printed lines under the head's row
+
+
+class TaskFamily:
+    """Base class of task families (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    task_types: ClassVar[tuple[str, ...]] = ()  # dataset task types served
+    head_inputs: ClassVar[tuple[str, ...]] = ("vector",)  # head input kinds this family can feed, preferred first
+    feature_unit: ClassVar[str] = "image"
+    tokens: ClassVar[tuple[str, ...]] = ("cls", "mean")  # what the engine extracts
+    default_layers: ClassVar[str] = "last"  # features.layers: auto
+    default_use: ClassVar[str] = "last"  # features.use: auto
+    headline: ClassVar[tuple[str, ...]] = ()  # metrics shown in the printed table
+    data_options: ClassVar[tuple[str, ...]] = ()  # dataset options the family consumes itself
+    unit_label: ClassVar[str] = "px"
+
+    # ------------------------------------------------------------------------------ set-up
+    def prepare_dataset(self, ds: Any, spec: TaskSpec, verbose: bool) -> tuple[Any, dict[str, Any]]:
+        """Checks or filters the dataset; returns it and notes to record (e.g. skipped cases)."""
+        return ds, {}
+
+    def check_dataset(self, ds: Any, spec: TaskSpec) -> None:
+        if ds.task.type not in self.task_types:
+            raise ConfigError(f"dataset {ds.name} is a {ds.task.type} task; the {self.name} family takes "
+                              f"{', '.join(self.task_types)}", spec.name)
+
+    def resolve(self, spec: TaskSpec, ds: Any, encoder: Any) -> TaskSpec:
+        """The spec with this family's defaults made explicit (recorded with every row)."""
+        f = spec.features
+        layers = f.layers
+        if layers == "auto":
+            layers = self.default_layers
+            try:
+                encoder.resolve_layers(layers)
+            except ConfigError:  # encoders with fewer blocks than the default taps (none, ONNX graphs)
+                layers = "last"
+        use = self.default_use if f.use == "auto" else f.use
+        return spec.with_overrides(features={"layers": layers, "use": use})
+
+    def budget_labels(self, ds: Any) -> list[Any] | None:
+        """Labels a per-class label budget counts (None: budgets are fractions of patients only)."""
+        return None
+
+    def check_head(self, head_cls: type[Any], name: str, ds: Any) -> None:
+        """Refuse a head this dataset cannot feed (beyond its input kind and task type); default: none."""
+
+    def head_params(self, head_cls: type[Any]) -> list[str]:
+        """Names ``head_params.<head>`` may set for this head."""
+        from medprobe.heads.base import head_param_names
+
+        return head_param_names(head_cls)
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Work shared by every head (label matrices, targets); stored in ``ctx.state``."""
+
+    # ------------------------------------------------------------------------------ per head
+    def evaluate(self, head_cls: type[Any], head_name: str, ctx: RunContext) -> HeadResult:
+        raise NotImplementedError
+
+    def write_outputs(self, result: HeadResult, ctx: RunContext) -> None:
+        """Write per-case output files (after every head succeeded); default: nothing."""
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+_TOKENS = {"cls": ["cls"], "mean": ["mean"], "cls+mean": ["cls", "mean"]}
+
+
+def feature_matrix(ctx: RunContext) -> np.ndarray:
+    """One vector per case: chosen token(s) x chosen block(s), slices pooled per volume."""
+    f = ctx.spec.features
+    parts = [ctx.store.pooled(t, layer, f.pooling) for layer in ctx.layers for t in _TOKENS[f.token]]
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def feature_bags(ctx: RunContext) -> list[np.ndarray]:
+    """Per case, its ``(S_i, C)`` slice (or tile) vectors."""
+    per = [ctx.store.bags(t, layer) for layer in ctx.layers for t in _TOKENS[ctx.spec.features.token]]
+    return [np.concatenate([p[i] for p in per], axis=1) for i in range(ctx.store.n_items)]
+
+
+def feature_layers(store: Any, spec: TaskSpec) -> list[int]:
+    """Which extracted blocks a head consumes: ``select`` (one block), ``use: concat`` (all) or the last."""
+    f = spec.features
+    if f.select is not None:
+        sel = f.select + max(store.layers) + 1 if f.select < 0 else f.select
+        if sel not in store.layers:
+            raise ConfigError(f"features.select: block {sel} was not extracted (have {store.layers})", spec.name)
+        return [sel]
+    return list(store.layers) if f.use == "concat" else [store.layers[-1]]
+
+
+def table_header(ctx: RunContext, unit: str = "px") -> str:
+    """First line of a printed result table: task, data, encoder (untrained marked), input, layers, split."""
+    enc, spec = ctx.encoder, ctx.spec
+    label = "pretrained" if enc.pretrained else "UNTRAINED weights: a pipeline check, not a score"
+    res = ctx.preprocess.resolution
+    return (f"\n{spec.name}: {ctx.dataset.name} ({ctx.dataset.task.type}), {enc.spec.name} [{label}], "
+            f"{res[0]}x{res[1]} {unit}, layer(s) {ctx.layers}, "
+            f"train/val/test {len(ctx.train)}/{len(ctx.val)}/{len(ctx.test)}"
+            + ("  [features from cache]" if ctx.extraction["timing"]["cached"] else ""))
+
+
+def fmt_ci(v: Any, digits: int = 3, width: int = 22) -> str:
+    """``value [lo, hi]`` right-aligned; n/a for a missing or non-finite value."""
+    if v is None:
+        return "n/a".rjust(width)
+    m, lo, hi = (v if isinstance(v, (tuple, list)) else (v, np.nan, np.nan))
+    if m is None or not np.isfinite(m):
+        return "n/a".rjust(width)
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{m:6.{digits}f}".rjust(width)
+    return f"{m:6.{digits}f} [{lo:5.{digits}f}, {hi:5.{digits}f}]".rjust(width)
+
+
+def print_table(ctx: RunContext, family: TaskFamily, results: Sequence[HeadResult], db_path: Any,
+                echo: Callable[[str], None] = print) -> None:
+    """The one result table: a header, one row per head with the family's headline metrics (95% CIs) and the
+    run id, then any extra lines the family added for that head."""
+    if not results:
+        return
+    echo(table_header(ctx, family.unit_label))
+    if ctx.notes.get("skipped_cases"):
+        echo(f"  skipped {len(ctx.notes['skipped_cases'])} invalid case(s): " + "; ".join(ctx.notes["skipped_cases"]))
+    cols = [m for m in family.headline if m in results[0].metrics]
+    echo(f"  {'head':<10} " + " ".join(f"{m:>22}" for m in cols) + "   run id")
+    for r in results:
+        echo(f"  {r.head:<10} " + " ".join(fmt_ci(r.metrics.get(m)) for m in cols) + f"   {r.run_id[:10]}")
+        for line in r.table:
+            echo("    " + line)
+    echo(f"  (95% bootstrap CIs over test cases; results in {db_path})")

@@ -1,0 +1,103 @@
+"""Preprocessing options (torch-free): every field changes the features, so each is part of the cache key
+and stored with every result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from medprobe.errors import ConfigError
+from medprobe.preprocess.intensity import parse_intensity, resolve_intensity
+from medprobe.schema import as_dict, choice, opt, to_bool, to_int, to_size, to_triple
+
+CHANNEL_MODES = ("auto", "replicate", "keep", "per_channel", "first3")
+RESIZE_MODES = ("stretch", "pad", "aspect_pad")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+
+
+def _intensity(v: Any, path: str) -> str:
+    s = str(v).strip()
+    if s != "auto":
+        try:
+            parse_intensity(s)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e.problem}") from None
+    return s
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """All preprocessing choices. ``None``/``auto`` fields are filled from the encoder / dataset by
+    :meth:`resolved`.
+
+    * ``intensity``: see :mod:`medprobe.preprocess.intensity` (``auto`` resolved from modality and dtype).
+    * ``channels``: ``auto`` (grey replicated to 3, RGB kept, RGBA -> RGB), ``replicate`` (first channel
+      replicated), ``keep`` (needs 3 channels), ``per_channel`` (each channel encoded separately as a grey
+      image, features concatenated: multi-modal volumes), ``first3`` (first three channels as RGB).
+    * ``resize``: ``stretch`` to ``resolution``; ``pad`` zero-pads to it without scaling (MedMNIST+ style,
+      images larger than the target are refused); ``aspect_pad`` scales the longer side to the target and
+      zero-pads the other.
+    * ``resolution``: ``(H, W)``; ``None`` -> the encoder's native (pre-training) resolution.
+    * ``mean``/``std``: ``None`` -> the encoder's.
+    * ``slice_axis``: for volumes, ``None`` -> each item's own (axial) axis.
+    """
+
+    intensity: str = opt("auto", norm=_intensity, type="str",
+                         help="auto, minmax, uint8, uint16, none, ct:<preset>, ct:<level>,<width>, ct-multi:a,b,c, "
+                              "mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]")
+    channels: str = opt("auto", norm=choice(*CHANNEL_MODES), type="|".join(CHANNEL_MODES),
+                        help="grey -> RGB handling (auto: grey replicated, RGB kept)")
+    resize: str = opt("stretch", norm=choice(*RESIZE_MODES), type="|".join(RESIZE_MODES),
+                      help="how images reach the input size")
+    resolution: tuple[int, int] | None = opt(None, norm=to_size, type="N | HxW | [H, W] | native",
+                                             help="encoder input size (null: the encoder's native size)")
+    interpolation: str = opt("bilinear", norm=choice(*INTERPOLATIONS), type="|".join(INTERPOLATIONS),
+                             help="resampling kernel")
+    antialias: bool = opt(True, norm=to_bool, type="bool", help="anti-alias when shrinking")
+    mean: tuple[float, float, float] | None = opt(None, norm=to_triple, type="[r, g, b]",
+                                                  help="normalisation mean (null: the encoder's)")
+    std: tuple[float, float, float] | None = opt(None, norm=to_triple, type="[r, g, b]",
+                                                 help="normalisation std (null: the encoder's)")
+    slice_axis: int | None = opt(None, norm=to_int(0, 2, optional=True), type="0|1|2|null",
+                                 help="volumes: axis sliced for the 2D encoder (null: each item's axial axis)")
+
+    def __post_init__(self) -> None:
+        for name, norm in (("channels", choice(*CHANNEL_MODES)), ("resize", choice(*RESIZE_MODES)),
+                           ("interpolation", choice(*INTERPOLATIONS)), ("intensity", _intensity)):
+            object.__setattr__(self, name, norm(getattr(self, name), name))
+        if self.resolution is not None:
+            r = self.resolution
+            res = (int(r), int(r)) if isinstance(r, (int, np.integer)) else tuple(int(v) for v in r)
+            if len(res) != 2 or min(res) <= 0:
+                raise ConfigError(f"resolution must be a positive size or (H, W), got {r!r}")
+            object.__setattr__(self, "resolution", res)
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, to_triple(getattr(self, name), name))
+
+    def resolved(self, *, mean: tuple[float, ...], std: tuple[float, ...], native_resolution: int,
+                 modality: str = "generic", dtype: Any = np.float32) -> PreprocessConfig:
+        """A copy with every ``None``/``auto`` replaced by the concrete value used."""
+        return replace(
+            self,
+            intensity=resolve_intensity(self.intensity, modality, dtype),
+            resolution=self.resolution or (native_resolution, native_resolution),
+            mean=tuple(float(v) for v in (self.mean or mean)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in (self.std or std)),  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(as_dict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        d = dict(d)
+        for k in ("resolution", "mean", "std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+
