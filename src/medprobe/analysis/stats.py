@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats as sps
 
 from medprobe.errors import ConfigError
+from medprobe.metrics.bootstrap import check_args, percentile_ci, resample_statistic
 
 __all__ = ["paired_bootstrap", "wilcoxon_signed_rank", "holm", "spearman", "kendall", "mean_ranks",
            "friedman_test", "nemenyi_q", "nemenyi_cd"]
@@ -33,13 +34,17 @@ def paired_bootstrap(y_true: Any, score_a: Any, score_b: Any, metric_fn: Callabl
     """Paired case-resampling bootstrap of ``metric_fn(y, a) - metric_fn(y, b)``.
 
     Each resample draws the same test cases (rows, with replacement) for both encoders, so case
-    difficulty cancels out. Returns ``delta`` (on the full set), the percentile ``(1 - alpha)`` interval
-    ``low``/``high``, a two-sided ``p_value`` and ``n_valid`` (resamples where both metrics were defined;
-    resamples where ``metric_fn`` raises ``ValueError`` or returns NaN are dropped).
+    difficulty cancels out; the resamples and the interval come from the package's one bootstrap engine
+    (:mod:`medprobe.metrics.bootstrap`, same ``seed`` -> same case indices as every other CI there).
+    Returns ``delta`` (on the full set), the percentile ``(1 - alpha)`` interval ``low``/``high``, a
+    two-sided ``p_value`` and ``n_valid`` (resamples where both metrics were defined; resamples where
+    ``metric_fn`` raises ``ValueError`` / ``ZeroDivisionError`` or returns NaN are dropped). By the
+    engine's NaN rule, ``low``/``high``/``p_value`` are NaN when fewer than half the resamples are valid
+    or ``delta`` itself is undefined.
 
-    p-value: the share of resampled deltas on the other side of 0 from ``delta`` (0 itself included),
-    times 2, capped at 1 -- i.e. ``2 * min(P*(d <= 0), P*(d >= 0))``. ``delta == 0`` gives 1. Its
-    resolution is ``1 / n_valid``; 0 means "below that".
+    p-value: the share of valid resampled deltas on the other side of 0 from ``delta`` (0 itself
+    included), times 2, capped at 1 -- i.e. ``2 * min(P*(d <= 0), P*(d >= 0))``. ``delta == 0`` gives 1.
+    Its resolution is ``1 / n_valid``; 0 means "below that".
     """
     y = np.asarray(y_true)
     a = np.asarray(score_a)
@@ -48,25 +53,25 @@ def paired_bootstrap(y_true: Any, score_a: Any, score_b: Any, metric_fn: Callabl
     if n == 0 or len(a) != n or len(b) != n:
         raise ConfigError(f"paired_bootstrap: y_true, score_a, score_b need the same non-zero length "
                           f"(got {len(y)}, {len(a)}, {len(b)})")
-    delta = _safe_metric(metric_fn, y, a) - _safe_metric(metric_fn, y, b)
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(n_resamples)
-    for r in range(n_resamples):
-        idx = rng.integers(0, n, n)
+    check_args(n, n_resamples, alpha)
+
+    def diff(idx: np.ndarray) -> dict[str, float]:
         yi = y[idx]
-        deltas[r] = _safe_metric(metric_fn, yi, a[idx]) - _safe_metric(metric_fn, yi, b[idx])
+        return {"delta": _safe_metric(metric_fn, yi, a[idx]) - _safe_metric(metric_fn, yi, b[idx])}
+
+    delta = diff(np.arange(n))["delta"]
+    deltas = resample_statistic(diff, n, n_resamples, seed)["delta"]
+    ci = percentile_ci(delta, deltas, alpha)
     deltas = deltas[np.isfinite(deltas)]
-    if not deltas.size or not math.isfinite(delta):
-        return {"delta": delta, "low": math.nan, "high": math.nan, "p_value": math.nan, "n_valid": 0}
-    low, high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    if not math.isfinite(delta) or math.isnan(ci.low):
+        return {"delta": delta, "low": math.nan, "high": math.nan, "p_value": math.nan, "n_valid": ci.n_valid}
     if delta > 0:
         p = 2.0 * float(np.mean(deltas <= 0))
     elif delta < 0:
         p = 2.0 * float(np.mean(deltas >= 0))
     else:
         p = 1.0
-    return {"delta": float(delta), "low": float(low), "high": float(high), "p_value": min(1.0, p),
-            "n_valid": int(deltas.size)}
+    return {"delta": float(delta), "low": ci.low, "high": ci.high, "p_value": min(1.0, p), "n_valid": ci.n_valid}
 
 
 def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

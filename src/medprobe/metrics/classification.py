@@ -11,7 +11,8 @@ Definitions (``K`` classes, or ``L`` labels for multilabel):
   the one-vs-rest AUCs of each score column (scores are not renormalised); multilabel, mean per-label AUC.
   A class/label whose AUC is undefined (only one class present) is NaN in ``auc/<class>`` and left out
   of the mean; the mean is NaN only if no class/label is defined. AUC is tie-aware (ties count 1/2) and
-  equals scikit-learn's ``roc_auc_score``.
+  equals scikit-learn's ``roc_auc_score``; it is :func:`medprobe.numerics.weighted_auc`, the same AUC the
+  heads use for model selection.
 * Predictions: binary ``y_score[:, -1] > threshold``; multilabel ``y_score > threshold`` (strict, as
   MedMNIST); multiclass/ordinal ``argmax`` (first maximum on ties).
 * ``acc``: fraction correct; multilabel, the mean over labels of per-label accuracy (MedMNIST).
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medprobe.errors import ConfigError
+from medprobe.numerics import AucColumn, auc_column, weighted_auc
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 
@@ -52,17 +54,6 @@ SUMMARY_KEYS = (
 
 
 @dataclass(frozen=True)
-class _AucColumn:
-    """Sort structure of one score column, independent of the case weights."""
-
-    order: np.ndarray  # cases sorted by ascending score
-    is_pos_sorted: np.ndarray  # bool, positive-class flag in sorted order
-    group_end: np.ndarray  # last sorted position of each tie group
-    pos_sorted: np.ndarray  # sorted positions of the positives
-    pos_group: np.ndarray  # tie group of each positive
-
-
-@dataclass(frozen=True)
 class PreparedTask:
     """Validated inputs plus everything that does not depend on the case weights."""
 
@@ -71,7 +62,7 @@ class PreparedTask:
     names: tuple[str, ...]
     y_true: np.ndarray  # (N,) int, or (N, L) bool for multilabel
     y_pred: np.ndarray  # (N,) int, or (N, L) bool for multilabel
-    auc_columns: tuple[_AucColumn, ...]
+    auc_columns: tuple[AucColumn, ...]
     primary_auc_column: int | None  # binary: the positive column; else None (mean over columns)
 
     def keys(self) -> list[str]:
@@ -95,18 +86,6 @@ def _as_int_labels(y: np.ndarray, what: str) -> np.ndarray:
     if not np.array_equal(yi, y):
         _fail(f"{what} must hold integer class labels")
     return yi
-
-
-def _auc_column(score: np.ndarray, positive: np.ndarray) -> _AucColumn:
-    order = np.argsort(score, kind="mergesort")
-    sorted_score = score[order]
-    is_pos = positive[order]
-    starts_group = np.ones(len(score), dtype=bool)
-    starts_group[1:] = sorted_score[1:] != sorted_score[:-1]
-    group_id = np.cumsum(starts_group) - 1
-    group_end = np.append(np.flatnonzero(starts_group)[1:], len(score)) - 1
-    pos_sorted = np.flatnonzero(is_pos)
-    return _AucColumn(order, is_pos, group_end, pos_sorted, group_id[pos_sorted])
 
 
 def prepare(
@@ -175,7 +154,7 @@ def prepare(
             _fail(f"{len(names)} class names given but the scores have {k} columns")
         if len(set(names)) != k:
             _fail("class names must be unique")
-    auc_columns = tuple(_auc_column(s, p) for s, p in columns)
+    auc_columns = tuple(auc_column(s, p) for s, p in columns)
     return PreparedTask(task, n, names, y_true_arr, y_pred_arr, auc_columns, primary)
 
 
@@ -191,20 +170,6 @@ def _masked_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     count = mask.sum(axis=-1)
     total = np.where(mask, x, 0.0).sum(axis=-1)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _weighted_auc(col: _AucColumn, w: np.ndarray) -> np.ndarray:
-    """Tie-aware AUC for each row of case weights ``w`` (R, N) -> (R,); NaN if one class has no weight."""
-    ws = w[:, col.order]
-    neg_cum = np.cumsum(np.where(col.is_pos_sorted, 0.0, ws), axis=1)
-    neg_at_end = neg_cum[:, col.group_end]  # negatives with score <= each tie group
-    neg_below = np.zeros_like(neg_at_end)
-    neg_below[:, 1:] = neg_at_end[:, :-1]  # negatives with score < each tie group
-    credit = 0.5 * (neg_below + neg_at_end)  # below + half of the tied ones
-    pos_w = ws[:, col.pos_sorted]
-    num = (pos_w * credit[:, col.pos_group]).sum(axis=1)
-    den = pos_w.sum(axis=1) * neg_cum[:, -1]
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def _confusion(prep: PreparedTask, w: np.ndarray) -> np.ndarray:
@@ -225,7 +190,7 @@ def compute(prep: PreparedTask, w: np.ndarray, keys: Sequence[str] | None = None
     total = w.sum(axis=1)
 
     if any(key.startswith("auc") for key in keys):
-        aucs = np.stack([_weighted_auc(col, w) for col in prep.auc_columns], axis=1)  # (R, K)
+        aucs = np.stack([weighted_auc(col, w) for col in prep.auc_columns], axis=1)  # (R, K)
         if prep.primary_auc_column is not None:
             out["auc"] = aucs[:, prep.primary_auc_column]
         else:

@@ -9,8 +9,8 @@ targets (scikit-learn's ``multioutput="uniform_average"``) and ``<key>/<name>`` 
 
 Undefined values are NaN rather than scikit-learn's forced-finite 0/1: ``r2`` when ``y_true`` is
 constant, ``pearson_r`` when either side is constant; a multi-target mean skips undefined targets (NaN if
-none is defined). As in :mod:`medprobe.metrics.bootstrap`, bootstrap resamples whose statistic is
-undefined are left out of the percentiles.
+none is defined). The CIs come from :func:`medprobe.metrics.bootstrap.bootstrap_weighted` and follow its
+NaN rule: resamples whose statistic is undefined are dropped, and fewer than half finite gives NaN bounds.
 
 Every metric comes from case-weighted sums ``W @ v`` with ``W (R, N)`` case multiplicities (``ones((1, N))``
 for the point estimate), so all bootstrap resamples are evaluated at once -- no Python loop per resample.
@@ -24,16 +24,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from medprobe.errors import ConfigError
-from medprobe.metrics.bootstrap import Interval, percentile_interval, resample_indices
+from medprobe.metrics.bootstrap import Interval, bootstrap_weighted
 
 KEYS = ("mae", "rmse", "r2", "pearson_r")
-
-
-def _counts(idx: np.ndarray, n_cases: int) -> np.ndarray:
-    """Case multiplicities of resamples: ``(R, N)`` indices -> ``(R, N)`` float counts."""
-    rows = idx.shape[0]
-    flat = (idx + n_cases * np.arange(rows)[:, None]).ravel()
-    return np.bincount(flat, minlength=rows * n_cases).reshape(rows, n_cases).astype(np.float64)
 
 
 def _prepare(y_true: np.ndarray | Sequence, y_pred: np.ndarray | Sequence,
@@ -115,17 +108,8 @@ def regression_ci(y_true: np.ndarray | Sequence, y_pred: np.ndarray | Sequence, 
     given ``(n_cases, n_resamples, seed)``); resamples where a metric is undefined are skipped.
     """
     t, p, nm = _prepare(y_true, y_pred, names)
-    if n_resamples < 1:
-        raise ConfigError(f"n_resamples must be >= 1; got {n_resamples}", "regression_ci")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha must lie strictly between 0 and 1; got {alpha}", "regression_ci")
-    point = _summaries(_compute(t, p, np.ones((1, len(t)))), nm)
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for idx in resample_indices(len(t), n_resamples, seed):
-        vals = _summaries(_compute(t, p, _counts(idx, len(t))), nm)
-        for k, v in vals.items():
-            samples[k].append(v)
-    return {k: percentile_interval(float(point[k][0]), np.concatenate(samples[k]), alpha) for k in point}
+    cis = bootstrap_weighted(lambda w: _summaries(_compute(t, p, w), nm), len(t), n_resamples, seed, alpha)
+    return {k: ci.interval for k, ci in cis.items()}
 
 
 __all__ = ["KEYS", "regression_ci", "regression_metrics"]

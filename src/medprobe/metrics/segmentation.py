@@ -46,6 +46,8 @@ import numpy as np
 from scipy import ndimage
 
 from medprobe.errors import ConfigError, DataError
+from medprobe.metrics.bootstrap import check_args, mean_ci
+from medprobe.numerics import dice_from_counts
 
 __all__ = [
     "METRICS",
@@ -206,7 +208,7 @@ def binary_metrics(
         d_pred, d_gt = surface_distances(p, g, sp)
     for m in inc:
         if m == "dice":
-            out[m] = 2.0 * tp / (n_p + n_g)
+            out[m] = float(dice_from_counts(tp, n_p, n_g))
         elif m == "iou":
             out[m] = tp / (n_p + n_g - tp)
         elif m == "precision":
@@ -287,13 +289,10 @@ def aggregate_cases(
     """Mean over cases and a percentile-bootstrap (1 - alpha) CI for every key: ``{key: (mean, lo, hi)}``.
 
     NaN values (and keys missing from a case) are dropped first; the finite values of each key are then
-    resampled with replacement ``n_resamples`` times from ``np.random.default_rng(seed)`` (a fresh generator
-    per key, so a key's CI does not depend on the other keys). No finite value → (nan, nan, nan).
+    bootstrapped by :func:`medprobe.metrics.bootstrap.mean_ci` with ``seed`` (the same resamples for every
+    key of the same size, so a key's CI does not depend on the other keys). No finite value → (nan, nan, nan).
     """
-    if n_resamples < 1:
-        raise ConfigError(f"n_resamples {n_resamples} must be >= 1")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha {alpha} must lie in (0, 1)")
+    check_args(1, n_resamples, alpha)
     keys: list[str] = []
     for case in per_case:
         keys.extend(k for k in case if k not in keys)
@@ -301,14 +300,7 @@ def aggregate_cases(
     for key in keys:
         vals = np.array([float(case.get(key, _NAN)) for case in per_case], dtype=np.float64)
         vals = vals[~np.isnan(vals)]
-        if vals.size == 0:
-            out[key] = (_NAN, _NAN, _NAN)
-            continue
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, vals.size, size=(n_resamples, vals.size))
-        means = vals[idx].mean(axis=1)
-        lo, hi = np.percentile(means, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-        out[key] = (float(vals.mean()), float(lo), float(hi))
+        out[key] = mean_ci(vals, n_resamples, seed, alpha) if vals.size else (_NAN, _NAN, _NAN)
     return out
 
 
