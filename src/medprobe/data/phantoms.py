@@ -21,16 +21,17 @@ label overrides the organ). Lesion types (:data:`LESION_TYPES`): ``round_bright`
 ``elongated`` (bright, ~3.5:1, random orientation), ``ring`` (bright rim, darker core).
 
 Regression phantoms (:func:`make_regression_phantom`, ``phantom:xray2d-regression`` and its 3D
-counterpart ``phantom:ct3d-regression``; :data:`REGRESSION_SPECS`): a grey field of tissue with one bright round
-lesion whose diameter in millimetres is the target (:data:`REGRESSION_TARGET`), drawn uniformly from
-:data:`REGRESSION_DIAMETER_MM` (5-15 mm in 2D, 10-20 mm in 3D). The field of view is fixed in millimetres
-(40 mm in 2D, a 48 mm cube in 3D), so the spacing follows the image size (``regression_spacing``; 3D slices
-are twice as thick as the in-plane pixels) and the target means the same at every ``size``. Tissue level
-and lesion contrast are fixed; the texture is smooth and zero-mean over the field, the lesion edge has
-one voxel of partial volume, the noise is the modality's (X-ray: Gaussian, 12-bit, a black electronic
-shutter border and a saturated lead marker, so a per-image min-max maps intensities identically for every
-case; CT: correlated Gaussian noise, 10-16 HU, in Hounsfield units). A linear read-out of the mean
-intensity (lesion area ~ diameter^2, volume ~ diameter^3) recovers the diameter with R^2 > 0.9.
+counterpart ``phantom:ct3d-regression``; :data:`REGRESSION_SPECS`): a grey field of tissue with one
+bright round lesion whose diameter in millimetres is the target (:data:`REGRESSION_TARGET`), drawn
+uniformly from :data:`REGRESSION_DIAMETER_MM` (5-15 mm in 2D, 10-20 mm in 3D). The field of view is fixed
+in millimetres (40 mm across; in 3D a 40 mm cube at the default 48 x 48 x 24 voxels), so the spacing
+follows the image size (``regression_spacing``; 3D slices are twice as thick as the in-plane pixels) and
+the target means the same at every ``size``. Tissue level and lesion contrast are fixed; the texture is
+smooth and zero-mean over the field, the lesion edge has one voxel of partial volume, the noise is the
+modality's (X-ray: Gaussian, 12-bit, a black electronic shutter border and a saturated lead marker, so a
+per-image min-max maps intensities identically for every case; CT: correlated Gaussian noise, 10-16 HU,
+lesion +120 HU over 45 HU tissue). A linear read-out of the mean intensity (lesion area ~ diameter^2,
+volume ~ diameter^3) recovers the diameter with R^2 > 0.9.
 
 Everything is a pure function of ``seed``: same seed -> bitwise identical arrays. Within one seed the
 anatomy, the lesion and the acquisition noise come from separate random streams, so
@@ -64,7 +65,7 @@ TASKS: tuple[str, ...] = ("binary", "multiclass", "segmentation", "regression")
 REGRESSION_TARGET = "lesion_diameter_mm"
 REGRESSION_SPECS: tuple[tuple[str, int], ...] = (("xray", 2), ("ct", 3))
 REGRESSION_DIAMETER_MM: dict[int, tuple[float, float]] = {2: (5.0, 15.0), 3: (10.0, 20.0)}
-_REGRESSION_FOV_MM = {2: 40.0, 3: 48.0}
+_REGRESSION_FOV_MM = {2: 40.0, 3: 40.0}
 BINARY_CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
 
 _SPACING: dict[tuple[str, int], tuple[float, ...]] = {
