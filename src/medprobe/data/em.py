@@ -107,9 +107,12 @@ class EMVolumeDataset(Dataset):
             raise DataError("no EM volumes found", source=name)
         self.sources, self.fmt, self.target = sources, fmt, target
         self.raw_key, self.labels_key, self.resolution_attr = raw_key, labels_key, resolution_attr
-        self.spacing_nm = None if spacing is None else tuple(float(s) for s in spacing)
-        if self.spacing_nm is not None and (len(self.spacing_nm) != 3 or min(self.spacing_nm) <= 0):
-            raise ConfigError(f"spacing must be 3 positive numbers (x, y, z) in nm, got {spacing!r}")
+        self.spacing_nm: tuple[float, float, float] | None = None
+        if spacing is not None:
+            sp = tuple(float(s) for s in spacing)
+            if len(sp) != 3 or min(sp) <= 0:
+                raise ConfigError(f"spacing must be 3 positive numbers (x, y, z) in nm, got {spacing!r}")
+            self.spacing_nm = (sp[0], sp[1], sp[2])
         self.name = name
         self.instance = target == "instance"
         if self.instance:

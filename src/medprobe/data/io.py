@@ -148,13 +148,14 @@ def _read_pil(p: Path) -> np.ndarray:
     try:
         from PIL import Image
 
-        with Image.open(p) as im:
-            im.load()
-            mode = im.mode
+        with Image.open(p) as opened:
+            opened.load()
+            mode = opened.mode
+            im: Image.Image = opened
             if mode in ("CMYK", "YCbCr", "HSV", "LAB"):
-                im = im.convert("RGB")
+                im = opened.convert("RGB")
             elif mode == "PA":
-                im = im.convert("P")
+                im = opened.convert("P")
             arr = np.array(im)
     except DataError:
         raise
@@ -279,8 +280,11 @@ def reorient_to_ras(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
 def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         import nibabel as nib
+        from nibabel.spatialimages import SpatialImage
 
         img = nib.load(str(p))
+        if not isinstance(img, SpatialImage):
+            raise DataError(f"not a NIfTI image (nibabel read a {type(img).__name__})", source=p)
         dataobj = img.dataobj
         slope = float(getattr(dataobj, "slope", 1.0) or 1.0)
         inter = float(getattr(dataobj, "inter", 0.0) or 0.0)
@@ -314,7 +318,7 @@ def _read_nrrd(p: Path) -> tuple[np.ndarray, np.ndarray]:
         spatial = [i for i, r in enumerate(rows) if r is not None]
         if len(spatial) != 3:
             raise DataError(f"expected 3 spatial axes, 'space directions' has {len(spatial)}", source=p)
-        mat = np.stack([rows[i] for i in spatial], axis=1)  # columns = axis directions
+        mat = np.stack([r for r in rows if r is not None], axis=1)  # columns = the spatial axes' directions
         if mat.shape != (3, 3):
             raise DataError(f"unsupported 'space directions' of shape {mat.shape}", source=p)
     elif hdr.get("spacings") is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def _npz_member_memmap(path: Path, key: str) -> np.ndarray | None:
             if dtype.hasobject:
                 return None
             offset = f.tell()
-        order = "F" if fortran else "C"
+        order: Literal["C", "F"] = "F" if fortran else "C"
         return np.memmap(path, dtype=dtype, mode="r", shape=shape, order=order, offset=offset)
     except Exception:
         return None
@@ -190,9 +190,10 @@ class MedMNISTDataset(Dataset):
                                 source=self.path)
             self._check_labels(s, lab)
             rows = np.arange(n_img)
-            if caps is not None and caps.get(s) is not None and caps[s] < n_img:
+            cap = None if caps is None else caps.get(s)
+            if cap is not None and cap < n_img:
                 rng = np.random.default_rng([int(limit_seed), i_s])
-                rows = np.sort(rng.permutation(n_img)[: caps[s]])
+                rows = np.sort(rng.permutation(n_img)[:cap])
             self._rows[s] = rows
             lab = lab[rows]
             if task_type == "multilabel":
@@ -284,7 +285,7 @@ class MedMNISTDataset(Dataset):
 
     def fingerprint(self) -> str:
         if self._fp is None:
-            d = {"kind": "medmnist", "name": self.name, "file": file_signature(self.path),
+            d: dict[str, Any] = {"kind": "medmnist", "name": self.name, "file": file_signature(self.path),
                  "n": [self._offsets[s] for s in SPLITS]}
             if self.limit is not None:
                 d["rows"] = {s: self._rows[s].tolist() for s in SPLITS}

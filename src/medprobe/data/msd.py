@@ -107,8 +107,11 @@ def _canonical_header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]
     try:
         import nibabel as nib
         import nibabel.orientations as nio
+        from nibabel.spatialimages import SpatialImage
 
         img = nib.load(str(path))
+        if not isinstance(img, SpatialImage):
+            return None
         shape = tuple(int(s) for s in img.shape[:3])
         affine = np.asarray(img.affine, dtype=np.float64)
         ornt = nio.io_orientation(affine)

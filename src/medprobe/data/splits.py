@@ -119,19 +119,19 @@ def split_by_patient(patients: Sequence[str], fractions: Sequence[float] = (0.7,
             seen += len(g)
             want = _allocate(seen, fr)
             want = [min(w, t) for w, t in zip(want, target)]
-            c = [max(w - d, 0) for w, d in zip(want, done)]
-            while sum(c) < len(g):  # fill any shortfall into the split furthest below its target
-                k = max(range(len(names)), key=lambda j: (target[j] - done[j] - c[j], -j))
-                c[k] += 1
-            while sum(c) > len(g):
-                k = max(range(len(names)), key=lambda j: (c[j], j))
-                c[k] -= 1
+            take = [max(w - d, 0) for w, d in zip(want, done)]
+            while sum(take) < len(g):  # fill any shortfall into the split furthest below its target
+                k = max(range(len(names)), key=lambda j: (target[j] - done[j] - take[j], -j))
+                take[k] += 1
+            while sum(take) > len(g):
+                k = max(range(len(names)), key=lambda j: (take[j], j))
+                take[k] -= 1
             pos = 0
             for k, name in enumerate(names):
-                for p in g[pos: pos + c[k]]:
+                for p in g[pos: pos + take[k]]:
                     out[name] += cases[p]
-                pos += c[k]
-                done[k] += c[k]
+                pos += take[k]
+                done[k] += take[k]
     return {k: sorted(v) for k, v in out.items()}
 
 

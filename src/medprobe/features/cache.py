@@ -179,7 +179,7 @@ class FeatureStore:
 
 def list_entries(root: str | Path) -> list[dict[str, Any]]:
     """Summaries of every entry under ``root`` (complete or not)."""
-    out = []
+    out: list[dict[str, Any]] = []
     root = Path(root)
     if not root.is_dir():
         return out

@@ -22,7 +22,7 @@ rows together; ``"train"`` keeps the model fitted on the rows the C was selected
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -52,6 +52,16 @@ def _gram(X: torch.Tensor, Xf: torch.Tensor | None, s: torch.Tensor) -> torch.Te
     G[:d, d] = G[d, :d] = X.T @ s
     G[d, d] = s.sum()
     return G
+
+
+@overload
+def _newton_factor(C: float, G: torch.Tensor, pen: torch.Tensor, jitter: Literal[False] = ...) -> torch.Tensor | None:
+    ...
+
+
+@overload
+def _newton_factor(C: float, G: torch.Tensor, pen: torch.Tensor, jitter: Literal[True]) -> torch.Tensor:
+    ...
 
 
 def _newton_factor(C: float, G: torch.Tensor, pen: torch.Tensor, jitter: bool = False) -> torch.Tensor | None:
@@ -90,7 +100,7 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
     pen = torch.ones(d + 1, dtype=X.dtype)
     pen[d] = 0.0
     z = X @ theta[:d] + theta[d]
-    Xf = X.to(torch.float32)
+    Xf: torch.Tensor | None = X.to(torch.float32)
     G: torch.Tensor | None = None
     out, iters = [], []
     n_refresh = 0

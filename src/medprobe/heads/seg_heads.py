@@ -137,7 +137,7 @@ class _Block3d(nn.Sequential):
     """``convs`` x (3D conv of kernel ``k``, GroupNorm, GELU)."""
 
     def __init__(self, cin: int, cout: int, k: tuple[int, int, int], convs: int = 2) -> None:
-        pad = tuple(v // 2 for v in k)
+        pad = (k[0] // 2, k[1] // 2, k[2] // 2)
         layers: list[nn.Module] = []
         for j in range(convs):
             layers += [nn.Conv3d(cin if j == 0 else cout, cout, k, padding=pad, bias=False),

@@ -375,7 +375,7 @@ def adapted_rand_error(
     if convention == "skimage":
         _, s_inv = np.unique(si, return_inverse=True)
         a = np.bincount(g_inv, weights=n_ij)
-        b = np.bincount(s_inv, weights=n_ij)
+        b: np.ndarray = np.bincount(s_inv, weights=n_ij)
         both = float(np.sum(n_ij * (n_ij - 1)))
         sum_a, sum_b = float(np.sum(a * (a - 1))), float(np.sum(b * (b - 1)))
     else:

@@ -29,7 +29,7 @@ __all__ = ["build_report", "run_demo_sweep"]
 
 
 def _overlays(db_root: Path, points: list[dict[str, Any]], limit: int = 6) -> list[Figure]:
-    figs = []
+    figs: list[Figure] = []
     for p in points:
         d = db_root / "outputs" / p["run_id"]
         if not d.is_dir():
@@ -71,7 +71,7 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
         if p["task"] not in tasks_order:
             tasks_order.append(p["task"])
     encoders = sorted({p["method"] for p in points})
-    versions = next((r.get("versions") for r in runs if r.get("versions")), {}) or {}
+    versions: dict[str, Any] = next((r["versions"] for r in runs if r.get("versions")), {})
     header_lines = [
         "What: frozen-encoder probing results (scores with 95% bootstrap CIs, compute cost per image).",
         f"When: {now}",
@@ -129,9 +129,9 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
                            raw_columns=["task", "axis", "line", "points", "verdict", "best_x", "statistic",
                                         "p_value", "test"])
             for tr in task_reports:
-                for t in tr.tables:
-                    if t.slug.endswith("-verdicts"):
-                        for row, raw in zip(t.rows, t.raw):
+                for tab in tr.tables:
+                    if tab.slug.endswith("-verdicts"):
+                        for row, raw in zip(tab.rows, tab.raw):
                             merged.add([tr.task, *row], [tr.task, *raw])
             summary.tables.append(merged)
         if comparisons:

@@ -223,13 +223,13 @@ def _curve(task: TaskReport, settings: list[dict[str, Any]], best: Mapping[str, 
         key = (str(s[group]), tuple(str(s[d]) for d in fixed_dims))
         buckets.setdefault(key, []).append({**s, x_key: _f(x)})
     best_fixed = tuple(str(best[d]) for d in fixed_dims)
-    chosen: dict[str, list[dict[str, Any]]] = {}
+    chosen: dict[str, tuple[tuple[int, bool, float], list[dict[str, Any]]]] = {}  # line -> (rank, slice)
     for (line, fx), rs in buckets.items():
         rank = (len({r[x_key] for r in rs}), fx == best_fixed, max(_good(r, task.higher_is_better) for r in rs))
         if line not in chosen or rank > chosen[line][0]:
-            chosen[line] = [rank, rs]  # type: ignore[list-item]
-    rows = [r for _, rs in chosen.values() for r in rs]  # type: ignore[misc]
-    verdicts = []
+            chosen[line] = (rank, rs)
+    rows = [r for _, rs in chosen.values() for r in rs]
+    verdicts: list[dict[str, Any]] = []
     by_line: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_line.setdefault(str(r[group]), []).append(r)

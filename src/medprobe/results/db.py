@@ -25,7 +25,7 @@ import platform
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -178,10 +178,13 @@ def _as_float(x: Any) -> float | None:
     return float(x)
 
 
-def _parse_metrics(metrics: Mapping[str, Any], split: str) -> list[tuple[str, str, float | None, float | None,
-                                                                        float | None]]:
-    """``{name | "split/name": value | (value, low, high)}`` -> rows ``(split, name, value, low, high)``."""
-    rows = []
+MetricRow = tuple[str, str, float, float | None, float | None]  # (split, name, value, low, high)
+
+
+def _parse_metrics(metrics: Mapping[str, Any], split: str) -> list[MetricRow]:
+    """``{name | "split/name": value | (value, low, high)}`` -> rows ``(split, name, value, low, high)``;
+    a missing value is stored as NaN, missing or NaN bounds as ``None``."""
+    rows: list[MetricRow] = []
     for key, v in metrics.items():
         if not isinstance(key, str) or not key:
             raise ConfigError(f"metric names must be non-empty strings, got {key!r}")
@@ -203,6 +206,9 @@ def _parse_metrics(metrics: Mapping[str, Any], split: str) -> list[tuple[str, st
     return rows
 
 
+_RESERVED_PREDICTION_NAMES = frozenset({"file", "allow_pickle"})  # savez_compressed's own parameters
+
+
 def _check_predictions(predictions: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for k, v in predictions.items():
@@ -214,6 +220,8 @@ def _check_predictions(predictions: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 raise ConfigError(f"predictions[{k!r}]: cannot store an object array") from None
         if not isinstance(k, str) or not k.isidentifier():
             raise ConfigError(f"prediction names must be identifiers, got {k!r}")
+        if k in _RESERVED_PREDICTION_NAMES:
+            raise ConfigError(f"prediction name {k!r} is reserved by numpy.savez_compressed")
         out[k] = arr
     return out
 
@@ -366,7 +374,7 @@ class ResultsDB:
             if pred_file.exists():
                 raise ConfigError(f"run id {run_id} already has a predictions file", pred_file)
             buf = io.BytesIO()
-            np.savez_compressed(buf, **arrays)
+            np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # stub: **kwds may be allow_pickle
             atomic_write_bytes(pred_file, buf.getvalue())
             row["predictions_path"] = pred_file.relative_to(self.root).as_posix()
         else:
@@ -385,7 +393,7 @@ class ResultsDB:
         return run_id
 
     def _insert_metrics(self, con: sqlite3.Connection, run_id: str,
-                        rows: list[tuple[str, str, float | None, float | None, float | None]]) -> None:
+                        rows: Sequence[MetricRow]) -> None:
         for sp, name, value, low, high in rows:
             con.execute("INSERT INTO metrics (run_id, split, name, value, low, high) VALUES (?, ?, ?, ?, ?, ?)",
                         (run_id, sp, name, value, low, high))
