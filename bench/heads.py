@@ -1,11 +1,14 @@
-"""Benchmark medprobe's logreg C-sweep and k-NN against plain scikit-learn, side by side.
+"""Benchmark medprobe's logreg C-sweep, k-NN and ridge alpha sweep against plain scikit-learn, side by side.
 
-    python bench/heads.py            # 20k x 768 train (binary Gaussian mixture), 5k val, 5k test
-    python bench/heads.py --quick    # 4k x 256, a smoke run
+    python bench/heads.py               # 20k x 768 train (binary Gaussian mixture), 5k val, 5k test
+    python bench/heads.py --quick       # 4k x 256, a smoke run
+    python bench/heads.py --only ridge  # the ridge row alone: 5k x 768 train, 2k val, 2k test
 
 Targets: logreg sweep <= 0.2 x the per-C sklearn loop (same C and test AUC within 0.002);
 k-NN protocol (fit + probabilities for k = 10, 20, 100, 200) <= 0.1 x sklearn KNeighborsClassifier(k,
-metric='cosine') fitted and run once per k. ``--only knn`` skips the slow logreg loop.
+metric='cosine') fitted and run once per k; ridge 41-alpha sweep + selection on validation R^2 <= 0.2 x a
+per-alpha sklearn ``Ridge`` loop (same alpha, test R^2 within 0.002). ``--only knn`` skips the slow logreg
+loop.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from _common import best_of, table, threads  # noqa: E402
 from medprobe.heads import create_head  # noqa: E402
 from medprobe.heads.base import score  # noqa: E402
 from medprobe.heads.logreg import DEFAULT_CS  # noqa: E402
+from medprobe.heads.ridge import DEFAULT_ALPHAS  # noqa: E402
 
 
 def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -53,6 +57,31 @@ def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...
     return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
 
 
+def make_regression_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
+    """A continuous target on synthetic 'frozen CLS features' (float32, not standardised), test R^2 ~0.75.
+
+    Features as :func:`make_data` (power-law spectrum, three sub-clusters, random rotation, offsets, three
+    large-offset channels); the target is a linear function of the latent directions with weights spread
+    over all of them (strong on a few, small on many), plus noise, so the best alpha is well inside the grid.
+    """
+    rng = np.random.default_rng(seed + 101)
+    total = n + 2 * n_eval
+    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
+    sd[:4] *= [6, 4, 3, 2]
+    comp = rng.integers(0, 3, total)
+    centres = rng.normal(size=(3, dim)) * sd * 0.35
+    lat = rng.normal(size=(total, dim)) * sd + centres[comp]
+    beta = rng.normal(size=dim) * np.arange(1, dim + 1) ** -0.3 / sd  # each direction's share of the signal
+    signal = lat @ beta
+    y = 50.0 + 10.0 * (signal / signal.std() + 0.55 * rng.normal(size=total))
+    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
+    X[:, :3] += np.array([6.0, -4.0, 3.0])
+    X = X.astype(np.float32)
+    a, b = n, n + n_eval
+    return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
@@ -62,28 +91,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-iter", type=int, default=1000, help="sklearn max_iter")
     ap.add_argument("--threads", type=int, default=0, help="torch + BLAS threads for both sides (0: as is)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=["all", "logreg", "knn"], default="all", help="run one of the two parts")
+    ap.add_argument("--only", choices=["all", "logreg", "knn", "ridge"], default="all",
+                    help="run one of the parts")
+    ap.add_argument("--ridge-n", type=int, default=5000, help="ridge train rows (val and test: 2000 each)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.n, a.dim, a.n_eval = 4000, 256, 1000
+        a.n, a.dim, a.n_eval, a.ridge_n = 4000, 256, 1000, 2000
     import torch
 
     from medprobe.heads.knn import _bf16_fast
 
-    Xtr, ytr, Xva, yva, Xte, yte = make_data(a.n, a.dim, a.n_eval, a.seed)
     rows = []
     with threads(a.threads):
         from threadpoolctl import threadpool_info
 
         blas = sorted({f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info()})
-        print(f"data: binary Gaussian mixture (power-law spectrum, overlapping classes, not standardised), "
-              f"train {a.n} x {a.dim}, val {a.n_eval}, test {a.n_eval}; threads: torch "
-              f"{torch.get_num_threads()}, {', '.join(blas)}; bf16 GEMM {'yes' if _bf16_fast() else 'no'}; "
-              f"k-NN head device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-        if a.only in ("all", "logreg"):
-            rows.append(logreg_row(Xtr, ytr, Xva, yva, Xte, yte, a.max_iter))
-        if a.only in ("all", "knn"):
-            rows += knn_rows(Xtr, ytr, Xte, yte)
+        print(f"threads: torch {torch.get_num_threads()}, {', '.join(blas)}; bf16 GEMM "
+              f"{'yes' if _bf16_fast() else 'no'}; k-NN head device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+        if a.only in ("all", "logreg", "knn"):
+            Xtr, ytr, Xva, yva, Xte, yte = make_data(a.n, a.dim, a.n_eval, a.seed)
+            print(f"data: binary Gaussian mixture (power-law spectrum, overlapping classes, not standardised), "
+                  f"train {a.n} x {a.dim}, val {a.n_eval}, test {a.n_eval}")
+            if a.only in ("all", "logreg"):
+                rows.append(logreg_row(Xtr, ytr, Xva, yva, Xte, yte, a.max_iter))
+            if a.only in ("all", "knn"):
+                rows += knn_rows(Xtr, ytr, Xte, yte)
+        if a.only in ("all", "ridge"):
+            n_eval = min(2000, a.n_eval)
+            print(f"ridge data: continuous target on the same kind of features, train {a.ridge_n} x {a.dim}, "
+                  f"val {n_eval}, test {n_eval}")
+            rows.append(ridge_row(*make_regression_data(a.ridge_n, a.dim, n_eval, a.seed)))
     print(table(rows, ["case", "sklearn s", "medprobe s", "ratio", "target", "agreement"]))
     if a.only in ("all", "knn"):
         print("k-NN: the target row is the DINOv2/v3 protocol (k = 10, 20, 100, 200 from one search) against "
@@ -127,6 +164,37 @@ def logreg_row(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarra
             f"C {C_sk:.3g} vs {head.C_:.3g}, test AUC {auc_sk:.4f} vs {auc_mp:.4f} "
             f"({'agree' if ok else 'DIFFER'}); sklearn fits not converged: {n_warn[0]}/45; "
             f"+refit train+val {t_refit:.2f}s"]
+
+
+def ridge_row(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, Xte: np.ndarray,
+              yte: np.ndarray) -> list:
+    """41 alphas selected by validation R^2, model fitted on the train rows: RidgeHead's path vs a per-alpha
+    sklearn ``Ridge`` loop (its default solver, Cholesky, float64 inputs)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    Xtr64, Xva64, Xte64 = (x.astype(np.float64) for x in (Xtr, Xva, Xte))
+
+    def sk_loop():
+        best = (-np.inf, None, None)
+        for alpha in DEFAULT_ALPHAS:
+            m = Ridge(alpha=alpha).fit(Xtr64, ytr)
+            s = r2_score(yva, m.predict(Xva64))
+            if s >= best[0]:  # ties -> the larger alpha, as medprobe
+                best = (s, alpha, m)
+        return best
+
+    t_sk, (s_sk, a_sk, m_sk) = best_of(sk_loop, repeat=2)
+    t_mp, head = best_of(lambda: create_head("ridge", task="regression").fit(Xtr, ytr, Xva, yva), repeat=3)
+    r2_sk = r2_score(yte, m_sk.predict(Xte64))
+    r2_mp = r2_score(yte, head.predict(Xte))
+    coef_diff = float(np.abs(head.coef_[0] - m_sk.coef_).max() / np.abs(m_sk.coef_).max())
+    ok = a_sk == head.alpha_ and abs(r2_sk - r2_mp) <= 0.002
+    t_hold, _ = best_of(lambda: create_head("ridge", task="regression").fit(Xtr, ytr), repeat=1)
+    return ["ridge 41-alpha sweep", t_sk, t_mp, t_mp / t_sk, "<= 0.2",
+            f"alpha {a_sk:.4g} vs {head.alpha_:.4g}, val R2 {s_sk:.4f} vs {head.selected_params()['val_r2']:.4f}, "
+            f"test R2 {r2_sk:.4f} vs {r2_mp:.4f} ({'agree' if ok else 'DIFFER'}); max rel coef diff {coef_diff:.1e}; "
+            f"internal 10 % holdout + refit on all train rows {t_hold:.2f}s"]
 
 
 def knn_rows(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray) -> list[list]:
