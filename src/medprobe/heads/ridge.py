@@ -20,7 +20,8 @@ regularisation). Validation rows are ``X_val``/``y_val`` when given, otherwise a
 with ``X_val`` it is the path's solution on ``X`` itself (``refit_on="train+val"`` refits on ``X`` and
 ``X_val`` together instead); with the internal holdout it is refitted on all rows of ``X``.
 
-Targets: ``(N,)`` or ``(N, T)`` finite numbers; ``predict`` returns the same layout.
+Targets: ``(N,)`` or ``(N, T)`` finite numbers (``n_classes``, when given, is the required ``T``);
+``predict`` returns the same layout; one alpha serves all targets (chosen on their mean score).
 """
 
 from __future__ import annotations
@@ -228,11 +229,8 @@ class RidgeHead(Head):
 
 
 def _spd_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve ``A x = B`` for symmetric positive (semi-)definite ``A``: Cholesky, else least squares."""
-    import scipy.linalg
-
+    """Solve ``A x = B`` for the (positive definite) ridge system ``A``; least squares if it is singular."""
     try:
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, lower=True, check_finite=False), B,
-                                      check_finite=False)
+        return np.linalg.solve(A, B)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(A, B, rcond=None)[0]
