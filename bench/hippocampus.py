@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from medprobe.pipeline.segmentation import run_segmentation
+from medprobe.pipeline.run import run_task as run_segmentation
 from medprobe.pipeline.task import load_task
 from medprobe.results import ResultsDB
 

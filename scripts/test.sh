@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install medprobe with its test extras into ./.venv and run the whole test suite.
+# Install medprobe with its test extras into ./.venv, check style (ruff) and types (mypy), run the whole test suite.
 # Needs only Python 3.11 (and, for the report's browser test, Debian's chromium: installed when root and missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will skip"
 fi
+echo "ruff (style) on src/ and tests/, mypy (types) on src/"
+python -m ruff check src tests bench
+python -m mypy
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -152,7 +152,7 @@ def test_nifti_nrrd_volumes_csv(shared_data: Path, tmp_path: Path) -> None:
     rows = _check_rows(db, "volumes", heads, n_test=4, resolution=32, layer=[3])
     r = rows["logreg"]
     assert r["split"]["n_train"] == 6 and r["split"]["n_val"] == 0
-    assert r["dataset"] == "labels" and r["split"]["spec"] == {"fractions": [0.6, 0.4]}
+    assert r["dataset"] == "labels" and r["split"]["spec"]["fractions"] == [0.6, 0.4]
     ids = set(ResultsDB(db).load_predictions(r["run_id"])["ids"].tolist())
     assert len(ids) == 4 and ids <= {Path(p).name.split(".")[0] for p in files}
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from medprobe.errors import DataError
-from medprobe.pipeline.segmentation import run_segmentation, write_mask_like_input
+from medprobe.pipeline.families.segmentation import write_mask_like_input
+from medprobe.pipeline.run import run_task as run_segmentation
 from medprobe.pipeline.task import TaskSpec, load_task
 from medprobe.results import ResultsDB
 
@@ -207,4 +208,4 @@ def test_hippocampus_ci_sized(shared_data: Path, tmp_path: Path) -> None:
                                features={"progress": False}, preprocess={"resolution": 32})
     row = run_segmentation(spec, db=ResultsDB(tmp_path / "res"), verbose=False)[0]
     assert {"dice/Anterior", "dice/Posterior", "hd95", "asd"} <= set(row["metrics"])
-    assert row["record"]["split"]["spec"] == {"folds": 5, "fold": 0}
+    assert row["record"]["split"]["spec"]["folds"] == 5 and row["record"]["split"]["spec"]["fold"] == 0

@@ -44,13 +44,13 @@ def test_expand_order_axes_and_layers() -> None:
     groups = [c.group for c in cells]
     assert len({g for g in groups}) == 4 and sum(a != b for a, b in zip(groups, groups[1:])) == 3
     c0 = cells[0]
-    assert c0.spec.weights == "/w/s.pth" and c0.spec.features == {"layers": "all", "select": 0}
-    assert c0.spec.preprocess["resolution"] == [112, 112]
+    assert c0.spec.weights == "/w/s.pth" and (c0.spec.features.layers, c0.spec.features.select) == ("all", 0)
+    assert c0.spec.preprocess.resolution == (112, 112)
     big = [c for c in cells if c.axes["encoder"] == "dinov3-vitl16"]
     assert big[0].spec.weights is None  # not in the weights map -> random (labelled untrained by the pipeline)
     assert {c.axes["layer"] for c in big} == set(range(24))
     native = [c for c in cells if c.axes["resolution"] == "native"]
-    assert native and all("resolution" not in c.spec.preprocess for c in native)
+    assert native and all(c.spec.preprocess.resolution is None for c in native)
     assert c0.spec.notes["sweep"] == sw.name and c0.spec.notes["cell"] == c0.key
 
 
@@ -60,7 +60,7 @@ def test_sweep_yaml_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_sweep(p)
     p.write_text(yaml.safe_dump({"tasks": [{"name": "a"}], "grid": {"colour": [1]}}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="unknown grid axis"):
+    with pytest.raises(ConfigError, match="unknown key 'grid.colour'"):
         load_sweep(p)
 
 

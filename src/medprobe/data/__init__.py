@@ -25,6 +25,11 @@ def register_dataset(kind: str) -> Callable[[Callable[..., Dataset]], Callable[.
     return deco
 
 
+def unregister_dataset(kind: str) -> None:
+    """Remove a registered dataset kind (tests and plug-ins that register temporary kinds)."""
+    _REGISTRY.pop(kind, None)
+
+
 def _ensure_loaded() -> None:
     import importlib
 
@@ -61,4 +66,4 @@ def create_dataset(spec: str, **options: Any) -> Dataset:
 
 
 __all__ = ["ArrayDataset", "Dataset", "Item", "Subset", "TaskInfo", "create_dataset", "dataset_factory",
-           "dataset_kinds", "register_dataset"]
+           "dataset_kinds", "register_dataset", "unregister_dataset"]

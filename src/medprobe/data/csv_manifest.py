@@ -465,7 +465,7 @@ def create_nih14(arg: str = "", root: str | Path | None = None, image_dir: str |
                   "val": sorted(trval[j] for j in inner["test"]), "test": test}
     else:
         splits = split_by_patient(patients, (0.7, 0.1, 0.2), seed=seed)
-    validate_splits(splits, patients, csv_path)
+    validate_splits(dict(splits), patients, csv_path)  # type: ignore[arg-type]
     ds._splits = splits
     for name, idx in splits.items():
         for i in idx:

@@ -171,7 +171,8 @@ class _Geo:
             v = ((np.arange(n) - (n - 1) / 2.0) * s / half).astype(np.float32)
             axes.append(v.reshape([n if j == k else 1 for j in range(len(shape))]))
         if len(shape) == 2:  # rows = anterior->posterior, cols = patient right->left
-            self.ap, self.lr, self.si = axes[0], axes[1], np.float32(z0)
+            self.ap, self.lr = axes[0], axes[1]
+            self.si: Any = np.float32(z0)
         else:  # RAS: axis 0 -> right, axis 1 -> anterior, axis 2 -> superior
             self.ap, self.lr, self.si = -axes[1], -axes[0], axes[2]
 
@@ -244,7 +245,7 @@ def _abdomen(g: _Geo, rng: np.random.Generator, t: dict[str, float]) -> tuple[np
     v = _blend(v, t["fat"], _ramp(body_q, 0.06))
     v = _blend(v, t["muscle"], _ramp(body_q / (1 - tf), 0.08))
     inner = _ramp(body_q / (1 - tf - tm), 0.08)
-    visceral = _blend(np.float32(t["bowel"]), t["fat"], np.clip(0.5 + 0.8 * tex, 0, 1))
+    visceral = _blend(np.asarray(t["bowel"], np.float32), t["fat"], np.clip(0.5 + 0.8 * tex, 0, 1))
     v = _blend(v, visceral, inner)
     gas = np.clip((tex2 - 1.1) / 0.3, 0, 1) * (g.lr > 0.05) * (g.ap < 0.15) * (inner > 0.99)
     v = _blend(v, t["gas"], gas)
@@ -259,10 +260,10 @@ def _abdomen(g: _Geo, rng: np.random.Generator, t: dict[str, float]) -> tuple[np
     v = _blend(v, t["vessel"], _ramp(g.ellipse((aorta_ap, aorta_lr, 0.0), (0.05, 0.05, 99.0)), 0.2))
     sp_ap = aorta_ap + u(0.13, 0.17)
     vert = g.ellipse((sp_ap, 0.0, 0.0), (0.09, 0.1, 99.0))
-    bone_in = t["marrow"]
+    bone_in: Any = t["marrow"]
     if len(shape) == 3:
         disc = np.clip((np.cos(2 * np.pi * (g.si - u(0, 1)) / 0.45) - 0.75) / 0.2, 0, 1)
-        bone_in = _blend(np.float32(t["marrow"]), t["disc"], disc)
+        bone_in = _blend(np.asarray(t["marrow"], np.float32), t["disc"], disc)
     v = _blend(v, t["cortex"], _ramp(vert, 0.15))
     v = _blend(v, bone_in, _ramp(vert / 0.8, 0.15))
     v = _blend(v, t["csf"], _ramp(g.ellipse((sp_ap + 0.14, 0.0, 0.0), (0.04, 0.045, 99.0)), 0.2))

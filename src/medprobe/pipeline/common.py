@@ -129,7 +129,7 @@ def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tupl
         else None
     if store is not None:
         return info, store, _describe(store, info, device, time.perf_counter() - t0)
-    enc = info if isinstance(info, torch.nn.Module) else build_encoder(spec, device)
+    enc = info if isinstance(info, Encoder) else build_encoder(spec, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()

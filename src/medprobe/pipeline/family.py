@@ -115,6 +115,7 @@ class HeadResult:
     notes: dict[str, Any] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     table: list[str] = field(default_factory=list)  # extra printed lines under the head's row
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific values returned with the row
 
 
 class TaskFamily:

@@ -66,10 +66,17 @@ def resolve_heads(spec: TaskSpec, family: TaskFamily, ds: Any, source: str | Non
         cls = find_head(name, family.head_inputs, ds.task.type, where=source or spec.name)
         family.check_head(cls, name, ds)
         out.append((name, cls))
+    from medprobe.heads.base import _names_for
+
     for name, params in spec.head_params.items():
-        if name not in spec.heads:
-            raise unknown_key("head_params", name, list(spec.heads), source or spec.name)
-        cls = dict(out)[name]
+        if name in spec.heads:
+            cls = dict(out)[name]
+        else:  # parameters of a head this run does not use (a YAML may set several; flags pick some)
+            try:
+                cls = find_head(name, family.head_inputs)
+            except ConfigError:
+                raise unknown_key("head_params", name, _names_for(family.head_inputs, None),
+                                  source or spec.name) from None
         valid = family.head_params(cls)
         for k in params:
             if k not in valid:
@@ -119,7 +126,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
         family.write_outputs(res, ctx)
         run_id = db.add_run(record, res.metrics, predictions=res.predictions, split="test")
         res.run_id = str(run_id)
-        rows.append({"run_id": res.run_id, "head": res.head, "metrics": res.metrics, "record": record,
+        rows.append({**res.extra, "run_id": res.run_id, "head": res.head, "metrics": res.metrics, "record": record,
                      "result": res})
     if verbose:
         print_table(ctx, family, [r for r, _ in results], db.path)

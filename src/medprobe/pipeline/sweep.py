@@ -232,7 +232,7 @@ def expand(sweep: Sweep) -> list[Cell]:
                 depth = _depth(enc)
                 layers = sorted({v + depth if v < 0 else v for v in layers})
                 layer_spec = ",".join(str(v) for v in layers)
-            for res in _axis(g, "resolution", task.preprocess.get("resolution")):
+            for res in _axis(g, "resolution", task.preprocess.resolution):
                 for layer in layers:
                     for budget in _axis(g, "budget", task.budget):
                         for seed in _axis(g, "seed", task.seed):

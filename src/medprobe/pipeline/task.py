@@ -136,8 +136,8 @@ class SplitConfig:
 
     kind: str = opt("official", norm=choice("official", "fractions", "folds"), type="official|fractions|folds",
                     help="official, fractions or folds")
-    fractions: tuple[float, float, float] | None = opt(None, type="[train, val, test]",
-                                                      help="fractions: train/val/test shares summing to 1")
+    fractions: tuple[float, ...] | None = opt(None, type="[train, val, test]",
+                                              help="fractions: train/val/test (or train/test) shares summing to 1")
     folds: int | None = opt(None, norm=to_int(2, optional=True), type="int", help="folds: number of folds k")
     fold: int = opt(0, norm=to_int(0), type="int", help="folds: which fold is the test fold")
     val_fraction: float = opt(0.2, norm=to_float(0, 1), type="float",
@@ -152,9 +152,10 @@ class SplitConfig:
                 vals = tuple(float(x) for x in (fr.split(",") if isinstance(fr, str) else fr))  # type: ignore[union-attr]
             except (TypeError, ValueError):
                 raise ConfigError(f"fractions must be three numbers [train, val, test], got {fr!r}") from None
-            if len(vals) != 3 or min(vals) < 0 or abs(sum(vals) - 1) > 1e-6 or vals[0] <= 0 or vals[2] <= 0:
-                raise ConfigError(f"fractions must be three shares summing to 1 with train and test > 0, "
-                                  f"got {fr!r}")
+            if len(vals) not in (2, 3) or min(vals) < 0 or abs(sum(vals) - 1) > 1e-6 or vals[0] <= 0 \
+                    or vals[-1] <= 0:
+                raise ConfigError(f"fractions must be [train, val, test] or [train, test] shares summing to 1 "
+                                  f"with train and test > 0, got {fr!r}")
             object.__setattr__(self, "fractions", vals)
         elif self.fractions is not None:
             raise ConfigError(f"fractions is only used with kind: fractions (kind is {self.kind})")

@@ -19,9 +19,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import platform
+import re
 import sqlite3
 import time
 import uuid
@@ -37,7 +39,8 @@ import numpy as np
 from medprobe.errors import ConfigError
 from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json, hash_obj
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("medprobe.results")
+SCHEMA_VERSION = 2  # 2: task_type is any lowercase word (task families are plug-ins); 1 listed them
 DB_NAME = "results.db"
 TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal", "regression", "segmentation", "registration",
               "instances")
@@ -50,7 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created             TEXT NOT NULL,
     status              TEXT NOT NULL CHECK (status = 'complete'),
     task                TEXT NOT NULL,
-    task_type           TEXT NOT NULL CHECK (task_type IN ({", ".join(repr(t) for t in TASK_TYPES)})),
+    task_type           TEXT NOT NULL CHECK (task_type GLOB '[a-z]*' AND task_type NOT GLOB '*[^a-z0-9_-]*'),
     config_json         TEXT NOT NULL,
     config_hash         TEXT NOT NULL,
     encoder             TEXT NOT NULL,
@@ -295,7 +298,30 @@ class ResultsDB:
             elif row[0] > SCHEMA_VERSION:
                 raise ConfigError(f"results database has schema version {row[0]}; this medprobe reads up to "
                                   f"{SCHEMA_VERSION} (upgrade medprobe)", self.path)
+            old = row[0] is not None and row[0] < 2
+        if old:
+            con.execute("PRAGMA foreign_keys = OFF")  # so dropping the old table cascades to no metrics row
+            try:
+                with self._transaction(con):
+                    if con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] < 2:
+                        self._migrate_v1(con)
+            finally:
+                con.execute("PRAGMA foreign_keys = ON")
         self._ready = True
+
+    def _migrate_v1(self, con: sqlite3.Connection) -> None:
+        """Schema 1 -> 2 (in the caller's transaction, foreign keys off): ``runs`` rebuilt without the fixed
+        list of task types, every row and index kept; metrics rows keep pointing at their runs."""
+        ddl = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS runs"):_SCHEMA.index("CREATE INDEX")]
+        con.execute(ddl.replace("CREATE TABLE IF NOT EXISTS runs", "CREATE TABLE runs_v2").rstrip().rstrip(";"))
+        con.execute("INSERT INTO runs_v2 SELECT * FROM runs")
+        con.execute("DROP TABLE runs")
+        con.execute("ALTER TABLE runs_v2 RENAME TO runs")
+        for stmt in _SCHEMA.split(";"):
+            if "CREATE INDEX" in stmt:
+                con.execute(stmt)
+        con.execute("UPDATE schema_version SET version = 2")
+        log.info("results database %s upgraded to schema 2", self.path)
 
     # -- writing -----------------------------------------------------------------------------------------------
     def _row_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,8 +334,9 @@ class ResultsDB:
         missing = [k for k in _REQUIRED if rec.get(k) in (None, "")]
         if missing:
             raise ConfigError(f"run record lacks {', '.join(missing)}")
-        if rec["task_type"] not in TASK_TYPES:
-            raise ConfigError(f"task_type must be one of {', '.join(TASK_TYPES)}; got {rec['task_type']!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", str(rec["task_type"])):
+            raise ConfigError(f"task_type must be a lowercase word (e.g. {', '.join(TASK_TYPES)}); "
+                              f"got {rec['task_type']!r}")
         status = rec.pop("status", "complete")
         if status != "complete":
             raise ConfigError(f"only complete runs are stored; got status {status!r}")

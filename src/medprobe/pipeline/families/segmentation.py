@@ -71,7 +71,7 @@ def write_mask_like_input(path: Path, mask: np.ndarray, item: Item) -> dict[str,
     if src is None:
         write_volume(path, mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.int32), item.affine)
         return {"path": str(path), "affine_from": "item"}
-    ref = nib.load(str(src))
+    ref: Any = nib.load(str(src))  # a NIfTI image (nibabel's stub says FileBasedImage)
     ornt = nio.io_orientation(ref.affine)
     back = nio.ornt_transform(nio.axcodes2ornt(("R", "A", "S")), ornt)
     arr = nio.apply_orientation(mask, back) if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) else mask
@@ -237,6 +237,7 @@ class SegmentationFamily(TaskFamily):
             res.table.append(f"{name:<16} {fmt_ci(agg.get(f'dice/{name}'))} {fmt_ci(agg.get(f'hd95/{name}'), 2)} "
                              f"{fmt_ci(agg.get(f'asd/{name}'), 2)}")
         ctx.state[f"masks_{res.run_id}"] = preds
+        res.extra["per_case"] = per_case
         return res
 
     def write_outputs(self, result: HeadResult, ctx: RunContext) -> None:
@@ -260,6 +261,7 @@ class SegmentationFamily(TaskFamily):
         assert result.predictions is not None
         result.predictions["files"] = np.asarray(files)
         result.notes["outputs"] = str(out_dir)
+        result.extra["outputs"] = out_dir
         result.table.append(f"masks in {out_dir}")
 
 

@@ -1,0 +1,258 @@
+"""The recipes of docs/design.md, performed from this test module without editing a file under src/:
+register an encoder family (+ one encoder), a dataset layout, a head and a task family, then run them end to
+end through ``run_task`` and the ``medprobe run`` CLI. Registering is enough: nothing in pipeline/ or cli/
+branches on a head, encoder-family or task-family name (checked on the source below)."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medprobe.cli.main import main
+from medprobe.data import ArrayDataset, TaskInfo, register_dataset, unregister_dataset
+from medprobe.encoders import (
+    Encoder,
+    EncoderFamily,
+    EncoderInfo,
+    EncoderOutput,
+    EncoderSpec,
+    encoder_families,
+    register,
+    register_family,
+)
+from medprobe.encoders.families import unregister_family as unregister_encoder_family
+from medprobe.encoders.flops import gflops_per_image
+from medprobe.encoders.registry import unregister as unregister_encoder
+from medprobe.encoders.weights import WeightsRef
+from medprobe.heads.base import Head, head_names, register_head, unregister_head
+from medprobe.metrics import mean_ci
+from medprobe.pipeline.family import (
+    HeadResult,
+    RunContext,
+    TaskFamily,
+    family_names,
+    feature_matrix,
+)
+from medprobe.pipeline.family import (
+    register_family as register_task_family,
+)
+from medprobe.pipeline.family import (
+    unregister_family as unregister_task_family,
+)
+from medprobe.pipeline.run import run_task
+from medprobe.pipeline.task import parse_task
+from medprobe.results import ResultsDB
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "medprobe"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(single_thread: None) -> None:
+    """Module-wide: see conftest.single_thread."""
+
+
+# ---------------------------------------------------------------------------------- recipe 1: encoder family
+class PoolNet(Encoder):
+    """A patch-8 average-pool 'encoder' with a fixed random 1x1 mixing per block (seeded)."""
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.mix = torch.nn.ModuleList(torch.nn.Conv2d(3 if i == 0 else spec.width, spec.width, 1)
+                                       for i in range(spec.depth))
+
+    def forward_features(self, x: torch.Tensor, layers: Sequence[int]) -> EncoderOutput:
+        self.check_input_size(x.shape[2], x.shape[3])
+        h = torch.nn.functional.avg_pool2d(x, self.spec.patch_size)
+        cls, patch = {}, {}
+        for i in range(max(layers) + 1):
+            h = torch.tanh(self.mix[i](h))
+            if i in layers:
+                patch[i], cls[i] = h, h.mean((2, 3))
+        return EncoderOutput(cls=cls, patch=patch)
+
+
+def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ref.seed)
+        enc = PoolNet(spec)
+    enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False
+    return enc
+
+
+def _identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
+    return EncoderInfo(spec, f"random:seed={ref.seed}", False) if ref.kind == "random" else None
+
+
+def _gflops(spec: EncoderSpec, res: tuple[int, int], layers: tuple[int, ...] | None) -> float | None:
+    return gflops_per_image(PoolNet(spec), res, layers=layers)
+
+
+# ---------------------------------------------------------------------------------- recipe 2: dataset layout
+def _blobs(arg: str, n: int = 48, size: int = 32, seed: int = 0) -> ArrayDataset:
+    """``toyblobs:``: grey images holding 0-3 bright squares; the label is how many (task type 'count')."""
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for i in range(n):
+        k = i % 4
+        img = rng.normal(0.2, 0.02, (size, size)).astype(np.float32)
+        for j in range(k):
+            y, x = 2 + 8 * j, int(rng.integers(2, size - 8))
+            img[y:y + 6, x:x + 6] = 0.9
+        imgs.append(img)
+        labels.append(k)
+    return ArrayDataset(imgs, labels, name="toyblobs", modality="generic", task=TaskInfo("count", ("count",)))
+
+
+# ---------------------------------------------------------------------------------- recipe 3: head
+class NearestMean(Head):
+    """Predicts the label whose training-feature mean is nearest (Euclidean)."""
+
+    tasks = ("count", "binary", "multiclass")
+    input_kind = "vector"
+    outputs = ("values", "proba")
+
+    def __init__(self, task: str = "count", n_classes: int | None = None, seed: int = 0,
+                 shrink: float = 0.0) -> None:
+        super().__init__(task=task, n_classes=n_classes, seed=seed)
+        self.shrink = shrink
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> NearestMean:
+        X, y = self._check_X(X), np.asarray(y).astype(int)
+        self.classes_ = np.unique(y)
+        mu = np.stack([X[y == c].mean(0) for c in self.classes_])
+        self.means_ = (1 - self.shrink) * mu + self.shrink * X.mean(0)
+        return self
+
+    def _dist(self, X: Any) -> np.ndarray:
+        X = self._check_X(X, dim=self.means_.shape[1])
+        return ((X[:, None, :] - self.means_[None]) ** 2).sum(-1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        d = -self._dist(X)
+        e = np.exp(d - d.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self._dist(X).argmin(1)]
+
+
+# ---------------------------------------------------------------------------------- recipe 4: task family
+class CountingFamily(TaskFamily):
+    """Counting: one vector per image -> an integer count; exact-count accuracy and MAE with CIs."""
+
+    name = "counting"
+    task_types = ("count",)
+    head_inputs = ("vector",)
+    tokens = ("cls", "mean")
+    headline = ("exact", "mae")
+
+    def prepare(self, ctx: RunContext) -> None:
+        ctx.state["y"] = np.asarray(ctx.dataset.labels(), dtype=np.int64)
+        ctx.state["X"] = feature_matrix(ctx)
+
+    def evaluate(self, head_cls: type[Any], head_name: str, ctx: RunContext) -> HeadResult:
+        X, y, spec = ctx.state["X"], ctx.state["y"], ctx.spec
+        head = head_cls(task="count", seed=spec.seed, **spec.head_params.get(head_name, {}))
+        head.fit(X[ctx.train], y[ctx.train])
+        pred = head.predict(X[ctx.test])
+        m = spec.metrics
+        metrics = {"exact": mean_ci((pred == y[ctx.test]).astype(float), m.bootstrap, spec.seed, m.alpha),
+                   "mae": mean_ci(np.abs(pred - y[ctx.test]).astype(float), m.bootstrap, spec.seed, m.alpha)}
+        ids = ctx.dataset.ids()
+        return HeadResult(head=head_name, metrics=metrics, head_params=head.get_params(),
+                          predictions={"ids": np.asarray([ids[i] for i in ctx.test]), "y_true": y[ctx.test],
+                                       "y_pred": pred})
+
+
+@pytest.fixture
+def plugins() -> Iterator[None]:
+    """All four registrations, made here and undone afterwards."""
+    register_family(EncoderFamily(name="poolnet", build=_build, identity=_identity, gflops=_gflops))
+    register(EncoderSpec(name="poolnet-s8", family="poolnet", patch_size=8, width=12, depth=2, params_m=0.0001,
+                         default_layers=(0, 1, 1, 1), native_resolution=32))
+    register_dataset("toyblobs")(_blobs)
+    register_head("nearest-mean")(NearestMean)
+    register_task_family(CountingFamily)
+    try:
+        yield
+    finally:
+        unregister_task_family("counting")
+        unregister_head("nearest-mean")
+        unregister_dataset("toyblobs")
+        unregister_encoder("poolnet-s8")
+        unregister_encoder_family("poolnet")
+
+
+TOY = {"name": "count-blobs", "dataset": "toyblobs:", "data": {"n": 48}, "encoder": "poolnet-s8",
+       "heads": ["nearest-mean"], "preprocess": {"resolution": 32, "intensity": "none"},
+       "split": {"fractions": [0.5, 0.0, 0.5]}, "metrics": {"bootstrap": 100}, "features": {"token": "mean"}}
+
+
+def test_registered_plugins_run_end_to_end(plugins: None, tmp_path: Path) -> None:
+    assert "poolnet" in encoder_families() and "counting" in family_names() and "nearest-mean" in head_names()
+    db = ResultsDB(tmp_path / "res")
+    rows = run_task(parse_task({**TOY, "cache_dir": str(tmp_path / "cache")}), db=db, verbose=False)
+    assert [r["head"] for r in rows] == ["nearest-mean"]
+    rec = db.get(rows[0]["run_id"])
+    assert rec["task_type"] == "count" and rec["encoder"] == "poolnet-s8" and rec["config"]["family"] == "counting"
+    assert rec["compute"]["gflops"] > 0  # the family's FLOP counter was asked
+    exact = rows[0]["metrics"]["exact"][0]
+    assert exact > 0.9  # mean patch token of a pooled image counts bright squares
+    # the same plug-ins through the command line (family from the dataset's task type, no --kind)
+    argv = ["run", "--dataset", "toyblobs:", "--data-opt", "n=48", "--encoder", "poolnet-s8", "--head",
+            "nearest-mean", "--resolution", "32", "--split", "fractions:0.5,0,0.5", "--token", "mean",
+            "--db", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    assert len(db.runs(task="cli")) == 1
+
+
+def test_a_registered_head_serves_an_existing_family(plugins: None, tmp_path: Path) -> None:
+    spec = parse_task({**TOY, "dataset": "phantom:xray2d-binary", "data": {"n": 40, "size": 32},
+                       "heads": ["nearest-mean", "logreg"], "head_params": {"nearest-mean": {"shrink": 0.1}},
+                       "cache_dir": str(tmp_path / "cache")})
+    rows = run_task(spec, db=ResultsDB(tmp_path / "res"), verbose=False)
+    assert {r["head"] for r in rows} == {"nearest-mean", "logreg"} and "auc" in rows[0]["metrics"]
+    assert rows[0]["record"]["head_params"]["shrink"] == 0.1
+    with pytest.raises(Exception, match=r"unknown key 'head_params.nearest-mean.shrnk' \(did you mean"):
+        run_task(spec.with_overrides(head_params={"nearest-mean": {"shrnk": 1}}), db=ResultsDB(tmp_path / "r2"),
+                 verbose=False)
+
+
+def test_unregistered_names_are_clean_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--dataset", "toyblobs:", "--encoder", "none", "--db", str(tmp_path / "db")]
+    assert main(argv) == 2
+    assert "unknown dataset kind 'toyblobs'" in capsys.readouterr().err
+    argv = ["run", "--dataset", "phantom:xray2d-binary", "--kind", "counting", "--db", str(tmp_path / "db")]
+    assert main(argv) == 2
+    assert "unknown task family 'counting'" in capsys.readouterr().err
+
+
+def _names_compared(path: Path) -> list[tuple[int, str]]:
+    """String constants compared with ==, !=, in, not in (incl. tuples/sets of them) in one module."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                out += [(node.lineno, c.value) for c in consts
+                        if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+    return out
+
+
+def test_no_branch_on_head_or_family_names_in_pipeline_and_cli() -> None:
+    import medprobe.heads  # noqa: F401  (registers the vector heads)
+    import medprobe.heads.seg_heads  # noqa: F401  (and the dense ones)
+    from medprobe.encoders import encoder_families as enc_fams
+
+    names = set(head_names()) | (set(enc_fams()) - {"none"}) | set(family_names())  # 'none' also means null
+    hits = [f"{p.relative_to(SRC)}:{line} compares with {v!r}"
+            for d in ("pipeline", "cli") for p in sorted((SRC / d).rglob("*.py"))
+            for line, v in _names_compared(p) if v in names]
+    assert not hits, hits
