@@ -23,6 +23,7 @@ from medprobe.encoders import (
     EncoderOutput,
     EncoderSpec,
     encoder_families,
+    get_spec,
     register,
     register_family,
 )
@@ -202,7 +203,8 @@ def test_registered_plugins_run_end_to_end(plugins: None, tmp_path: Path) -> Non
     assert [r["head"] for r in rows] == ["nearest-mean"]
     rec = db.get(rows[0]["run_id"])
     assert rec["task_type"] == "count" and rec["encoder"] == "poolnet-s8" and rec["config"]["family"] == "counting"
-    assert rec["compute"]["gflops"] > 0  # the family's FLOP counter was asked
+    g = _gflops(get_spec("poolnet-s8"), (32, 32), (1,))  # the family's FLOP counter is what was recorded
+    assert g and rec["compute"]["gflops"] == pytest.approx(g, rel=1e-3)
     exact = rows[0]["metrics"]["exact"][0]
     assert exact > 0.9  # mean patch token of a pooled image counts bright squares
     # the same plug-ins through the command line (family from the dataset's task type, no --kind)

@@ -47,10 +47,7 @@ def test_ct3d_phantom_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixt
     argv = ["run", "--dataset", "phantom:ct3d-regression", "--data-opt", "n=40", "--data-opt", "size=[32,32,12]",
             "--encoder", "none", "--head", "ridge", "--resolution", "32", "--token", "mean",
             "--db", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache")]
-    if main(argv) != 0:  # size option given as a string list is the dataset's to parse; fall back to n only
-        argv = [a for a in argv if not a.startswith("size=")]
-        argv.remove("--data-opt")
-        assert main(argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "mae" in out and "r2" in out and "ridge" in out
 

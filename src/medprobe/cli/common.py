@@ -67,14 +67,14 @@ def pick_device(name: str | None) -> Any:
 
 
 def _value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v
+    """A ``--data-opt`` value read as a YAML scalar or flow list: ``64`` -> 64, ``true``, ``[32, 32, 12]``."""
+    import yaml
+
+    try:
+        out = yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+    return v if out is None and v.strip().lower() not in ("null", "~", "none") else out
 
 
 def dataset_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -692,7 +692,7 @@ _OPTIONS = ("n", "size", "seed", "splits")
 
 
 @register_dataset("phantom")
-def _phantom_factory(arg: str, **options: Any) -> ArrayDataset:
+def _phantom_factory(arg: str, **options: Any) -> ArrayDataset:  # its option names: ``options`` below
     """``phantom:<modality><2d|3d>[-<task>]``, e.g. ``ct3d-binary``, ``xray2d-regression``; options n, size,
     seed, splits."""
     m = _SPEC_RE.match(arg.strip().lower())
@@ -711,3 +711,6 @@ __all__ = ["LESION_TYPES", "MASK_LABELS", "MODALITIES", "REGRESSION_DIAMETER_MM"
            "REGRESSION_TARGET", "TASKS", "default_spacing", "jacobian_determinant", "make_phantom",
            "make_regression_phantom", "phantom_dataset", "phantom_registration_pairs", "regression_dataset",
            "regression_spacing", "warp"]
+
+
+_phantom_factory.options = _OPTIONS  # type: ignore[attr-defined]  # read by the task-config check

@@ -150,7 +150,7 @@ def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) ->
         try:
             # costed to the deepest tapped block: extraction stops there
             g = spec_gflops(enc.spec.name, tuple(res), store.layers)  # type: ignore[arg-type]
-            compute["gflops"] = round(float(g), 3)  # type: ignore[arg-type]
+            compute["gflops"] = float(f"{float(g):.4g}")  # type: ignore[arg-type]  # 4 significant digits
         except Exception:  # FLOP counting is best effort for exotic backbones
             compute["gflops"] = None
         secs = store.manifest.get("seconds_last_run", dt)

@@ -401,8 +401,8 @@ def load_task(path: str | Path, **overrides: Any) -> TaskSpec:
 
 
 def check_data_options(spec: TaskSpec, source: str | Path | None = None, extra: set[str] | None = None) -> None:
-    """Dataset options checked against the dataset kind's factory (when it names its options); ``extra``:
-    options a task family consumes itself."""
+    """Dataset options checked against the dataset kind's factory (its keyword parameters, or its ``options``
+    attribute when it takes ``**options``); ``extra``: options a task family consumes itself."""
     from medprobe.data import dataset_factory
 
     try:
@@ -410,10 +410,12 @@ def check_data_options(spec: TaskSpec, source: str | Path | None = None, extra: 
     except ConfigError as e:
         raise ConfigError(f"dataset: {e.problem}", source) from None
     params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    declared = getattr(fn, "options", None)  # a factory taking **options may list them
+    if declared is None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    valid = sorted({n for n, p in params.items() if n != next(iter(params)) and p.kind is not p.VAR_POSITIONAL}
-                   | set(extra or ()))
+    names = set(declared) if declared is not None else {n for n, p in params.items()
+                                                        if n != next(iter(params)) and p.kind is not p.VAR_POSITIONAL}
+    valid = sorted(names | set(extra or ()))
     for k in spec.data:
         if k not in valid:
             raise unknown_key("data", k, valid, str(source) if source is not None else None)
