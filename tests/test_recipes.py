@@ -258,3 +258,45 @@ def test_no_branch_on_head_or_family_names_in_pipeline_and_cli() -> None:
             for d in ("pipeline", "cli") for p in sorted((SRC / d).rglob("*.py"))
             for line, v in _names_compared(p) if v in names]
     assert not hits, hits
+
+
+def test_region_and_pair_items() -> None:
+    """The item kinds the slide and registration families build on: a region-read image and a pair."""
+    from medprobe.data import ArrayRegion, Item, PairDataset, PairItem, RegionSource
+    from medprobe.errors import DataError
+    from medprobe.preprocess import PreprocessConfig, Preprocessor
+
+    a = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
+    region = ArrayRegion(a, mpp=0.25)
+    assert isinstance(region, RegionSource) and region.shape == (40, 60) and region.n_channels == 3
+    np.testing.assert_array_equal(region.read_region(4, 8, 10, 12), a[4:14, 8:20])
+    half = region.read_region(0, 0, 20, 20, scale=0.5)
+    np.testing.assert_array_equal(half, a[0:20:2, 0:20:2])
+    edge = region.read_region(35, 55, 10, 10)  # beyond the border: zeros
+    assert edge.shape == (10, 10, 3) and not edge[5:, :].any() and (edge[:5, :5] == a[35:, 55:]).all()
+    slide = Item(id="s1", image=region, spatial_dims=2)
+    assert slide.is_region and slide.n_channels == 3
+    pre = PreprocessConfig(resolution=(32, 32)).resolved(mean=(0, 0, 0), std=(1, 1, 1), native_resolution=32)
+    with pytest.raises(DataError, match="s1: a region-readable slide is encoded tile by tile"):
+        Preprocessor(pre)(slide)
+
+    class Pairs(PairDataset):
+        name = "pairs"
+
+        def __len__(self) -> int:
+            return 1
+
+        def ids(self) -> list[str]:
+            return ["p0"]
+
+        def fingerprint(self) -> str:
+            return "x"
+
+        def load_pair(self, i: int) -> PairItem:
+            f = Item(id="f", image=np.zeros((8, 8), np.float32), spatial_dims=2, mask=np.ones((8, 8), np.uint8))
+            m = Item(id="m", image=np.ones((8, 8), np.float32), spatial_dims=2, mask=np.ones((8, 8), np.uint8))
+            return PairItem(id="p0", fixed=f, moving=m)
+
+    ds = Pairs()
+    pair = ds.load_pair(0)
+    assert ds.task.type == "registration" and pair.fixed.id == "f" and ds.load(0).id == "f"

@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from medprobe.data.base import ArrayDataset, Dataset, Item, Subset, TaskInfo
+from medprobe.data.base import (
+    ArrayDataset,
+    ArrayRegion,
+    Dataset,
+    Item,
+    PairDataset,
+    PairItem,
+    RegionSource,
+    Subset,
+    TaskInfo,
+)
 from medprobe.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}
@@ -65,5 +75,6 @@ def create_dataset(spec: str, **options: Any) -> Dataset:
     return _REGISTRY[kind](arg, **options)
 
 
-__all__ = ["ArrayDataset", "Dataset", "Item", "Subset", "TaskInfo", "create_dataset", "dataset_factory",
+__all__ = ["ArrayDataset", "ArrayRegion", "Dataset", "Item", "PairDataset", "PairItem", "RegionSource", "Subset",
+           "TaskInfo", "create_dataset", "dataset_factory",
            "dataset_kinds", "register_dataset", "unregister_dataset"]

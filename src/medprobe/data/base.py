@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,12 +42,53 @@ class TaskInfo:
         return {"type": self.type, "classes": list(self.classes)}
 
 
+@runtime_checkable
+class RegionSource(Protocol):
+    """A 2D image too large to hold as one array (a whole slide), read by region.
+
+    ``shape`` is the level-0 ``(H, W)``; ``read_region(y, x, h, w, scale)`` returns the level-0 box
+    ``[y, y+h) x [x, x+w)`` resampled by ``scale`` (0.5: half the pixels per side) as ``(h', w', C)``;
+    ``mpp`` is micrometres per level-0 pixel (None when the file does not say)."""
+
+    shape: tuple[int, int]
+    n_channels: int
+    dtype: Any
+    mpp: float | None
+
+    def read_region(self, y: int, x: int, h: int, w: int, scale: float = 1.0) -> np.ndarray: ...
+
+
+class ArrayRegion:
+    """A :class:`RegionSource` over an array (in memory or memory-mapped): plain large TIFF/PNG, tests."""
+
+    def __init__(self, array: np.ndarray, mpp: float | None = None) -> None:
+        if array.ndim not in (2, 3):
+            raise ValueError(f"ArrayRegion needs (H, W[, C]), got shape {array.shape}")
+        self.array, self.mpp = array, mpp
+        self.shape = (int(array.shape[0]), int(array.shape[1]))
+        self.n_channels = 1 if array.ndim == 2 else int(array.shape[2])
+        self.dtype = array.dtype
+
+    def read_region(self, y: int, x: int, h: int, w: int, scale: float = 1.0) -> np.ndarray:
+        """The box (zero outside the image), nearest-neighbour resampled by ``scale``."""
+        out = np.zeros((h, w, self.n_channels), dtype=self.array.dtype)
+        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, self.shape[0]), min(x + w, self.shape[1])
+        if y1 > y0 and x1 > x0:
+            a = self.array[y0:y1, x0:x1]
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = a if a.ndim == 3 else a[..., None]
+        if scale != 1.0:
+            hh, ww = max(1, round(h * scale)), max(1, round(w * scale))
+            out = out[(np.arange(hh) / scale).astype(int).clip(0, h - 1)][:, (np.arange(ww) / scale).astype(int)
+                                                                           .clip(0, w - 1)]
+        return out
+
+
 @dataclass
 class Item:
-    """One case: a 2D image or a 3D volume, with optional label / mask."""
+    """One case: a 2D image or a 3D volume (or a region-readable slide), with optional label / mask."""
 
     id: str
-    image: np.ndarray
+    image: np.ndarray | RegionSource
     spatial_dims: int  # 2 or 3
     spacing: tuple[float, ...] = ()
     label: Any = None
@@ -59,12 +100,30 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def is_region(self) -> bool:
+        """True when ``image`` is read by region (a slide), not held as one array."""
+        return not isinstance(self.image, np.ndarray)
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[: self.spatial_dims])
 
     @property
     def n_channels(self) -> int:
-        return 1 if self.image.ndim == self.spatial_dims else int(self.image.shape[-1])
+        if isinstance(self.image, np.ndarray):
+            return 1 if self.image.ndim == self.spatial_dims else int(self.image.shape[-1])
+        return int(self.image.n_channels)
+
+
+@dataclass
+class PairItem:
+    """Two images of one registration case: ``fixed`` and ``moving`` (each an :class:`Item` with its label map
+    in ``mask`` and landmarks, if any, in ``meta["landmarks"]``)."""
+
+    id: str
+    fixed: Item
+    moving: Item
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Dataset(ABC):
@@ -112,6 +171,20 @@ class Dataset(ABC):
 
     def __getitem__(self, i: int) -> Item:
         return self.load(i)
+
+
+class PairDataset(Dataset):
+    """A dataset of image pairs (registration): ``load_pair(i)`` gives a :class:`PairItem`; ``load(i)`` the
+    fixed image (so item-level tools such as audits and previews still work)."""
+
+    task: TaskInfo = TaskInfo("registration")
+
+    @abstractmethod
+    def load_pair(self, i: int) -> PairItem:
+        """Read pair ``i`` (raises :class:`medprobe.errors.DataError` naming the pair on bad input)."""
+
+    def load(self, i: int) -> Item:
+        return self.load_pair(i).fixed
 
 
 class Subset(Dataset):

@@ -532,7 +532,7 @@ def resample_item(item: Item, target_spacing: tuple[float, ...] | float, order: 
     shape = item.spatial_shape
     new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, src, tgt))
     factors = tuple(m / n for m, n in zip(new_shape, shape))
-    image = _zoom(item.image, factors, order, new_shape)
+    image = _zoom(np.asarray(item.image), factors, order, new_shape)
     mask = None if item.mask is None else _zoom(item.mask, factors, 0, new_shape)
     affine = None
     if item.affine is not None:

@@ -29,8 +29,11 @@ class Preprocessor:
 
     def __call__(self, item: Any) -> torch.Tensor:
         """``Item`` -> ``(S, V, 3, H, W)`` float32, normalised with the encoder's mean/std."""
-        img = np.asarray(item.image)
         src = item.source or item.id
+        if not isinstance(item.image, np.ndarray):
+            raise DataError("a region-readable slide is encoded tile by tile (a tile family); it is not one image",
+                            src)
+        img = np.asarray(item.image)
         sd = item.spatial_dims
         has_c = img.ndim == sd + 1
         if img.ndim not in (sd, sd + 1) or img.size == 0:
