@@ -139,6 +139,7 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "test_ids_hash": split.get("test_ids_hash"), "seed": r.get("seed"), "metrics": dict(r.get("metrics") or {}),
             "gflops": comp.get("gflops"), "images_per_s": comp.get("images_per_s"), "peak_mem_mb": mem,
             "params_m": params, "cache_key": labels.get("cache_key"), "config": cfg, "sweep": r.get("sweep"),
+            "preprocess": r.get("preprocess"),
             "cell": labels.get("cell"), "predictions_path": r.get("predictions_path"),
         })
     return out

@@ -77,9 +77,11 @@ def sample_panels(point: Mapping[str, Any], roots: Sequence[str | Path | None], 
     if layer not in store.layers:
         layer = store.layers[-1]
     cfg = point.get("config") or {}
-    pre = store.spec["preprocess"]
+    pre = point.get("preprocess") or store.spec["preprocess"]  # as recorded with the run (old rows: the entry's)
     pre_cfg = PreprocessConfig.from_dict({**pre, "resolution": tuple(pre["resolution"])})
-    ds = create_dataset(str(cfg.get("dataset", store.spec.get("dataset_name"))), **(cfg.get("data") or {}))
+    fam_opts = {"skip_invalid"}  # task-family options are not the dataset's
+    data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in fam_opts}
+    ds = create_dataset(str(cfg.get("dataset", store.spec.get("dataset_name"))), **data)
     idx = list(range(min(n_images, len(ds), store.n_items)))
     have_patch = "patch" in store.tokens
     enc = None
