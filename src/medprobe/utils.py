@@ -106,50 +106,85 @@ def seed_everything(seed: int) -> None:
 
 
 class Progress:
-    """Minimal progress line with items/s and ETA, written to stderr (quiet when not a TTY and disabled)."""
+    """Progress of a loop with items/s and ETA on stderr, drawn by tqdm.
+
+    On a terminal it is tqdm's bar (redrawn in place); otherwise (a log file, a pipe) it writes one plain line
+    every ``log_interval`` seconds or every 10 % of ``total``, whichever comes first, and a last one on
+    ``close()``: no carriage returns. ``enabled=False`` prints nothing but still counts (``n``, ``rate``).
+    """
 
     def __init__(self, total: int | None, desc: str = "", unit: str = "it", enabled: bool = True,
-                 stream: Any = None, min_interval: float = 0.5) -> None:
+                 stream: Any = None, min_interval: float = 0.5, log_interval: float = 10.0) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.n = 0
         self.t0 = time.perf_counter()
-        self._last = self.t0
-        self.min_interval = min_interval
+        self.min_interval, self.log_interval = min_interval, log_interval
+        self._bar: Any = None
+        self._last_t = self.t0
+        self._last_n = 0
+        self._printed_n = -1
+        if enabled and _is_tty(self.stream):
+            from tqdm import tqdm
 
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        now = time.perf_counter()
-        if self.enabled and (now - self._last >= self.min_interval or (self.total and self.n >= self.total)):
-            self._last = now
-            self._print(now)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, mininterval=min_interval,
+                             dynamic_ncols=True, leave=True)
 
     @property
     def rate(self) -> float:
+        """Items per second since the start."""
         dt = time.perf_counter() - self.t0
         return self.n / dt if dt > 0 else 0.0
 
-    def _print(self, now: float) -> None:
-        rate = self.rate
-        if self.total:
-            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            eta_s = f"{eta:5.0f}s" if eta != float("inf") else "   ?s"
-            msg = f"\r{self.desc} {self.n}/{self.total} {self.unit} [{rate:7.1f} {self.unit}/s, ETA {eta_s}]"
-        else:
-            msg = f"\r{self.desc} {self.n} {self.unit} [{rate:7.1f} {self.unit}/s]"
-        self.stream.write(msg)
+    def update(self, k: int = 1) -> None:
+        """Count ``k`` more items (and draw when due)."""
+        self.n += k
+        if self._bar is not None:
+            self._bar.update(k)
+        elif self.enabled:
+            now = time.perf_counter()
+            step = max(1, -(-self.total // 10)) if self.total else 0
+            due = now - self._last_t >= self.log_interval or (step and self.n - self._last_n >= step)
+            if due or (self.total and self.n >= self.total):
+                self._line(now)
+
+    def line(self) -> str:
+        """The plain progress line: ``desc: n/total unit (p%) [elapsed<ETA, rate]``."""
+        from tqdm import tqdm
+
+        fmt = ("{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}]"
+               if self.total else "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]")
+        return str(tqdm.format_meter(self.n, self.total, time.perf_counter() - self.t0, prefix=self.desc,
+                                     unit=self.unit, bar_format=fmt))
+
+    def _line(self, now: float) -> None:
+        self._last_t, self._last_n = now, self.n
+        if self.n == self._printed_n:
+            return
+        self._printed_n = self.n
+        self.stream.write(self.line() + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.n:
-            self._print(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
+        """Draw the final state (once) and release the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.enabled and self.n:
+            self._line(time.perf_counter())
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def progress_iter(it: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
                   enabled: bool = True) -> Iterator[T]:
+    """Yield from ``it`` while a :class:`Progress` counts."""
     p = Progress(total, desc, unit, enabled)
     try:
         for x in it:
