@@ -6,6 +6,7 @@ and skips the test with a clear reason when it is absent.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,3 +42,34 @@ def single_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+_MISSING_MODULE = ("could not import", "no module named")
+
+
+def _missing_module_skip(report: pytest.CollectReport | pytest.TestReport) -> str | None:
+    """The reason of a skip caused by a module that is not installed, else None."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    reason = str(report.longrepr[2])
+    return reason if any(m in reason.lower() for m in _MISSING_MODULE) else None
+
+
+def _fail_missing_module(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """In CI (``CI`` set) a test skipped for a missing module fails: the test extra must install it."""
+    reason = _missing_module_skip(report) if os.environ.get("CI") else None
+    if reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped for a missing module in CI (add it to the 'test' extra): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _fail_missing_module(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _fail_missing_module(outcome.get_result())
