@@ -9,6 +9,7 @@ from medprobe.results.db import (
     default_results_path,
     resolve_db_path,
 )
+from medprobe.results.frame import load
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "TASK_TYPES", "ResultsDB", "collect_environment", "default_results_path",
-           "resolve_db_path"]
+           "load", "resolve_db_path"]
