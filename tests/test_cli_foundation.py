@@ -25,7 +25,7 @@ def _single_thread(single_thread: None) -> None:
 def _private_sha_memo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import medprobe.encoders.weights as w
 
-    monkeypatch.setattr(w, "_SHA_CACHE", tmp_path / "sha256.json")
+    monkeypatch.setattr(w, "_sha_memo", lambda: tmp_path / "sha256.json")
 
 
 def make_folder(root: Path, n: int = 3, size: int = 32) -> Path:
@@ -202,5 +202,5 @@ def test_cache_list_verify_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     rc, _, err = run_cli(capsys, "cache", "rm", "ffffffff", "--cache-dir", str(cache))
     assert rc == 2 and "no cache entry matches" in err
     rc, out, _ = run_cli(capsys, "cache", "rm", key[:10], "--cache-dir", str(cache))
-    assert rc == 0 and f"removed {key}" in out and not entry.exists()
+    assert rc == 0 and f"removing {key}" in out and "removed 1 entry" in out and not entry.exists()
     assert_no_entry(capsys, cache)

@@ -108,7 +108,8 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(weights, "_SHA_CACHE", tmp_path_factory.mktemp("memo") / "sha256.json")
+        memo = tmp_path_factory.mktemp("memo") / "sha256.json"
+        mp.setattr(weights, "_sha_memo", lambda: memo)
         yield
     torch.set_num_threads(threads)
 

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--all", action="store_true", help="rm: every entry")
     p.add_argument("--incomplete", action="store_true", help="rm: entries without a manifest")
+    p.add_argument("--yes", action="store_true", help="rm --all: confirm removing every entry (listed first)")
     p.set_defaults(func=run)
 
 
@@ -44,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     if not (args.keys or args.all or args.incomplete):
         raise ConfigError("cache rm needs entry keys, --all or --incomplete")
-    for e in entries:
-        if args.incomplete and e["complete"]:
-            continue
+    doomed = [e for e in entries if not (args.incomplete and e["complete"])]
+    for e in doomed:  # only medprobe entries are listed: other folders under the cache root are never touched
+        print(f"{'removing' if args.yes or not args.all else 'would remove'} {e['key']}  {e['encoder']}  "
+              f"{e['dataset']}  {e['bytes'] / 1e6:.1f} MB")
+    if args.all and not args.yes:
+        print(f"(cache rm --all removes the {len(doomed)} entries above: add --yes to confirm)")
+        return 1
+    for e in doomed:
         remove_entry(e["path"])
-        print(f"removed {e['key']}")
+    print(f"removed {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'} from {root}")
     return 0

@@ -70,24 +70,33 @@ def parse_weights_arg(weights: str | os.PathLike[str] | None, spec: EncoderSpec,
     raise WeightsError("weights file not found", p)
 
 
-_SHA_CACHE = Path(os.environ.get("MEDPROBE_HOME", Path.home() / ".cache" / "medprobe")) / "sha256.json"
+def _sha_memo() -> Path:
+    """Where remembered weight hashes live: beside the feature cache (per project, not per home directory)."""
+    from medprobe.utils import default_cache_dir
+
+    return default_cache_dir() / "weights-sha256.json"
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a weights file, memoised on (path, size, mtime) so multi-GB files hash once."""
+    """SHA-256 of a weights file, remembered (so multi-GB files hash once) under a key that any change of
+    content invalidates: path, size, mtime, ctime and inode (rewriting a file in place and restoring its mtime
+    still moves its ctime, which no user call can set back)."""
     path = Path(path).resolve()
     st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    memo_file = _sha_memo()
     try:
-        memo = json.loads(_SHA_CACHE.read_text(encoding="utf-8"))
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         memo = {}
     if key in memo:
         return str(memo[key])
     digest = sha256_file(path)
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}  # one entry per file: the latest
     memo[key] = digest
     try:
-        atomic_write_json(_SHA_CACHE, memo)
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(memo_file, memo)
     except OSError:
         pass
     return digest

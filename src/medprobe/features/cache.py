@@ -7,17 +7,24 @@ Layout of one entry ``<root>/<key>/``::
     shard-00000/mean_L11.npy  (rows, C)        mean of patch tokens
     shard-00000/patch_L11.npy (rows, C, h, w)  patch grid
     shard-00000/rows.npy      (items_in_shard,) slices per item
-    shard-00000/done.json     written last: the shard is complete
+    shard-00000/done.json     written last: the shard is complete (+ size and CRC-32 of every array)
     manifest.json             written when every shard is complete: the entry is usable
 
 Every file is written atomically (temp + rename). A killed extraction leaves complete shards behind and
 resumes from them; an entry without ``manifest.json`` is never read as features.
+
+An entry is recognised by its name (24 hex digits) and a ``spec.json`` naming that key: listing and removal
+touch nothing else under the cache root. Opening an entry checks every array against the size and CRC-32 its
+shard recorded (once per process and entry); a mismatch, a truncated file or an unreadable manifest raises
+:class:`CorruptEntry`, and the engine recomputes the entry, saying so in one line.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,36 @@ from medprobe.errors import ConfigError, DataError
 from medprobe.utils import atomic_write_json, hash_obj
 
 TOKENS = ("cls", "mean", "patch")
+_KEY = re.compile(r"[0-9a-f]{24}")
+_VERIFIED: set[tuple[str, int]] = set()  # (entry path, manifest mtime) whose arrays this process checked
+
+
+class CorruptEntry(DataError):
+    """A complete cache entry whose files do not match what was written (bit rot, truncation, tampering)."""
+
+
+def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
+    """CRC-32 of a file's bytes, streamed."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def array_checksums(shard: Path, names: list[str]) -> dict[str, list[int]]:
+    """``{file name: [bytes, crc32]}`` of a shard's arrays (recorded in its done.json)."""
+    return {n: [(shard / n).stat().st_size, file_crc32(shard / n)] for n in names}
+
+
+def is_entry(d: Path) -> bool:
+    """True for a medprobe cache entry: a 24-hex-digit folder whose spec.json names that key."""
+    if not (d.is_dir() and _KEY.fullmatch(d.name)):
+        return False
+    try:
+        return json.loads((d / "spec.json").read_text(encoding="utf-8")).get("key") == d.name
+    except (OSError, ValueError, AttributeError):
+        return (d / "manifest.json").is_file() or any(d.glob("shard-*/done.json"))
 
 
 def cache_key(spec: dict[str, Any]) -> str:
@@ -83,13 +120,16 @@ def write_manifest(entry: Path, spec: dict[str, Any], plan: ShardPlan, extra: di
 class FeatureStore:
     """Read-only, memory-mapped view of one complete cache entry."""
 
-    def __init__(self, entry: str | Path) -> None:
+    def __init__(self, entry: str | Path, verify: bool = True) -> None:
         self.path = Path(entry)
         mf = self.path / "manifest.json"
         if not mf.is_file():
             raise DataError("feature cache entry is incomplete (no manifest.json)", self.path)
-        self.manifest: dict[str, Any] = json.loads(mf.read_text(encoding="utf-8"))
-        self.spec: dict[str, Any] = self.manifest["spec"]
+        try:
+            self.manifest: dict[str, Any] = json.loads(mf.read_text(encoding="utf-8"))
+            self.spec: dict[str, Any] = self.manifest["spec"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptEntry(f"unreadable manifest.json ({type(e).__name__})", self.path) from None
         self.layers: list[int] = list(self.spec["layers"])
         self.tokens: list[str] = list(self.spec["tokens"])
         self.ids: list[str] = list(self.manifest["ids"])
@@ -99,8 +139,34 @@ class FeatureStore:
         self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
         self._mm: dict[tuple[str, int, int], np.ndarray] = {}
         self.reused = False  # set by the engine when the entry was found complete (no extraction ran)
+        if verify:
+            self.verify_checksums()
         self.preprocess: Any = None  # the resolved PreprocessConfig, set by the engine that opened the entry
         self.extract_config: Any = None  # the ExtractConfig, likewise
+
+    def verify_checksums(self, force: bool = False) -> int:
+        """Check every array against its shard's recorded size and CRC-32 (once per process unless
+        ``force``); returns the number of files checked (0 for entries made before checksums were kept).
+        Raises :class:`CorruptEntry` naming the first bad file."""
+        stamp = (str(self.path.resolve()), (self.path / "manifest.json").stat().st_mtime_ns)
+        if stamp in _VERIFIED and not force:
+            return 0
+        n = 0
+        for s in self.manifest.get("shards", []):
+            d = self.path / s["dir"]
+            try:
+                sums = json.loads((d / "done.json").read_text(encoding="utf-8")).get("files") or {}
+            except (OSError, ValueError) as e:
+                raise CorruptEntry(f"{s['dir']}/done.json unreadable ({type(e).__name__})", self.path) from None
+            for name, (size, crc) in sums.items():
+                f = d / name
+                if not f.is_file():
+                    raise CorruptEntry(f"{s['dir']}/{name} is missing", self.path)
+                if f.stat().st_size != size or file_crc32(f) != crc:
+                    raise CorruptEntry(f"{s['dir']}/{name} does not match its checksum", self.path)
+                n += 1
+        _VERIFIED.add(stamp)
+        return n
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -183,7 +249,7 @@ def list_entries(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     if not root.is_dir():
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if is_entry(p)):  # nothing but medprobe's entries
         info: dict[str, Any] = {"key": d.name, "path": str(d)}
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         info["bytes"] = size
@@ -209,9 +275,14 @@ def verify_entry(entry: str | Path) -> list[str]:
     entry = Path(entry)
     problems: list[str] = []
     try:
-        store = FeatureStore(entry)
+        store = FeatureStore(entry, verify=False)
     except DataError as e:
         return [str(e)]
+    try:
+        if not store.verify_checksums(force=True):
+            problems.append(f"{entry}: no checksums recorded (made by an older medprobe): contents not checked")
+    except CorruptEntry as e:
+        problems.append(str(e))
     for k, s in enumerate(store.manifest["shards"]):
         d = entry / s["dir"]
         if not (d / "done.json").is_file():
@@ -234,4 +305,10 @@ def verify_entry(entry: str | Path) -> list[str]:
 
 
 def remove_entry(entry: str | Path) -> None:
-    shutil.rmtree(entry, ignore_errors=True)
+    """Delete one cache entry; refuses (ConfigError) any folder that is not a medprobe entry."""
+    d = Path(entry)
+    if not d.exists():
+        return
+    if not (_KEY.fullmatch(d.name) and d.is_dir()):
+        raise ConfigError("not a medprobe feature-cache entry: refusing to delete it", d)
+    shutil.rmtree(d, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -24,8 +25,10 @@ from medprobe.encoders.base import Encoder
 from medprobe.errors import ConfigError, MedprobeError
 from medprobe.features.cache import (
     TOKENS,
+    CorruptEntry,
     FeatureStore,
     ShardPlan,
+    array_checksums,
     array_name,
     cache_key,
     remove_entry,
@@ -74,10 +77,41 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def effective_amp(amp: str, device: torch.device, encoder: Any) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype this encoder really runs under (None = full precision) and why; computed once for
+    both the cache key and the record. A family declaring ``autocast=False`` (ONNX graphs) runs in fp32."""
+    from medprobe.encoders.families import get_family
+
+    family = getattr(encoder.spec, "family", "")
+    try:
+        autocast = get_family(family).autocast
+    except ConfigError:  # an ad-hoc spec outside the family table: autocast applies as asked
+        autocast = True
+    ad = amp_dtype(amp, device)
+    if not autocast:
+        why = (f"amp={amp} has no effect: {family} encoders run outside torch autocast (fp32 graph)"
+               if ad is not None else f"{family} encoders run in fp32")
+        return None, why
+    if ad is None:
+        return None, ("amp=off" if amp == "off" else f"amp=auto on {device.type}: no autocast")
+    return ad, f"torch autocast {_DTYPE_NAMES[ad]} on {device.type} (amp={amp})"
+
+
+def precision_facts(amp: str, storage: str, device: torch.device, encoder: Any) -> dict[str, Any]:
+    """What the record states about the encoder's numerics: effective precision, what was asked, why."""
+    ad, why = effective_amp(amp, device, encoder)
+    return {"encoder": _DTYPE_NAMES[ad] if ad is not None else "fp32", "amp_requested": amp, "why": why,
+            "features_stored": storage}
+
+
 def entry_spec(dataset: Dataset, encoder: Any, pre: PreprocessConfig, cfg: ExtractConfig,
                device: torch.device) -> dict[str, Any]:
-    """Everything that changes a feature value (hashed into the cache key)."""
-    ad = amp_dtype(cfg.amp, device)
+    """Everything that changes a feature value (hashed into the cache key); ``amp`` is the effective autocast
+    (:func:`effective_amp`), so an option that cannot change this encoder's numbers does not split the cache."""
+    ad, _ = effective_amp(cfg.amp, device, encoder)
     return {
         "encoder": encoder.spec.name,
         "weights": encoder.weights_id,
@@ -193,7 +227,19 @@ def lookup(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None =
     if not (entry / "manifest.json").is_file():
         return None
     log.info("features cached: %s (skipping extraction)", entry)
-    return _opened(entry, pre, cfg, reused=True)
+    return _opened_or_dropped(entry, pre, cfg)
+
+
+def _opened_or_dropped(entry: Path, pre: PreprocessConfig, cfg: ExtractConfig) -> FeatureStore | None:
+    """The complete entry, or None after removing it when its files fail their checksums (one line says so)."""
+    try:
+        return _opened(entry, pre, cfg, reused=True)
+    except CorruptEntry as e:
+        print(f"medprobe: cached features {entry.name} are damaged ({e.problem}): recomputing them",
+              file=sys.stderr, flush=True)
+        log.warning("cache entry %s damaged: %s", entry, e.problem)
+        remove_entry(entry)
+        return None
 
 
 def _opened(entry: Path, pre: PreprocessConfig, cfg: ExtractConfig, reused: bool) -> FeatureStore:
@@ -223,7 +269,9 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     entry = root / cache_key(spec)
     if (entry / "manifest.json").is_file():
         log.info("features cached: %s (skipping extraction)", entry)
-        return _opened(entry, pre, cfg, reused=True)
+        store = _opened_or_dropped(entry, pre, cfg)
+        if store is not None:
+            return store
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if rank is None or world is None:
@@ -243,7 +291,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
 
     layers = spec["layers"]
     prep = Preprocessor(pre, patch_size=encoder.patch_size)
-    ad = amp_dtype(cfg.amp, dev)
+    ad, _ = effective_amp(cfg.amp, dev, encoder)
     storage = np.dtype(cfg.storage)
     mine = [k for k in range(len(plan)) if k % world == rank and not shard_done(entry, k)]
     todo_items = sum(plan.bounds[k][1] - plan.bounds[k][0] for k in mine)
@@ -320,8 +368,10 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
     out = runner.take(views or 1)
     d = shard_dir(entry, k)
     d.mkdir(parents=True, exist_ok=True)
+    names = [array_name(t, layer) for (t, layer) in out]
     for (t, layer), a in out.items():
         atomic_save_npy(d / array_name(t, layer), a)
     atomic_save_npy(d / "rows.npy", np.asarray(rows, dtype=np.int64))
     atomic_write_json(d / "done.json", {"items": [start, stop], "rows": int(sum(rows)),
-                                        "seconds": time.perf_counter() - t0, "pid": os.getpid()})
+                                        "seconds": time.perf_counter() - t0, "pid": os.getpid(),
+                                        "files": array_checksums(d, [*names, "rows.npy"])})

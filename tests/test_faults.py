@@ -1,0 +1,125 @@
+"""Fault injection: data-loss and silent-corruption cases first. Cleanup never touches foreign folders;
+a damaged cache entry is detected on the next run, said in one line, recomputed, and the stored numbers equal
+an undamaged run's; a weights file rewritten in place with its mtime restored gets a new hash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medprobe.cli.main import main
+from medprobe.errors import ConfigError
+from medprobe.features import is_entry, list_entries, remove_entry
+
+FLAGS = ["--dataset", "phantom:xray2d-binary", "--data-opt", "n=40", "--data-opt", "size=32", "--encoder", "none",
+         "--head", "logreg", "--resolution", "32", "--split", "fractions:0.6,0.2,0.2", "--token", "mean"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(single_thread: None) -> None:
+    """Module-wide: see conftest.single_thread."""
+
+
+def _run(tmp: Path, db: str, cache: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    assert main(["run", *FLAGS, "--db", str(tmp / db), "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    from medprobe.results import ResultsDB
+
+    (row,) = ResultsDB(tmp / db).runs()
+    return row, err
+
+
+def test_cache_rm_never_touches_foreign_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    _run(tmp_path, "db", cache, capsys)
+    foreign = [cache / "a", cache / "b", cache / "0123456789abcdef01234567", cache / "seg-targets"]
+    for d in foreign:  # other people's folders, one even named like a key but without medprobe's spec.json
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "keep.txt").write_text("mine", encoding="utf-8")
+    entries = list_entries(cache)
+    assert len(entries) == 1 and all(is_entry(Path(e["path"])) for e in entries)
+    assert main(["cache", "rm", "--incomplete", "--cache-dir", str(cache)]) == 0
+    assert main(["cache", "rm", "--all", "--cache-dir", str(cache)]) == 1  # lists, asks for --yes
+    out = capsys.readouterr().out
+    assert "add --yes" in out and entries[0]["key"] in out and Path(entries[0]["path"]).exists()
+    assert main(["cache", "rm", "--all", "--yes", "--cache-dir", str(cache)]) == 0
+    assert not Path(entries[0]["path"]).exists()
+    assert all((d / "keep.txt").read_text(encoding="utf-8") == "mine" for d in foreign)
+    with pytest.raises(ConfigError, match="not a medprobe feature-cache entry"):
+        remove_entry(cache / "a")
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate-array", "truncate-manifest", "drop-array"])
+def test_damaged_cache_is_detected_recomputed_and_numbers_equal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 damage: str) -> None:
+    cache = tmp_path / "cache"
+    clean, _ = _run(tmp_path, "db0", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    arr = entry / "shard-00000" / "mean_L0.npy"
+    if damage == "flip-byte":
+        b = bytearray(arr.read_bytes())
+        b[-5] ^= 0x80  # the sign bit of one float
+        arr.write_bytes(bytes(b))
+    elif damage == "truncate-array":
+        arr.write_bytes(arr.read_bytes()[:-16])
+    elif damage == "truncate-manifest":
+        mf = entry / "manifest.json"
+        mf.write_text(mf.read_text(encoding="utf-8")[:40], encoding="utf-8")
+    else:
+        arr.unlink()
+    from medprobe.features import cache as cache_mod
+
+    cache_mod._VERIFIED.clear()  # a new process would check again
+    again, err = _run(tmp_path, "db1", cache, capsys)
+    assert "damaged" in err and "recomputing" in err and entry.name in err
+    assert len([ln for ln in err.splitlines() if "damaged" in ln]) == 1
+    assert again["metrics"] == clean["metrics"]
+    assert again["timings"]["cached"] is False  # recomputed, not silently reused
+    done = json.loads((entry / "shard-00000" / "done.json").read_text(encoding="utf-8"))
+    assert "mean_L0.npy" in done["files"]  # the recomputed entry carries checksums again
+    assert main(["cache", "verify", "--cache-dir", str(cache)]) == 0
+
+
+def test_old_entry_without_checksums_is_read_and_verify_says_so(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    clean, _ = _run(tmp_path, "db0", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    done_f = entry / "shard-00000" / "done.json"
+    done = json.loads(done_f.read_text(encoding="utf-8"))
+    done.pop("files")
+    done_f.write_text(json.dumps(done), encoding="utf-8")
+    again, err = _run(tmp_path, "db1", cache, capsys)
+    assert "damaged" not in err and again["timings"]["cached"] is True and again["metrics"] == clean["metrics"]
+    assert main(["cache", "verify", "--cache-dir", str(cache)]) == 1
+    assert "no checksums recorded" in capsys.readouterr().out
+
+
+def test_weights_rewritten_in_place_with_mtime_restored_get_a_new_hash(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import medprobe.encoders.weights as w
+
+    monkeypatch.setattr(w, "_sha_memo", lambda: tmp_path / "memo.json")
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(np.arange(4096, dtype=np.uint8).tobytes())
+    h1 = w.file_sha256(f)
+    st = f.stat()
+    time.sleep(0.01)
+    with open(f, "r+b") as fh:  # same size, one byte changed, modification time put back
+        fh.seek(100)
+        fh.write(b"\xff")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    h2 = w.file_sha256(f)
+    assert h2 != h1 and h2 == w.sha256_file(f)
+    assert json.loads((tmp_path / "memo.json").read_text(encoding="utf-8")) == {
+        k: h2 for k in json.loads((tmp_path / "memo.json").read_text(encoding="utf-8"))}  # one entry, the new one
+    shutil.copy(f, tmp_path / "copy.safetensors")
+    assert w.file_sha256(tmp_path / "copy.safetensors") == h2
