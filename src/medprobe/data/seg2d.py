@@ -17,6 +17,12 @@ class indices ``0..K-1``; a binary ``{0, 255}`` mask with two classes is read as
 Images or masks without a partner raise one ``DataError`` listing them. ``isbi2012:/path/isbi2012-em``
 is the ISBI 2012 EM membrane set (``train/image``, ``train/label``; label 0 = membrane -> class 1;
 4 nm pixels, so ``spacing=(4e-6, 4e-6)`` mm).
+
+EM neuron instances (``isbi2012`` options): ``target="instances"`` makes a ``TaskInfo("instances")`` dataset
+whose masks are the 4-connected components of the non-membrane label of each section (ids 1..n, membrane 0);
+``sections={train: [0, 20], val: [..], test: [20, 30]}`` assigns the sections (files in natural order) to
+splits by half-open index ranges (``null`` = the end, negative = from the end); sections outside every range
+are dropped. The ranges become the dataset's official split (see :func:`parse_sections`).
 """
 
 from __future__ import annotations
@@ -266,6 +272,126 @@ def _seg2d(arg: str, **options: Any) -> Dataset:
     return Seg2DDataset(arg, **options)
 
 
+# ------------------------------------------------------------------------------ section splits (EM stacks)
+SECTION_SPLITS = ("train", "val", "test")
+SectionRanges = dict[str, list[tuple[str | None, int | None, int | None]]]
+
+
+def parse_sections(sections: Any, where: str | None = None) -> SectionRanges:
+    """``{split: [start, stop]}`` or ``{split: {volume: [start, stop], ...}}`` -> ``{split: [(volume or None
+    = every volume, start, stop)]}``; ``ConfigError`` (one line) on a malformed value."""
+    if not isinstance(sections, dict) or not sections:
+        raise ConfigError(f"sections must map train/val/test to [start, stop] section ranges, got {sections!r}",
+                          where)
+    out: SectionRanges = {}
+    for split, spec in sections.items():
+        if split not in SECTION_SPLITS:
+            raise ConfigError(f"sections: unknown split {split!r} (use {', '.join(SECTION_SPLITS)})", where)
+        entries = [(str(k), v) for k, v in spec.items()] if isinstance(spec, dict) else [(None, spec)]
+        for vol, rng in entries:
+            if isinstance(rng, str) and ":" in rng:
+                rng = rng.split(":")
+            ok = isinstance(rng, (list, tuple)) and len(rng) == 2
+            try:
+                bounds = [None if v in (None, "", "null") else int(v) for v in rng] if ok else []
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                what = f"sections.{split}" + (f".{vol}" if vol else "")
+                raise ConfigError(f"{what} must be [start, stop] (half-open section indices), got {rng!r}", where)
+            out.setdefault(split, []).append((vol, bounds[0], bounds[1]))
+    return out
+
+
+def resolve_sections(parsed: SectionRanges, n_sections: dict[str, int], where: str | None = None
+                     ) -> list[tuple[str, str, int, int]]:
+    """Concrete ``(split, volume, start, stop)`` ranges (volumes in ``n_sections`` order, splits train, val,
+    test); a range outside its volume, an unknown volume, or a section in two splits is one ``ConfigError``."""
+    out: list[tuple[str, str, int, int]] = []
+    used: dict[tuple[str, int], str] = {}
+    for split in SECTION_SPLITS:
+        for vol, a, b in parsed.get(split, []):
+            if vol is not None and vol not in n_sections:
+                raise ConfigError(f"sections.{split}: unknown volume {vol!r} (volumes: {', '.join(n_sections)})",
+                                  where)
+            for v in [vol] if vol is not None else list(n_sections):
+                n = n_sections[v]
+                lo = 0 if a is None else (a + n if a < 0 else a)
+                hi = n if b is None else (b + n if b < 0 else b)
+                if not 0 <= lo < hi <= n:
+                    raise ConfigError(f"sections.{split}: range [{a}, {b}] is outside volume {v!r} with {n} "
+                                      f"sections (or empty)", where)
+                for z in range(lo, hi):
+                    if (v, z) in used:
+                        raise ConfigError(f"sections: section {z} of {v!r} is in both {used[(v, z)]} and {split}",
+                                          where)
+                    used[(v, z)] = split
+                out.append((split, v, lo, hi))
+    return out
+
+
+def instances_from_membrane(membrane: np.ndarray) -> np.ndarray:
+    """Instance ids (int64; 0 = membrane) = 4-connected components of the non-membrane pixels of a section."""
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(np.asarray(membrane) == 0)
+    return lab.astype(np.int64)
+
+
+class SectionStack2D(Dataset):
+    """A stack stored as one 2D file per section (ISBI 2012): optional instance targets and section splits."""
+
+    spatial_dims = 2
+
+    def __init__(self, base: Seg2DDataset, *, target: str = "labels", sections: Any = None) -> None:
+        if target not in ("labels", "instances"):
+            raise ConfigError(f"target must be 'labels' or 'instances', got {target!r}", base.name)
+        self.base, self.target = base, target
+        self.name, self.modality, self.spacing = base.name, base.modality, base.spacing
+        self.task = TaskInfo("instances") if target == "instances" else base.task
+        n = len(base)
+        self.sections = parse_sections(sections, base.name) if sections is not None else None
+        if self.sections is None:
+            self._rows = [("", j) for j in range(n)]
+        else:
+            self._rows = [(split, z) for split, _, a, b in resolve_sections(self.sections, {base.name: n}, base.name)
+                          for z in range(a, b)]
+        self._fp: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def ids(self) -> list[str]:
+        ids = self.base.ids()
+        return [ids[j] for _, j in self._rows]
+
+    def labels(self) -> list[Any]:
+        return [None] * len(self._rows)
+
+    def splits(self) -> dict[str, list[int]] | None:
+        if self.sections is None:
+            return None
+        return {k: [i for i, (s, _) in enumerate(self._rows) if s == k] for k in SECTION_SPLITS}
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            from medprobe.utils import hash_obj
+
+            self._fp = hash_obj({"base": self.base.fingerprint(), "target": self.target, "rows": self._rows}, n=20)
+        return self._fp
+
+    def load(self, i: int) -> Item:
+        split, j = self._rows[i]
+        item = self.base.load(j)
+        meta = {**item.meta, "section": j, "split": split or None, "instance": self.target == "instances"}
+        mask = item.mask
+        if self.target == "instances" and mask is not None:
+            mask = instances_from_membrane(mask)
+        from dataclasses import replace
+
+        return replace(item, mask=mask, meta=meta)
+
+
 ISBI2012_MASK_VALUES = {0: 1, 255: 0}  # label 0 = membrane (class 1), 255 = cell interior (background)
 
 
@@ -285,7 +411,13 @@ def _isbi2012(arg: str, **options: Any) -> Dataset:
     options.setdefault("modality", "em")
     options.setdefault("name", "isbi2012")
     options.setdefault("spacing", (4e-6, 4e-6))
-    return Seg2DDataset(root, **options)
+    target = options.pop("target", "labels")
+    sections = options.pop("sections", None)
+    base = Seg2DDataset(root, **options)
+    if target == "labels" and sections is None:
+        return base
+    return SectionStack2D(base, target=target, sections=sections)
 
 
-__all__ = ["ISBI2012_MASK_VALUES", "Seg2DDataset", "map_mask_values", "natural_key", "parse_mask_values"]
+__all__ = ["ISBI2012_MASK_VALUES", "SECTION_SPLITS", "SectionStack2D", "Seg2DDataset", "instances_from_membrane",
+           "map_mask_values", "natural_key", "parse_mask_values", "parse_sections", "resolve_sections"]

@@ -101,8 +101,11 @@ def boundary_map(affs: np.ndarray, n_nn: int | None = None) -> np.ndarray:
 def fragments(affs: np.ndarray, seed_threshold: float = 0.5, min_seed_size: int = 4) -> np.ndarray:
     """Seeded watershed fragments (uint64 ids from 1) from nearest-neighbour affinities ``(C, ...)``."""
     from scipy import ndimage
-    from skimage.segmentation import watershed
 
+    try:
+        from skimage.segmentation import watershed
+    except ImportError:
+        raise ConfigError("watershed fragments need scikit-image (pip install 'medprobe[em]')") from None
     bnd = boundary_map(affs)
     inside = bnd < 1.0 - seed_threshold
     seeds, n = ndimage.label(inside)
@@ -267,10 +270,14 @@ def agglomerate(affs: np.ndarray, thresholds: Sequence[float], *, method: str = 
                 outs[t].append(np.where(s > 0, s + np.uint64(base[t]), 0).astype(np.uint64))
                 base[t] += int(s.max(initial=0))
         return {t: np.stack(v) for t, v in outs.items()}
-    frags = fragments(a, seed_threshold=seed_threshold)
     if use_waterz:
+        try:
+            frags: np.ndarray | None = fragments(a, seed_threshold=seed_threshold)
+        except ConfigError:  # no scikit-image: waterz's own watershed makes the fragments
+            frags = None
         segs = _waterz(a, ths, frags)
     else:
+        frags = fragments(a, seed_threshold=seed_threshold)
         segs = list(merge_fragments(frags, a, ths))
     return dict(zip(ths, segs))
 
