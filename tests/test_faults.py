@@ -123,3 +123,40 @@ def test_weights_rewritten_in_place_with_mtime_restored_get_a_new_hash(tmp_path:
         k: h2 for k in json.loads((tmp_path / "memo.json").read_text(encoding="utf-8"))}  # one entry, the new one
     shutil.copy(f, tmp_path / "copy.safetensors")
     assert w.file_sha256(tmp_path / "copy.safetensors") == h2
+
+
+def test_decoder_training_resumes_after_a_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in epoch 3 of 4: the rerun resumes after epoch 2 from the atomic checkpoint and ends exactly as an
+    uninterrupted run; the checkpoint is gone once the row is stored."""
+    import medprobe.heads.seg_train as st
+    from medprobe.pipeline.run import run_task
+    from medprobe.pipeline.task import parse_task
+    from medprobe.results import ResultsDB
+
+    spec = parse_task({"name": "seg", "dataset": "phantom:mri2d-segmentation", "data": {"n": 12, "size": 32},
+                       "encoder": "none", "heads": ["decoder2d"], "preprocess": {"resolution": 32},
+                       "split": {"fractions": [0.6, 0.2, 0.2]}, "metrics": {"bootstrap": 50, "overlays": 0},
+                       "head_params": {"decoder2d": {"epochs": 4, "iters_per_epoch": 3, "batch_size": 2,
+                                                     "width": 16, "lr": 1e-3}},
+                       "cache_dir": str(tmp_path / "cache")})
+    ref = run_task(spec, db=ResultsDB(tmp_path / "ref"), verbose=False)[0]
+
+    real_validate, calls = st.validate, []
+
+    def dying_validate(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_validate(*a, **k)
+
+    monkeypatch.setattr(st, "validate", dying_validate)
+    with pytest.raises(KeyboardInterrupt):
+        run_task(spec, db=ResultsDB(tmp_path / "res"), verbose=False)
+    (ckpt,) = (tmp_path / "res" / "checkpoints").glob("*.pt")
+    assert not ResultsDB(tmp_path / "res").runs()
+    monkeypatch.setattr(st, "validate", real_validate)
+    resumed = run_task(spec, db=ResultsDB(tmp_path / "res"), verbose=False)[0]
+    hist = resumed["record"]["notes"]["history"]
+    assert hist == ref["record"]["notes"]["history"] | {"seconds": hist["seconds"]}
+    assert resumed["metrics"] == ref["metrics"]
+    assert not ckpt.exists()

@@ -13,6 +13,7 @@ to the original in-plane size (undoing stretch / pad / aspect_pad) and the item'
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from medprobe.errors import ConfigError, DataError
 from medprobe.features.cache import FeatureStore
 from medprobe.heads.seg_heads import SegHead
 from medprobe.preprocess import PreprocessConfig, Preprocessor
-from medprobe.utils import Progress, atomic_save_npy, atomic_write_json, hash_obj
+from medprobe.utils import Progress, atomic_save_npy, atomic_write_bytes, atomic_write_json, hash_obj
 
 log = logging.getLogger("medprobe.seg")
 IGNORE = 255
@@ -283,10 +284,33 @@ def _autocast(amp: str) -> Any:
     return contextlib.nullcontext()
 
 
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path | None) -> dict[str, Any] | None:
+    """A training checkpoint (tensors and plain data only: ``weights_only=True``), or None when absent or
+    unreadable (a damaged checkpoint only costs the epochs it held)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: train from the start
+        log.warning("checkpoint %s unreadable (%s): training from the first epoch", path, type(e).__name__)
+        return None
+    return state if isinstance(state, dict) and "epoch" in state else None
+
+
 def fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: SegTrainConfig, seed: int = 0,
-        device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+        device: torch.device | str = "cpu", progress: bool = True, checkpoint: Path | None = None
+        ) -> dict[str, Any]:
     """Train ``head`` on crops of the ``train`` cases; keep the epoch with the best validation mean Dice.
-    Returns the history (loss and val Dice per epoch, best epoch, seconds)."""
+    Returns the history (loss and val Dice per epoch, best epoch, seconds).
+
+    ``checkpoint``: a file written atomically after every epoch (model, optimiser, schedule, both RNGs, best
+    state, history); when it exists, training resumes after its epoch and ends as an uninterrupted run would."""
     if not train:
         raise ConfigError("segmentation needs at least one training case")
     device = torch.device(device)
@@ -313,11 +337,22 @@ def fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: Seg
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     hist: dict[str, Any] = {"loss": [], "val_dice": [], "iters_per_epoch": ipe, "crop": [depth, *crop]}
     best, best_state, best_epoch = -math.inf, None, -1
-    prog = Progress(total, desc=f"train {head.head_name}", unit="crops", enabled=progress)
     t0 = time.perf_counter()
-    step = 0
+    step, first = 0, 0
+    ck = _load_checkpoint(checkpoint)
+    if ck is not None:
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        rng.bit_generator.state = ck["rng_np"]
+        torch.set_rng_state(ck["rng_torch"])
+        hist, best, best_epoch, best_state = ck["hist"], ck["best"], ck["best_epoch"], ck["best_state"]
+        step, first = ck["step"], ck["epoch"] + 1
+        t0 -= float(ck.get("seconds", 0.0))
+        log.info("resuming %s training after epoch %d from %s", head.head_name, ck["epoch"], checkpoint)
+    prog = Progress(total - step, desc=f"train {head.head_name}", unit="crops", enabled=progress)
     try:
-        for ep in range(cfg.epochs):
+        for ep in range(first, cfg.epochs):
             head.train()
             losses = []
             for _ in range(ipe):
@@ -345,6 +380,12 @@ def fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: Seg
                     best, best_epoch = d, ep
                     best_state = copy.deepcopy(head.state_dict())
             log.info("epoch %d: loss %.4f val dice %s", ep, hist["loss"][-1], hist["val_dice"][-1:] or "-")
+            if checkpoint is not None:
+                _save_checkpoint(Path(checkpoint), {
+                    "epoch": ep, "step": step, "head": head.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "rng_np": rng.bit_generator.state, "rng_torch": torch.get_rng_state(),
+                    "hist": hist, "best": best, "best_epoch": best_epoch, "best_state": best_state,
+                    "seconds": time.perf_counter() - t0})
     finally:
         prog.close()
     if best_state is not None:

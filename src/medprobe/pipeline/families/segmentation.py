@@ -137,6 +137,14 @@ def write_overlay(path: Path, item: Item, pred: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------- family
+def checkpoint_path(ctx: RunContext, head_name: str) -> Path:
+    """Where a head's training checkpoint lives until its row is stored: keyed by the head's config hash and
+    the features it trains on, so a rerun of the same task resumes and nothing else does."""
+    key = f"{ctx.user_spec.config_hash(head_name)}-{ctx.extraction['cache_key'][:12]}"
+    return Path(ctx.results_root) / "checkpoints" / f"{key}.pt"
+
+
+
 @register_family
 class SegmentationFamily(TaskFamily):
     name = "segmentation"
@@ -204,7 +212,10 @@ class SegmentationFamily(TaskFamily):
         head = create_seg_head(head_cls.name, data.dims, len(classes), ctx.encoder.patch_size, data.n_views,
                                **hp_head)
         t_fit = time.perf_counter()
-        hist = fit(head, data, ctx.train, ctx.val, tcfg, seed=spec.seed, device=ctx.device, progress=ctx.verbose)
+        ckpt = checkpoint_path(ctx, head_name)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        hist = fit(head, data, ctx.train, ctx.val, tcfg, seed=spec.seed, device=ctx.device, progress=ctx.verbose,
+                   checkpoint=ckpt)
         fit_s = time.perf_counter() - t_fit
         labels = {c: name for c, name in enumerate(classes) if c > 0}
         m = spec.metrics
@@ -260,6 +271,7 @@ class SegmentationFamily(TaskFamily):
                 write_overlay(out_dir / f"{safe}_overlay.png", item, pred)
         assert result.predictions is not None
         result.predictions["files"] = np.asarray(files)
+        checkpoint_path(ctx, result.head).unlink(missing_ok=True)  # the row is about to be stored
         result.notes["outputs"] = str(out_dir)
         result.extra["outputs"] = out_dir
         result.table.append(f"masks in {out_dir}")
