@@ -160,3 +160,38 @@ def test_decoder_training_resumes_after_a_kill(tmp_path: Path, monkeypatch: pyte
     assert hist == ref["record"]["notes"]["history"] | {"seconds": hist["seconds"]}
     assert resumed["metrics"] == ref["metrics"]
     assert not ckpt.exists()
+
+
+def test_absurd_resolution_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", *FLAGS, "--resolution", "100000", "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "100000x100000" in err and "GB" in err and "batch_size" in err
+    assert not list_entries(tmp_path / "c")  # no half-made cache entry
+
+
+def test_full_disk_during_extraction_is_one_line_and_keeps_finished_shards(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import medprobe.features.engine as eng
+
+    real, calls = eng.atomic_save_npy, []
+
+    def full_disk(path, arr):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if "shard-00001" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, arr)
+
+    monkeypatch.setattr(eng, "atomic_save_npy", full_disk)
+    cache = tmp_path / "c"
+    argv = ["run", *FLAGS, "--data-opt", "n=300", "--db", str(tmp_path / "db"), "--cache-dir", str(cache)]
+    assert main(argv) == 2  # 300 images: two shards (256 + 44); the second cannot be written
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("extract ")]  # progress lines
+    assert len(err) == 1 and "No space left on device" in err[0] and "resumes" in err[0]
+    (entry,) = [p for p in cache.iterdir() if p.name != "audit"]
+    assert (entry / "shard-00000" / "done.json").is_file() and not (entry / "manifest.json").exists()
+    monkeypatch.setattr(eng, "atomic_save_npy", real)
+    assert main(argv) == 0  # resumes: only the missing shard is computed
+    assert (entry / "manifest.json").is_file()

@@ -140,6 +140,43 @@ def resolve_preprocess(pre: PreprocessConfig, dataset: Dataset, encoder: Any) ->
     return res
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for one extraction: free GPU memory on CUDA, else the host's MemAvailable (None: unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def batch_memory(encoder: Any, resolution: tuple[int, int], batch_size: int, views: int = 1) -> int:
+    """A lower bound on the bytes one encoder batch needs: the float32 input and a few token-sized
+    activations per block boundary (what any ViT/CNN forward holds at once)."""
+    h, w = resolution
+    p = max(int(encoder.patch_size), 1)
+    tokens = (h // p) * (w // p) + 1
+    width = max(int(getattr(encoder.spec, "width", 0) or 0), 3)
+    return int(batch_size * views * (3 * h * w * 4 * 2 + tokens * width * 4 * 6))
+
+
+def check_memory(encoder: Any, resolution: tuple[int, int], batch_size: int, device: torch.device) -> None:
+    """Refuse, before anything is written, an extraction whose single batch cannot fit in memory."""
+    need = batch_memory(encoder, resolution, batch_size)
+    free = available_memory(device)
+    if free is not None and need > free:
+        gb = 2**30
+        raise ConfigError(f"resolution {resolution[0]}x{resolution[1]} with batch size {batch_size} needs at least "
+                          f"{need / gb:.1f} GB for one batch, {free / gb:.1f} GB is free on {device}: lower the "
+                          f"resolution or features.batch_size")
+
+
 class _ItemSource(torch.utils.data.Dataset):
     """Map-style dataset over one shard's items -> (index, (S, V, 3, H, W) tensor)."""
 
@@ -264,6 +301,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     cfg = config or ExtractConfig()
     dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
+    check_memory(encoder, pre.resolution, cfg.batch_size, dev)  # type: ignore[arg-type]
     spec = entry_spec(dataset, encoder, pre, cfg, dev)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = root / cache_key(spec)
@@ -305,6 +343,9 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
         # bad input is deterministic: resuming would fail on the same case, so leave no partial entry
         remove_entry(entry)
         raise
+    except OSError as e:  # full disk, cache folder removed under us: finished shards stay for a resumed run
+        raise ConfigError(f"cannot write the feature cache ({e.strerror or type(e).__name__}); finished shards "
+                          "are kept and a rerun resumes from them", entry) from None
     finally:
         prog.close()
     elapsed = time.perf_counter() - t_start
