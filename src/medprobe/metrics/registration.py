@@ -19,7 +19,8 @@ from scipy import ndimage
 from medprobe.errors import ConfigError, DataError
 from medprobe.metrics.segmentation import _spacing, segmentation_metrics
 
-__all__ = ["folding_fraction", "jacobian_determinant", "registration_metrics", "warp_labels"]
+__all__ = ["folding_fraction", "jacobian_determinant", "landmark_tre", "pair_metrics", "registration_metrics",
+           "warp_labels"]
 
 
 def _voxel_disp(
@@ -129,4 +130,49 @@ def registration_metrics(
         raise DataError(f"displacement spatial shape {det.shape} differs from label shape {fixed_labels.shape}")
     out["folding_fraction"] = float(np.count_nonzero(det <= 0) / det.size)
     out["std_log_jacobian"] = float(np.log(np.clip(det, 1e-9, 1e9)).std())
+    return out
+
+
+def landmark_tre(
+    fixed_points: np.ndarray,
+    moving_points: np.ndarray,
+    disp: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    units: str = "voxel",
+) -> np.ndarray:
+    """Target registration error per landmark, in mm: ``|| (x_f + disp(x_f) - x_m) * spacing ||``.
+
+    Points are ``(N, ndim)`` voxel coordinates (fixed and corresponding moving landmarks on the fixed grid);
+    the field is interpolated linearly at the fixed points.
+    """
+    u, sp = _voxel_disp(disp, spacing, units)
+    fp, mp = np.asarray(fixed_points, dtype=np.float64), np.asarray(moving_points, dtype=np.float64)
+    if fp.shape != mp.shape or fp.ndim != 2 or fp.shape[1] != u.shape[0]:
+        raise DataError(f"landmarks {fp.shape} and {mp.shape} must both be (N, {u.shape[0]})")
+    at = np.stack([ndimage.map_coordinates(u[k], fp.T, order=1, mode="nearest") for k in range(u.shape[0])], 1)
+    return np.linalg.norm((fp + at - mp) * np.asarray(sp), axis=1)
+
+
+def pair_metrics(
+    warped_moving_labels: np.ndarray | None,
+    fixed_labels: np.ndarray | None,
+    disp: np.ndarray,
+    labels: Mapping[int, str] | Sequence[int],
+    spacing: float | Sequence[float] | None,
+    landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Everything scored for one registered pair: Dice, HD95 and ASD in mm and in pixels (``*_px``) of the
+    warped labels (when labels exist), mean landmark TRE in mm (when landmarks exist), folding in % and the
+    standard deviation of log det J."""
+    det = jacobian_determinant(disp)
+    out: dict[str, float] = {"folding_pct": float(100.0 * np.count_nonzero(det <= 0) / det.size),
+                             "std_log_jacobian": float(np.log(np.clip(det, 1e-9, 1e9)).std())}
+    if warped_moving_labels is not None and fixed_labels is not None:
+        mm = segmentation_metrics(warped_moving_labels, fixed_labels, labels, spacing, include=("dice", "hd95", "asd"))
+        px = segmentation_metrics(warped_moving_labels, fixed_labels, labels, None, include=("hd95", "asd"))
+        out.update(mm)
+        out.update({f"{k.split('/')[0]}_px" + (f"/{k.split('/', 1)[1]}" if "/" in k else ""): v
+                    for k, v in px.items()})
+    if landmarks is not None:
+        out["tre_mm"] = float(landmark_tre(landmarks[0], landmarks[1], disp, spacing).mean())
     return out
