@@ -195,3 +195,40 @@ def test_full_disk_during_extraction_is_one_line_and_keeps_finished_shards(
     monkeypatch.setattr(eng, "atomic_save_npy", real)
     assert main(argv) == 0  # resumes: only the missing shard is computed
     assert (entry / "manifest.json").is_file()
+
+
+def test_hf_folder_with_truncated_safetensors_or_pickle_is_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A Hugging Face model folder loads from safetensors; a truncated file or pickle-only weights are refused
+    with one line naming the file, and no pickle is ever unpickled."""
+    import torch
+
+    from medprobe.encoders import create_encoder, get_spec
+    from medprobe.encoders.hf_vit import build_hf_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_hf_model(get_spec("dinov2-vits14"))
+    good = tmp_path / "good"
+    model.save_pretrained(good, safe_serialization=True)
+    enc = create_encoder("dinov2-vits14", weights=str(good))
+    assert enc.pretrained and enc.weights_id.startswith("sha256:")
+    capsys.readouterr()  # transformers' own progress bars while saving
+
+    bad = tmp_path / "truncated"
+    shutil.copytree(good, bad)
+    (st,) = bad.glob("*.safetensors")
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    pick = tmp_path / "pickle"
+    shutil.copytree(good, pick)
+    next(pick.glob("*.safetensors")).unlink()
+    marker = tmp_path / "unpickled"
+    (pick / "pytorch_model.bin").write_bytes(  # a pickle that would create a file if it were ever loaded
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    for folder, needle in ((bad, "truncated or not a safetensors file"), (pick, "only pickle weights")):
+        argv = ["run", *FLAGS, "--encoder", "dinov2-vits14", "--weights", str(folder), "--db", str(tmp_path / "db"),
+                "--cache-dir", str(tmp_path / "c")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and str(folder) in err
+    assert not marker.exists()

@@ -180,6 +180,31 @@ def _build(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
     raise WeightsError(f"{spec.name} cannot load {ref.kind} weights", ref.location)
 
 
+def _check_hf_dir(d: Path) -> None:
+    """A local Hugging Face model folder: safetensors weights only (pickle is never unpickled), each file a
+    complete safetensors file (header length and data size agree)."""
+    st = sorted(d.glob("*.safetensors"))
+    if not st:
+        pick = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt*"))
+        what = f"only pickle weights ({', '.join(pick)})" if pick else "no *.safetensors weights"
+        raise WeightsError(f"holds {what}; medprobe loads safetensors only (never unpickles): convert with "
+                           "transformers' save_pretrained(safe_serialization=True)", d)
+    import json
+    import struct
+
+    for f in st:
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+        except (OSError, ValueError, struct.error):
+            header = None
+        ends = [int(v["data_offsets"][1]) for k, v in (header or {}).items() if k != "__metadata__"]
+        if header is None or 8 + n + max(ends, default=0) > size:
+            raise WeightsError("is truncated or not a safetensors file (its header and size disagree)", f)
+
+
 def _build_pretrained(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
     from transformers import AutoModel
 
@@ -188,12 +213,17 @@ def _build_pretrained(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encod
 
     loc = str(ref.location)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if ref.kind == "hf_dir":
+        _check_hf_dir(Path(loc))
     try:
         model = AutoModel.from_pretrained(loc, local_files_only=offline or ref.kind == "hf_dir",
-                                          attn_implementation="sdpa")
+                                          attn_implementation="sdpa", use_safetensors=True)
     except OSError as e:
         hint = " (offline: it is not in the local Hugging Face cache)" if offline else ""
         raise WeightsError(f"cannot load Hugging Face model{hint}: {str(e).splitlines()[0][:160]}", loc) from None
+    except Exception as e:  # noqa: BLE001 - a damaged weights file surfaces as many exception types
+        raise WeightsError(f"cannot load Hugging Face model ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:160]})", loc) from None
     cfg: Any = model.config
     if int(cfg.hidden_size) != spec.width or int(cfg.num_hidden_layers) != spec.depth:
         raise WeightsError(f"model is {cfg.hidden_size}-d/{cfg.num_hidden_layers} blocks but {spec.name} is "
