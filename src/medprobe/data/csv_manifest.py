@@ -10,7 +10,10 @@
   comma list ``"age,bmi"``); ``Item.label`` is a float (one column) or a float64 vector; target names =
   the column names (``TaskInfo("regression", classes=names)``); an empty or non-numeric cell raises
   :class:`DataError` naming the CSV, row and column;
-* optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``.
+* optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``;
+* 2D pixel spacing per image: ``spacing_column`` (mm per pixel: one number, or ``"row,col"`` / ``"rowxcol"``;
+  e.g. HC18's ``pixel size(mm)``) or one ``spacing`` for every image; items then carry
+  ``meta['spacing_source']`` and distances are in mm; without either, 2D spacing is unknown (pixels).
 
 Worked examples: ``nih14:`` (NIH ChestX-ray14) and ``rsna-pneumonia:`` (RSNA Pneumonia Detection).
 Bad label values and missing files raise :class:`DataError` naming the CSV, row and value / path;
@@ -53,6 +56,7 @@ class Record:
     patient: str | None = None
     split: str | None = None
     where: str = ""
+    spacing: tuple[float, ...] | None = None  # mm per pixel axis, when the manifest says
 
 
 # ----------------------------------------------------------------------------------------- CSV helpers
@@ -127,6 +131,21 @@ def parse_target(value: str, where: str, column: str, csv_path: Path | str) -> f
     return f
 
 
+def parse_spacing(value: Any, where: str, column: str, source: Path | str | None, ndim: int = 2) -> tuple[float, ...]:
+    """A pixel spacing cell: one positive number (isotropic) or ``ndim`` numbers (``"0.1,0.2"``, ``"0.1x0.2"``)."""
+    raw = value if isinstance(value, (list, tuple)) else str(value).replace("x", ",").replace(" ", "").split(",")
+    try:
+        vals = tuple(float(v) for v in raw if str(v) != "")
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) == 1:
+        vals = vals * ndim
+    if len(vals) != ndim or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise DataError(f"{where}, column {column!r}: pixel spacing {value!r} is not {ndim} positive numbers (mm)",
+                        source=source)
+    return vals
+
+
 def split_columns(columns: Sequence[str] | str | None, header: Sequence[str] = ()) -> list[str]:
     """Label columns as a list: a string is one column if the CSV has it, else a comma list."""
     if columns is None:
@@ -172,10 +191,10 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                      classes: Sequence[str] | None = None, sep: str | None = None,
                      no_finding: str | None = "No Finding", patient_column: str | None = None,
                      split_column: str | None = None, id_column: str | None = None,
-                     path_suffix: str = "") -> tuple[list[Record], TaskInfo]:
-    """Parse a manifest CSV into records + the task; every label is validated here."""
+                     path_suffix: str = "", spacing_column: str | None = None) -> tuple[list[Record], TaskInfo]:
+    """Parse a manifest CSV into records + the task; every label (and spacing) is validated here."""
     csv_path = Path(csv_path)
-    extra = [c for c in (patient_column, split_column, id_column) if c]
+    extra = [c for c in (patient_column, split_column, id_column, spacing_column) if c]
     header, rows = read_csv_rows(csv_path)
     label_columns = split_columns(label_columns, header)
     missing = [c for c in (path_column, *label_columns, *extra) if c not in header]
@@ -255,8 +274,9 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                                 "not one of train / val / test", source=csv_path)
             split = SPLIT_ALIASES[sv]
         rid = row[id_column] if id_column else None
+        sp = parse_spacing(row[spacing_column], where, spacing_column, csv_path) if spacing_column else None
         records.append(Record(path=p, label=label, id=rid or "", where=where,
-                              patient=row[patient_column] if patient_column else None, split=split))
+                              patient=row[patient_column] if patient_column else None, split=split, spacing=sp))
     _assign_ids(records, base)
     return records, info
 
@@ -284,8 +304,10 @@ class ManifestDataset(Dataset):
 
     def __init__(self, records: list[Record], *, task: TaskInfo, source: str | Path, name: str = "manifest",
                  modality: Modality = "generic", spatial_dims: int = 2, check_files: bool = True,
-                 splits: dict[str, list[int]] | None = None, meta: dict[str, Any] | None = None) -> None:
+                 splits: dict[str, list[int]] | None = None, meta: dict[str, Any] | None = None,
+                 spacing_source: str | None = None) -> None:
         self.source = Path(source)
+        self.spacing_source = spacing_source  # where 2D records' spacing came from (None: unknown, pixels)
         if not records:
             raise DataError("manifest lists no cases", source=self.source)
         self.records = records
@@ -361,16 +383,22 @@ class ManifestDataset(Dataset):
                         affine=vol.affine, slice_axis=vol.slice_axis, patient=r.patient, source=str(r.path),
                         meta={"split": r.split} if r.split else {})
         img = read_image(r.path)
-        return Item(id=r.id, image=img, spatial_dims=2, spacing=(1.0, 1.0), label=label, patient=r.patient,
-                    source=str(r.path), meta={"split": r.split} if r.split else {})
+        meta: dict[str, Any] = {"split": r.split} if r.split else {}
+        if r.spacing is not None and self.spacing_source:
+            meta["spacing_source"] = self.spacing_source
+        return Item(id=r.id, image=img, spatial_dims=2, spacing=r.spacing or (1.0, 1.0), label=label,
+                    patient=r.patient, source=str(r.path), meta=meta)
 
     def fingerprint(self) -> str:
         if self._fp is None:
             sigs = self._sigs if self._sigs is not None else self._check_files()
             labels = [r.label.tolist() if isinstance(r.label, np.ndarray) else r.label for r in self.records]
-            self._fp = hash_obj({"name": self.name, "task": self.task.to_dict(), "ids": self.ids(),
-                                 "files": [[r.path.name, *s] for r, s in zip(self.records, sigs)],
-                                 "labels": labels, "patients": self.patients(), "splits": self._splits})
+            d = {"name": self.name, "task": self.task.to_dict(), "ids": self.ids(),
+                 "files": [[r.path.name, *s] for r, s in zip(self.records, sigs)],
+                 "labels": labels, "patients": self.patients(), "splits": self._splits}
+            if any(r.spacing is not None for r in self.records):  # unchanged fingerprints without spacing
+                d["spacing"] = [r.spacing for r in self.records]
+            self._fp = hash_obj(d)
         return self._fp
 
 
@@ -382,17 +410,26 @@ def create_csv_dataset(arg: str, root: str | Path | None = None, path_column: st
                        no_finding: str | None = "No Finding", patient_column: str | None = None,
                        split_column: str | None = None, id_column: str | None = None, spatial_dims: int = 2,
                        modality: Modality = "generic", name: str | None = None,
-                       check_files: bool = True) -> ManifestDataset:
+                       check_files: bool = True, spacing_column: str | None = None,
+                       spacing: Any = None) -> ManifestDataset:
     """``csv:<labels.csv>``: a generic manifest (see the module docstring for the options)."""
     if not arg:
         raise ConfigError("give the CSV path: csv:/path/labels.csv", "csv:")
     csv_path = Path(arg)
+    if spacing_column and spacing is not None:
+        raise ConfigError("give spacing_column (per image) or spacing (every image), not both", csv_path)
     records, info = records_from_csv(csv_path, root=root, path_column=path_column,
                                      label_columns=label_columns, task=task, classes=classes, sep=sep,
                                      no_finding=no_finding, patient_column=patient_column,
-                                     split_column=split_column, id_column=id_column)
+                                     split_column=split_column, id_column=id_column, spacing_column=spacing_column)
+    source = f"csv column {spacing_column!r}" if spacing_column else None
+    if spacing is not None:
+        sp = parse_spacing(spacing, "option", "spacing", csv_path)
+        for r in records:
+            r.spacing = sp
+        source = "dataset option 'spacing'"
     return ManifestDataset(records, task=info, source=csv_path, name=name or csv_path.stem, modality=modality,
-                           spatial_dims=spatial_dims, check_files=check_files)
+                           spatial_dims=spatial_dims, check_files=check_files, spacing_source=source)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -507,5 +544,6 @@ def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_d
 
 
 __all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "create_csv_dataset", "create_nih14",
-           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "parse_target", "read_csv_rows",
+           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "parse_spacing", "parse_target",
+           "read_csv_rows",
            "records_from_csv", "split_columns"]

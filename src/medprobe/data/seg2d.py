@@ -14,6 +14,10 @@ Mask values -> class indices: ``mask_values={raw: class_index}`` (keys may be in
 RGB tuples for colour masks); every value found must be mapped. Without a mapping the values must already be
 class indices ``0..K-1``; a binary ``{0, 255}`` mask with two classes is read as ``255 -> 1``.
 
+Pixel spacing (mm): ``spacing=(row, col)`` for every image, or per image from a CSV: ``spacing_csv=<file>``
+(relative to the root), ``spacing_column`` (e.g. HC18's ``"pixel size(mm)"``), ``spacing_id_column`` (file
+name or stem, default ``filename``). Without either the spacing is unknown and distances are in pixels.
+
 Images or masks without a partner raise one ``DataError`` listing them. ``isbi2012:/path/isbi2012-em``
 is the ISBI 2012 EM membrane set (``train/image``, ``train/label``; label 0 = membrane -> class 1;
 4 nm pixels, so ``spacing=(4e-6, 4e-6)`` mm).
@@ -145,8 +149,9 @@ class Seg2DDataset(Dataset):
     def __init__(self, root: str | Path, *, images: str = "images", masks: str = "masks",
                  classes: list[str] | tuple[str, ...] | None = None,
                  mask_values: dict[Any, int] | None = None, mask_suffix: str = "",
-                 modality: Modality = "generic", spacing: tuple[float, float] = (1.0, 1.0),
-                 name: str | None = None, limit: int | None = None) -> None:
+                 modality: Modality = "generic", spacing: Any = None,
+                 name: str | None = None, limit: int | None = None, spacing_csv: str | Path | None = None,
+                 spacing_column: str = "pixel size(mm)", spacing_id_column: str = "filename") -> None:
         self.root = Path(root).expanduser()
         self.image_dir = self.root / images
         self.mask_dir = self.root / masks
@@ -155,7 +160,13 @@ class Seg2DDataset(Dataset):
                 raise DataError(f"{what} folder not found", source=d)
         self.name = name or self.root.name
         self.modality = modality
-        self.spacing = tuple(float(s) for s in spacing)
+        from medprobe.data.csv_manifest import parse_spacing
+
+        if spacing is not None and spacing_csv is not None:
+            raise ConfigError("give spacing (every image) or spacing_csv (per image), not both", self.root)
+        self.spacing = parse_spacing(spacing, "option", "spacing", self.root) if spacing is not None else (1.0, 1.0)
+        self.spacing_source: str | None = "dataset option 'spacing'" if spacing is not None else None
+        self._spacings: dict[str, tuple[float, ...]] = {}
         self.mask_suffix = mask_suffix
         imgs = _files_by_stem(self.image_dir)
         subdirs = sorted((d for d in self.mask_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
@@ -195,6 +206,22 @@ class Seg2DDataset(Dataset):
         self._images = imgs
         self._masks = top_masks
         self._fp: str | None = None
+        if spacing_csv is not None:
+            self._read_spacings(Path(spacing_csv), spacing_column, spacing_id_column)
+
+    def _read_spacings(self, csv_path: Path, column: str, id_column: str) -> None:
+        """Per-image spacing from a CSV (rows matched by file name or stem); every image needs a row."""
+        from medprobe.data.csv_manifest import parse_spacing, read_csv_rows
+
+        path = csv_path if csv_path.is_absolute() else self.root / csv_path
+        _, rows = read_csv_rows(path, [id_column, column])
+        for r, (line, row) in enumerate(rows, 1):
+            key = _stem(Path(row[id_column]))
+            self._spacings[key] = parse_spacing(row[column], f"row {r} (line {line})", column, path)
+        missing = [c for c in self._ids if c not in self._spacings]
+        if missing:
+            raise DataError(_list_problem(f"image(s) without a {column!r} row", missing), source=path)
+        self.spacing_source = f"csv column {column!r} ({path.name})"
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -218,8 +245,11 @@ class Seg2DDataset(Dataset):
                 files += [self._images[cid], *self._mask_files(cid)]
             mv = None if self.mask_values is None else sorted((str(k), v)
                                                               for k, v in self.mask_values.items())
-            self._fp = files_fingerprint(files, {"ids": self._ids, "classes": list(self.task.classes),
-                                                 "mask_values": mv, "per_class": self.per_class})
+            extra: dict[str, Any] = {"ids": self._ids, "classes": list(self.task.classes), "mask_values": mv,
+                     "per_class": self.per_class}
+            if self._spacings:  # unchanged fingerprints without a spacing CSV
+                extra["spacing"] = [self._spacings[c] for c in self._ids]
+            self._fp = files_fingerprint(files, extra)
         return self._fp
 
     def load(self, i: int) -> Item:
@@ -250,8 +280,11 @@ class Seg2DDataset(Dataset):
             raw = self._read_mask(cid, files[0], hw)
             mask = map_mask_values(raw, self.mask_values, self.task.n_classes, cid, files[0].name,
                                    colour=raw.ndim == 3)
-        return Item(id=cid, image=image, spatial_dims=2, spacing=self.spacing, mask=mask, patient=cid,
-                    source=str(img_path), meta={"mask_files": [str(f) for f in files], "issues": issues})
+        meta: dict[str, Any] = {"mask_files": [str(f) for f in files], "issues": issues}
+        if self.spacing_source:
+            meta["spacing_source"] = self.spacing_source
+        return Item(id=cid, image=image, spatial_dims=2, spacing=self._spacings.get(cid, self.spacing), mask=mask,
+                    patient=cid, source=str(img_path), meta=meta)
 
     def _read_mask(self, cid: str, path: Path, hw: tuple[int, ...]) -> np.ndarray:
         try:

@@ -64,7 +64,9 @@ class EncoderFamily:
 
     Declared facts: ``needs_weights`` (False: nothing to load, e.g. the image-only baseline);
     ``blockless`` (one output layer, no blocks to tap: layer selections resolve to it);
-    ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it).
+    ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it);
+    ``autocast`` (False: the network runs outside torch autocast, e.g. an ONNX graph in fp32, so ``amp`` cannot
+    change a feature value: it stays out of the cache key and the record says fp32).
     """
 
     name: str
@@ -73,6 +75,7 @@ class EncoderFamily:
     gflops: GflopsFn = no_gflops
     needs_weights: bool = True
     blockless: bool = False
+    autocast: bool = True
     options: tuple[str, ...] = ()
     local_weights: LocalWeightsFn = no_local_weights
     description: str = ""

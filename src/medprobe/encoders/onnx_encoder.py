@@ -1,7 +1,8 @@
 """A generic ONNX vision backbone: any ``.onnx`` file, cut at a named token tensor, run by onnxruntime.
 
 Registers the encoder family ``onnx`` (blockless: one output layer; options ``onnx_output``,
-``onnx_input``, ``onnx_prefix_tokens``; costs are not counted).
+``onnx_input``, ``onnx_prefix_tokens``; costs are not counted; ``autocast=False``: onnxruntime runs the graph
+in fp32 whatever ``features.amp`` says).
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def _local_weights(spec: EncoderSpec) -> list[Path]:
 
 
 register_family(EncoderFamily(
-    name="onnx", build=_build, identity=_identity, blockless=True,
+    name="onnx", build=_build, identity=_identity, blockless=True, autocast=False,
     options=("onnx_output", "onnx_input", "onnx_prefix_tokens"), local_weights=_local_weights,
     description="any .onnx vision backbone cut at a named token tensor (onnxruntime)",
 ))

@@ -1,6 +1,7 @@
 """Segmentation and EM-instance metrics in physical units, plus case aggregation with bootstrap CIs.
 
-Per-class binary metrics on label maps (2D or 3D), with ``spacing`` in mm per axis (anisotropic allowed):
+Per-class binary metrics on label maps (2D or 3D), with ``spacing`` in mm per axis (anisotropic allowed; ``None``:
+one unit per pixel, so distances are in pixels -- :func:`distance_units` names the unit the record carries):
 
 - ``dice`` = 2|P∩G| / (|P|+|G|), ``iou`` = |P∩G| / |P∪G|, ``precision`` = |P∩G| / |P|, ``recall`` = |P∩G| / |G|.
 - Surfaces are MONAI's (no sub-voxel areas): the voxels of a mask removed by one binary erosion with the
@@ -55,8 +56,10 @@ __all__ = [
     "adapted_rand_error",
     "aggregate_cases",
     "binary_metrics",
+    "distance_units",
     "max_distance",
     "segmentation_metrics",
+    "spacing_known",
     "surface_distances",
     "surface_voxels",
     "voi",
@@ -67,6 +70,20 @@ EMPTY_POLICIES: tuple[str, ...] = ("nan", "one", "worst")
 _OVERLAP = frozenset({"dice", "iou", "precision", "recall", "nsd"})
 _DISTANCE = frozenset({"hd95", "asd"})
 _NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- units
+def spacing_known(item: object) -> bool:
+    """True when an item's spacing is physical: volumes (from their headers) or 2D images whose loader names a
+    ``meta['spacing_source']`` (a CSV column, a dataset option, a header); other 2D spacing is pixels."""
+    meta = getattr(item, "meta", None) or {}
+    return getattr(item, "spatial_dims", 2) == 3 or bool(meta.get("spacing_source"))
+
+
+def distance_units(known: bool) -> dict[str, str]:
+    """The unit of every distance metric (and of the NSD tolerance) for the record and the printed table."""
+    u = "mm" if known else "px"
+    return {"hd95": u, "asd": u, "nsd_tolerance": u}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -21,16 +21,25 @@ from medprobe.pipeline.task import TaskSpec
 from medprobe.utils import atomic_write_json
 
 
-def make_splits(ds: Dataset, spec: TaskSpec, labels: list[Any] | None = None) -> dict[str, list[int]]:
+def make_splits(ds: Dataset, spec: TaskSpec, labels: list[Any] | None = None,
+                info: dict[str, Any] | None = None) -> dict[str, list[int]]:
     """Train/val/test indices from the task's split, checked for patient leakage and emptiness. ``labels``
-    stratify generated splits (single-label classification)."""
+    stratify generated splits (single-label classification). ``info`` (when given) receives what was done:
+    ``kind`` (``official``: the dataset's own; ``generated``: seeded fractions; ``folds``), ``requested``,
+    and for generated splits ``seed``, ``fractions``, ``stratified``, ``level`` and ``why``."""
     split = spec.split
     patients = ds.patients()
     seed = spec.split_seed
+    done: dict[str, Any] = {"requested": split.kind}
+    strat = labels is not None
     if split.kind == "official":
         s = ds.splits()
         if s is None:
             s = split_by_patient(patients, (0.7, 0.1, 0.2), seed=seed, stratify=labels)
+            done.update(kind="generated", seed=seed, fractions=[0.7, 0.1, 0.2], stratified=strat, level="patient",
+                        why="the dataset has no official split: a seeded, patient-level 70/10/20 split was made")
+        else:
+            done["kind"] = "official"
     elif split.kind == "folds":
         assert split.folds is not None
         folds = kfold_by_patient(patients, k=split.folds, seed=seed, val_fraction=split.val_fraction,
@@ -38,9 +47,12 @@ def make_splits(ds: Dataset, spec: TaskSpec, labels: list[Any] | None = None) ->
         if not 0 <= split.fold < len(folds):
             raise ConfigError(f"split.fold {split.fold} out of range for {len(folds)} folds", spec.name)
         s = folds[split.fold]
+        done.update(kind="folds", seed=seed, folds=split.folds, fold=split.fold, val_fraction=split.val_fraction,
+                    stratified=strat, level="patient")
     else:
         assert split.fractions is not None
         s = split_by_patient(patients, tuple(split.fractions), seed=seed, stratify=labels)
+        done.update(kind="generated", seed=seed, fractions=list(split.fractions), stratified=strat, level="patient")
     s = {k: list(v) for k, v in s.items()}
     if "val" not in s:
         s["val"] = []
@@ -49,6 +61,8 @@ def make_splits(ds: Dataset, spec: TaskSpec, labels: list[Any] | None = None) ->
         if not s.get(k):
             raise DataError(f"split {k!r} is empty (no case is assigned to it)", source=source or spec.name)
     validate_splits({k: v for k, v in s.items() if v or k != "val"}, patients, source=source or spec.name)
+    if info is not None:
+        info.update(done)
     return s
 
 
@@ -120,22 +134,27 @@ def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tupl
                  ) -> tuple[Any, FeatureStore, dict[str, Any]]:
     """Cached features when they exist (the encoder is then never built), else build + extract.
 
-    Returns (encoder or :class:`EncoderInfo`, store, {timing, compute, cache_key}); ``store.preprocess`` is
-    the resolved preprocessing the features were made with."""
+    Returns (encoder or :class:`EncoderInfo`, store, {timing, compute, cache_key, precision});
+    ``store.preprocess`` is the resolved preprocessing the features were made with; ``precision`` is the
+    encoder's effective autocast (the one the cache key holds) and why."""
+    from medprobe.features.engine import precision_facts
+
     cfg = extract_config(spec, tokens)
     t0 = time.perf_counter()
     info = info if info is not None else encoder_identity(spec)
     store = lookup(ds, info, spec.preprocess, cfg, cache_dir=spec.cache_dir, device=device) if info is not None \
         else None
     if store is not None:
-        return info, store, _describe(store, info, device, time.perf_counter() - t0)
+        out = _describe(store, info, device, time.perf_counter() - t0)
+        return info, store, {**out, "precision": precision_facts(cfg.amp, cfg.storage, device, info)}
     enc = info if isinstance(info, Encoder) else build_encoder(spec, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     store = extract(ds, enc, spec.preprocess, cfg, cache_dir=spec.cache_dir, device=device)
     assert store is not None
-    return enc, store, _describe(store, enc, device, time.perf_counter() - t0)
+    out = _describe(store, enc, device, time.perf_counter() - t0)
+    return enc, store, {**out, "precision": precision_facts(cfg.amp, cfg.storage, device, enc)}
 
 
 def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) -> dict[str, Any]:

@@ -3,18 +3,22 @@
 dataset -> family (from ``kind`` or the dataset's task type) -> family defaults -> splits + label budget ->
 heads looked up by what they take (checked with their parameters before any work) -> cached features ->
 per head: the family fits, predicts and scores -> one record per head, built here -> every row written once
-all heads succeeded -> one printed table.
+all heads succeeded -> one printed table. A leakage audit (:mod:`medprobe.audit`) runs once the splits exist
+(pixel hashes; again with the cached features once they exist) and its findings go into every record.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medprobe.data import create_dataset
-from medprobe.errors import ConfigError
+from medprobe.errors import ConfigError, DataError
 from medprobe.pipeline.common import (
     apply_budget,
     encoder_identity,
@@ -33,7 +37,7 @@ from medprobe.pipeline.family import (
 )
 from medprobe.pipeline.task import TaskSpec, check_data_options
 from medprobe.schema import unknown_key
-from medprobe.utils import hash_obj
+from medprobe.utils import default_cache_dir, hash_obj
 
 log = logging.getLogger("medprobe.pipeline")
 
@@ -104,11 +108,15 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
         info = build_encoder(spec, device)
     spec = family.resolve(spec, ds, info)
     labels = family.budget_labels(ds)
-    splits = make_splits(ds, spec, labels)
+    split_info: dict[str, Any] = {}
+    splits = make_splits(ds, spec, labels, info=split_info)
     splits["train"] = apply_budget(splits["train"], ds.patients(), labels, spec.budget, spec.seed)
+    found = audit_splits(ds, splits, spec)  # before extraction: mode error stops here
     enc, store, extraction = features_for(ds, spec, device, family.tokens, info=info)
     if extraction["timing"]["cached"]:
         log.info("features reused from cache %s: extraction skipped", extraction["cache_key"])
+    notes = {**notes, "audit": settle_audit(found, ds, splits, spec, store, enc.pretrained)}
+    extraction = {**extraction, "split": split_info, "inputs": input_facts(ds, found)}
     ctx = RunContext(spec=spec, user_spec=user_spec, dataset=ds, splits=splits, device=device, encoder=enc,
                      store=store, preprocess=store.preprocess, layers=feature_layers(store, spec),
                      extraction=extraction, verbose=verbose, results_root=Path(db.path).parent, notes=notes)
@@ -119,7 +127,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
         t0 = time.perf_counter()
         res = family.evaluate(cls, name, ctx)
         res.timings.setdefault("head_fit_s", round(time.perf_counter() - t0, 3))
-        results.append((res, build_record(ctx, family, res, env, t_total)))
+        results.append((res, build_record(ctx, family, res, env, t_total, head_cls=cls)))
     # every head is fitted and scored before anything is written: a failing head leaves no partial task
     rows = []
     for res, record in results:
@@ -143,23 +151,72 @@ def _check_writable(folder: Path) -> None:
         raise ConfigError(f"results folder is not writable ({e.strerror})", folder) from None
 
 
+_HEAD_DTYPES = {"logreg": "fp64 (fp32 Hessian steps)", "ridge": "fp64"}  # heads not in plain float32
+
+
+def head_precision(head_cls: Any, res: HeadResult) -> str:
+    """The head's arithmetic: a declared ``precision``, a decoder trained under bf16 autocast, else fp32."""
+    train = res.head_params.get("train") if isinstance(res.head_params, dict) else None
+    if isinstance(train, dict) and train.get("amp") == "bf16":
+        return "bf16 autocast (decoder training)"
+    name = getattr(head_cls, "name", res.head)
+    return str(getattr(head_cls, "precision", None) or _HEAD_DTYPES.get(name, "fp32"))
+
+
+def head_tokens(head_cls: Any, spec: TaskSpec) -> list[str]:
+    """The tokens this head consumed: patch grids for dense heads, else ``features.token`` (per block)."""
+    from medprobe.pipeline.family import _TOKENS
+
+    kind = getattr(head_cls, "input_kind", "vector")
+    return ["patch"] if kind == "dense" else list(_TOKENS[spec.features.token])
+
+
+def preprocessing_done(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resolved preprocessing with what was actually done (channel mode, anti-aliasing), and the effects:
+    per option what was asked, what happened and why."""
+    from medprobe.preprocess.config import channel_handling, geometry_effects
+
+    pre = ctx.preprocess.to_dict()
+    facts = ctx.extraction.get("inputs") or {}
+    chans = sorted(int(c) for c in (facts.get("channels") or {}))
+    done = [channel_handling(ctx.preprocess.channels, c) for c in chans]
+    modes = sorted({m for m, _ in done})
+    effects: dict[str, Any] = {"channels": {"requested": ctx.preprocess.channels,
+                                            "done": modes[0] if len(modes) == 1 else modes,
+                                            "what": "; ".join(w for _, w in done)}}
+    if ctx.dataset.spatial_dims == 2:
+        effects.update(geometry_effects(ctx.preprocess, facts.get("min_shape"), facts.get("max_shape")))
+    pre["channels"] = effects["channels"]["done"]
+    if "antialias" in effects:
+        pre["antialias"] = effects["antialias"]["effective"]
+    return pre, effects
+
+
 def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict[str, Any],
-                 t_total: float) -> dict[str, Any]:
-    """The one result record: what ran, on what, with which resolved settings, and how long it took."""
+                 t_total: float, head_cls: Any = None) -> dict[str, Any]:
+    """The one result record: what ran, on what, with which resolved settings (each the value in effect, with
+    why when it differs from what was asked), and how long it took."""
     spec, ds, enc = ctx.spec, ctx.dataset, ctx.encoder
     ids = ds.ids()
+    pre, effects = preprocessing_done(ctx)
+    split_done = ctx.extraction.get("split") or {}
     return {
         "run_id": res.run_id, "task": spec.name, "task_type": ds.task.type,
         "config": {**spec.to_dict(), "head": res.head, "family": family.name},
         "config_hash": ctx.user_spec.config_hash(res.head),
         "encoder": enc.spec.name, "weights": enc.weights_id, "pretrained": enc.pretrained,
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
-        "split": {"spec": spec.to_dict()["split"], "n_train": len(ctx.train), "n_val": len(ctx.val),
+        "split": {"spec": spec.to_dict()["split"], **split_done, "n_train": len(ctx.train), "n_val": len(ctx.val),
                   "n_test": len(ctx.test), "budget": spec.budget,
                   "test_ids_hash": hash_obj([ids[i] for i in ctx.test], n=12)},
         "seed": spec.seed, "head": res.head, "head_params": res.head_params,
         "layer": list(ctx.layers), "resolution": list(ctx.preprocess.resolution),
-        "preprocessing": ctx.preprocess.to_dict(), "versions": env.get("versions", env),
+        "feature_layers": {"extracted": list(ctx.store.layers), "used": list(ctx.layers)},
+        "tokens": head_tokens(head_cls, spec),
+        "precision": {**ctx.extraction.get("precision", {}), "head": head_precision(head_cls, res)},
+        "preprocessing": pre, "preprocess_effects": effects,
+        "units": res.extra.get("units", {}), "spacing": res.extra.get("spacing"),
+        "versions": env.get("versions", env),
         "device": str(ctx.device),
         "timings": {**ctx.extraction["timing"], **res.timings,
                     "total_s": round(time.perf_counter() - t_total, 3)},
@@ -168,3 +225,79 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
                   "cache_key": ctx.extraction["cache_key"], "features": spec.to_dict()["features"],
                   **ctx.notes, **res.notes},
     }
+
+
+# ---------------------------------------------------------------------------------- the leakage audit
+def audit_splits(ds: Any, splits: dict[str, list[int]], spec: TaskSpec) -> Any:
+    """Pixel-level audit (content hash + perceptual hash) of the task's cases against its splits; with
+    ``audit.mode: error`` a test case alike a train/val case stops the run here, before extraction."""
+    from medprobe.audit import audit
+
+    a = spec.audit
+    if a.mode == "off":
+        return None
+    cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
+    try:
+        found = audit(ds, splits, near_threshold=a.near_threshold, near_correlation=a.near_correlation,
+                      feature_threshold=a.feature_threshold, cache_dir=cache)
+    except DataError as e:  # e.g. slides: no whole-image fingerprint
+        log.info("audit skipped: %s", e)
+        return None
+    _stop_on_leak(found, spec)
+    return found
+
+
+def _stop_on_leak(found: Any, spec: TaskSpec) -> None:
+    dup = found.test_duplicates()
+    if spec.audit.mode == "error" and dup:
+        ex = next(r for r in found.rows(None) if r["split_a"] == "test")
+        raise DataError(f"leakage audit: {len(dup)} test case(s) alike a train/val case (e.g. {ex['a']} ~ "
+                        f"{ex['b']}, {'+'.join(ex['kinds'])}); set audit.mode: drop or warn", spec.name)
+
+
+def settle_audit(found: Any, ds: Any, splits: dict[str, list[int]], spec: TaskSpec, store: Any,
+                 enc_pretrained: bool) -> dict[str, Any]:
+    """Adds the cached-feature detector (blocked cosine search), applies the mode (error / drop), prints one
+    warning line, and returns the findings for the record's notes. ``drop`` edits ``splits['test']``."""
+    from medprobe.audit import audit
+
+    a = spec.audit
+    if found is None:
+        return {"mode": a.mode, "ran": False}
+    token = next((t for t in ("cls", "mean") if t in getattr(store, "tokens", ())), None)
+    skipped = (None if not a.features else "random weights: their features say nothing about image content"
+               if not enc_pretrained else "no cls/mean vectors cached (patch grids only)" if token is None else None)
+    if a.features and skipped is None and token is not None:
+        X = store.pooled(token, store.layers[-1])
+        found = audit(ds, splits, near_threshold=a.near_threshold, near_correlation=a.near_correlation,
+                      feature_threshold=a.feature_threshold, features=X.reshape(len(X), -1),
+                      feature_label=f"{token} token, block {store.layers[-1]}", fingerprints=found.fingerprints)
+        _stop_on_leak(found, spec)
+    notes = {"mode": a.mode, "ran": True, **found.to_notes(limit=20)}
+    if skipped:
+        notes["features_skipped"] = skipped
+    dup = set(found.test_duplicates())
+    if a.mode == "drop" and dup:
+        ids = ds.ids()
+        splits["test"] = [i for i in splits["test"] if i not in dup]
+        if not splits["test"]:
+            raise DataError("leakage audit: every test case is alike a train/val case; nothing left to test",
+                            spec.name)
+        notes["dropped_from_test"] = sorted(ids[i] for i in dup)
+    if found.counts()["any"]["across"]:
+        verb = "dropped from test" if a.mode == "drop" else "kept (audit.mode: warn)"
+        print(f"medprobe: warning: {found.summary()}; {verb}", file=sys.stderr, flush=True)
+    return notes
+
+
+def input_facts(ds: Any, found: Any) -> dict[str, Any]:
+    """Input sizes and channel counts: from the audit's fingerprints (every case), else the first case."""
+    from medprobe.audit import input_facts as facts
+
+    if found is not None and found.fingerprints is not None:
+        return facts(found.fingerprints)
+    item = ds.load(0)
+    if not isinstance(item.image, np.ndarray):
+        return {}
+    shape = list(item.spatial_shape)
+    return {"min_shape": shape, "max_shape": shape, "channels": {str(item.n_channels): 1}, "from": "first case"}

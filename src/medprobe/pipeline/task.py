@@ -233,9 +233,28 @@ class MetricsConfig:
     overlays: int = opt(4, norm=to_int(0), type="int", numbers=False, help="overlay figures written per head")
 
 
+@dataclass(frozen=True)
+class AuditConfig:
+    """The leakage audit run before any number is trusted (:mod:`medprobe.audit`): exact and near-duplicate
+    images within and across splits. Only ``mode: drop`` changes numbers (test cases duplicating a train/val
+    case are removed), so the section enters the config hash only then."""
+
+    mode: str = opt("warn", norm=choice("warn", "error", "drop", "off"), type="warn|error|drop|off",
+                    help="cross-split duplicates: warn (one line, findings in the record), error (stop), drop "
+                         "(remove them from test; changes numbers), off (no audit)")
+    near_threshold: int = opt(10, norm=to_int(0, 64), type="int",
+                              help="perceptual-hash candidates: at most this many of 64 bits differ")
+    near_correlation: float = opt(0.97, norm=to_float(-1, 1), type="float",
+                                  help="a candidate is a near duplicate when its 32x32 thumbnails correlate this much")
+    feature_threshold: float = opt(0.98, norm=to_float(0, 1), type="float",
+                                   help="cached-feature near duplicate: centred cosine similarity at least this")
+    features: bool = opt(True, norm=to_bool, type="bool",
+                         help="also compare the run's cached features (blocked similarity search)")
+
+
 _SECTIONS: dict[str, type] = {"split": SplitConfig, "preprocess": PreprocessConfig, "features": FeaturesConfig,
-                              "metrics": MetricsConfig}
-_MERGED = ("data", "preprocess", "features", "metrics", "head_params", "notes", "encoder_options")
+                              "metrics": MetricsConfig, "audit": AuditConfig}
+_MERGED = ("data", "preprocess", "features", "metrics", "head_params", "notes", "encoder_options", "audit")
 
 
 def _section(cls: type) -> Any:
@@ -276,6 +295,8 @@ class TaskSpec:
                                                  help="per head: its hyper-parameters")
     metrics: MetricsConfig = opt(factory=MetricsConfig, norm=_section(MetricsConfig), type="section",
                                  help="metrics")
+    audit: AuditConfig = opt(factory=AuditConfig, norm=_section(AuditConfig), type="section",
+                             help="leakage audit (duplicates across splits)")
     budget: float | str | None = opt(None, norm=_budget, type="fraction|<k>/class|null",
                                      help="share of training labels used (nested per patient)")
     seed: int = opt(0, norm=to_int(), type="int", help="seed of heads, splits and random weights")
@@ -309,6 +330,8 @@ class TaskSpec:
         """Hash of everything that changes this head's numbers: one task gives one hash whether it was
         written as CLI flags, a YAML file or a sweep cell."""
         d = self.numbers_dict()
+        if self.audit.mode != "drop":  # warn / error / off leave every number as it is
+            d.pop("audit", None)
         d.pop("head_params", None)
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
@@ -430,5 +453,5 @@ def config_keys() -> Iterator[tuple[str, str, str, bool, str]]:
         yield describe_field(f, f.name)
 
 
-__all__ = ["FeaturesConfig", "MetricsConfig", "SplitConfig", "TaskSpec", "check_data_options", "config_keys",
-           "load_task", "load_task_raw", "merge_raw", "parse_split", "parse_task", "read_yaml"]
+__all__ = ["AuditConfig", "FeaturesConfig", "MetricsConfig", "SplitConfig", "TaskSpec", "check_data_options",
+           "config_keys", "load_task", "load_task_raw", "merge_raw", "parse_split", "parse_task", "read_yaml"]

@@ -100,4 +100,53 @@ class PreprocessConfig:
         return cls(**d)
 
 
+# ------------------------------------------------------------------------------------------ what was done
+def channel_handling(mode: str, n_channels: int) -> tuple[str, str]:
+    """The channel mode actually applied to ``n_channels``-channel input, and what it did (for the record)."""
+    if mode == "auto":
+        if n_channels == 1:
+            mode = "replicate"
+        elif n_channels in (3, 4):
+            mode = "keep"
+        else:
+            return mode, f"{n_channels}-channel input: auto cannot map it (choose per_channel or first3)"
+    what = {"replicate": "grey replicated to RGB" if n_channels == 1 else
+            f"first of {n_channels} channels replicated to RGB",
+            "keep": "RGB kept" if n_channels == 3 else ("RGBA -> RGB (alpha dropped)" if n_channels == 4 else
+                                                       "RGB kept"),
+            "first3": f"first 3 of {n_channels} channels as RGB",
+            "per_channel": f"each of {n_channels} channels encoded as a grey image, features concatenated"}[mode]
+    return mode, what
 
+
+def geometry_effects(cfg: PreprocessConfig, min_hw: tuple[int, int] | None, max_hw: tuple[int, int] | None
+                     ) -> dict[str, Any]:
+    """Which geometry options acted on inputs of these sizes (2D): resizing (enlarging / shrinking) and
+    anti-aliasing, which acts only when a bilinear or bicubic resize shrinks an image."""
+    res = cfg.resolution
+    if res is None or min_hw is None or max_hw is None:
+        return {"antialias": {"requested": cfg.antialias, "effective": cfg.antialias,
+                              "why": "input sizes not known"}}
+    th, tw = res
+    same = tuple(min_hw) == tuple(max_hw) == (th, tw)
+    if cfg.resize == "pad" or same:
+        action = "none (already the input size)" if same else "zero-padded, no resampling"
+        shrink = enlarge = False
+    else:
+        shrink = max_hw[0] > th or max_hw[1] > tw
+        enlarge = min_hw[0] < th or min_hw[1] < tw
+        action = ("enlarged and shrunk" if shrink and enlarge else "shrunk" if shrink else
+                  "enlarged" if enlarge else "none")
+    sizes = f"{min_hw[0]}x{min_hw[1]}" + ("" if tuple(min_hw) == tuple(max_hw) else f"..{max_hw[0]}x{max_hw[1]}")
+    kernel_aa = cfg.interpolation in ("bilinear", "bicubic")
+    eff = bool(cfg.antialias and kernel_aa and shrink)
+    if not cfg.antialias:
+        why = "off"
+    elif not kernel_aa:
+        why = f"no effect: {cfg.interpolation} resampling has no anti-aliasing"
+    elif not shrink:
+        why = f"no effect: no image is shrunk ({sizes} -> {th}x{tw}, {action}); anti-aliasing acts only when shrinking"
+    else:
+        why = f"applied to images larger than {th}x{tw}"
+    return {"resize": {"mode": cfg.resize, "input": sizes, "target": f"{th}x{tw}", "done": action},
+            "antialias": {"requested": cfg.antialias, "effective": eff, "why": why}}

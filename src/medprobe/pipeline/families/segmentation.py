@@ -3,7 +3,9 @@
 Dataset (optionally ``data.skip_invalid: true``: bad cases are listed and dropped) -> splits (MSD:
 ``split: {folds: 5, fold: 0}``) -> patch features of the tapped blocks (default ``four``, all concatenated) ->
 per head: train on crops, keep the best validation epoch -> predict the test cases at the original voxel grid
--> Dice / IoU / HD95 / ASD / NSD / precision / recall in mm per case -> means with bootstrap CIs -> one
+-> Dice / IoU / HD95 / ASD / NSD / precision / recall per case (distances in mm when the spacing is known:
+volumes, 2D sets with ``spacing`` / ``spacing_csv``; else in pixels, and the record's ``units`` says which)
+-> means with bootstrap CIs -> one
 results row per head + predicted masks (NIfTI in the input file's orientation and affine, PNG for 2D) and
 overlay PNGs under ``<results>/outputs/<run_id>/``.
 
@@ -36,7 +38,7 @@ from medprobe.heads.seg_train import (
     slices_first,
     to_original,
 )
-from medprobe.metrics.segmentation import aggregate_cases, segmentation_metrics
+from medprobe.metrics.segmentation import aggregate_cases, distance_units, segmentation_metrics, spacing_known
 from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, fmt_ci, register_family
 from medprobe.pipeline.task import TaskSpec
 from medprobe.utils import atomic_write_bytes, default_cache_dir
@@ -221,11 +223,20 @@ class SegmentationFamily(TaskFamily):
         m = spec.metrics
         per_case, preds = [], []
         t_inf = time.perf_counter()
+        known: dict[str, bool] = {}
+        sources: set[str] = set()
         for i in ctx.test:
             item = ds.load(i)
+            known[item.id] = spacing_known(item)
+            if known[item.id]:
+                sources.add(str(item.meta.get("spacing_source") or "volume header"))
+            if len(set(known.values())) > 1:  # one unit per metric: mm and pixels never share a mean
+                raise DataError("some test cases have a pixel spacing and others not (distances would mix mm and "
+                                "pixels)", item.source or item.id)
             prob = predict_proba(head, data, i, tcfg, ctx.device)
             pred = item_order(to_original(prob, load_shape(ctx.state["targets"], i), ctx.preprocess), item)
-            per_case.append(segmentation_metrics(pred, np.asarray(item.mask), labels, item.spacing or None,
+            per_case.append(segmentation_metrics(pred, np.asarray(item.mask), labels,
+                                                 (item.spacing or None) if known[item.id] else None,
                                                  nsd_tolerance_mm=m.nsd_tolerance_mm, empty_policy=m.empty_policy))
             preds.append(pred)
         infer_s = time.perf_counter() - t_inf
@@ -242,8 +253,14 @@ class SegmentationFamily(TaskFamily):
             timings={"targets_s": ctx.state["targets_s"], "head_fit_s": round(fit_s, 3),
                      "inference_s": round(infer_s, 3)},
             notes={"history": hist, "val_selection": "mean Dice at the preprocessed size"})
+        mm = all(known.values()) and bool(known)
+        units = distance_units(mm)
+        res.extra["units"] = units
+        res.extra["spacing"] = {"source": sorted(sources) if mm else None, "units": units["hd95"],
+                                "why": None if mm else "2D images without a pixel spacing: distances in pixels"}
+        u = units["hd95"]
         res.table = [f"(fit {fit_s:.0f}s, best epoch {hist['best_epoch']})",
-                     f"{'class':<16} {'Dice':>22} {'HD95 mm':>22} {'ASD mm':>22}"]
+                     f"{'class':<16} {'Dice':>22} {'HD95 ' + u:>22} {'ASD ' + u:>22}"]
         for name in classes[1:]:
             res.table.append(f"{name:<16} {fmt_ci(agg.get(f'dice/{name}'))} {fmt_ci(agg.get(f'hd95/{name}'), 2)} "
                              f"{fmt_ci(agg.get(f'asd/{name}'), 2)}")
