@@ -1,4 +1,4 @@
-"""``medprobe cache list | verify | rm``."""
+"""``medprobe cache list | verify | rm``: the feature cache's entries."""
 
 from __future__ import annotations
 
@@ -8,15 +8,31 @@ from medprobe.cli import common
 from medprobe.errors import ConfigError
 
 
+def _common(p: argparse.ArgumentParser, keys_help: str) -> None:
+    p.add_argument("keys", nargs="*", help=keys_help)
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache root, e.g. /scratch/cache (default ./medprobe-cache or $MEDPROBE_CACHE)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cache", help="inspect, verify or remove cached features")
-    p.add_argument("action", choices=["list", "verify", "rm"])
-    p.add_argument("keys", nargs="*", help="entry keys (prefixes allowed); rm needs keys or --all/--incomplete")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--all", action="store_true", help="rm: every entry")
-    p.add_argument("--incomplete", action="store_true", help="rm: entries without a manifest")
-    p.add_argument("--yes", action="store_true", help="rm --all: confirm removing every entry (listed first)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("cache", help="inspect, verify or remove cached features",
+                       description="Examples: medprobe cache list; medprobe cache verify 3f2a; "
+                       "medprobe cache rm --incomplete")
+    s = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = s.add_parser("list", help="one line per entry: encoder, weights, dataset, resolution, layers, size",
+                      description="Example: medprobe cache list --cache-dir /scratch/cache")
+    _common(ls, "only entries whose key starts with one of these, e.g. 3f2a")
+    vf = s.add_parser("verify", help="check each entry's files against its manifest (exit 1 on a problem)",
+                      description="Example: medprobe cache verify 3f2a")
+    _common(vf, "only entries whose key starts with one of these, e.g. 3f2a (default: every entry)")
+    rm = s.add_parser("rm", help="remove entries (by key prefix, --all or --incomplete)",
+                      description="Example: medprobe cache rm 3f2a 9bc1")
+    _common(rm, "entry keys or prefixes to remove, e.g. 3f2a (or use --all / --incomplete)")
+    rm.add_argument("--all", action="store_true", help="remove every entry")
+    rm.add_argument("--incomplete", action="store_true", help="remove entries without a manifest (killed runs)")
+    rm.add_argument("--yes", action="store_true", help="rm --all: confirm removing every entry (listed first)")
+    for q in (ls, vf, rm):
+        q.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

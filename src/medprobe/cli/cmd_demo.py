@@ -23,7 +23,8 @@ BANNER = """\
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on phantoms (untrained encoder: a pipeline check)")
-    p.add_argument("--out", default="medprobe-demo", help="folder for results.db, feature cache and report")
+    p.add_argument("--out", default="medprobe-demo",
+                   help="folder for results.db, feature cache and report, e.g. /tmp/demo (default medprobe-demo)")
     p.add_argument("--quick", action="store_true", help="smaller data (CI smoke run)")
     p.add_argument("--skip-seg", action="store_true", help="skip the segmentation part")
     p.add_argument("--skip-sweep", action="store_true", help="skip the sweep and report")

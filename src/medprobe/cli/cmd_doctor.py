@@ -11,7 +11,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check torch, device, bf16, optional extras, weights and data roots")
-    p.add_argument("--data-root", action="append", default=[], help="data folder(s) to check")
+    p.add_argument("--data-root", action="append", default=[], help="data folder to check (repeatable), e.g. ~/data")
     p.set_defaults(func=run)
 
 

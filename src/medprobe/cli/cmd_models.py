@@ -9,7 +9,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered encoders and locally found weights")
     p.add_argument("--weights-dir", action="append", default=[], help="folder to search for Meta .pth files "
-                   "(also $MEDPROBE_WEIGHTS, ~/.cache/torch/hub/checkpoints, the HF cache)")
+                   "(repeatable), e.g. ~/weights (also $MEDPROBE_WEIGHTS, ~/.cache/torch/hub/checkpoints, "
+                   "the HF cache)")
     p.add_argument("--verify", action="store_true",
                    help="hash found Meta files against their name (slow for big files)")
     p.set_defaults(func=run)

@@ -11,30 +11,33 @@ from medprobe.errors import ConfigError
 
 
 def _add_common(p: argparse.ArgumentParser, filters: bool = True) -> None:
-    p.add_argument("--db", default=None, help="results database file or folder "
+    p.add_argument("--db", default=None, help="results database file or folder, e.g. runs/ "
                    "(default ./medprobe-results/results.db or $MEDPROBE_RESULTS)")
     if filters:
-        p.add_argument("--task", default=None)
-        p.add_argument("--encoder", default=None)
-        p.add_argument("--head", default=None)
-        p.add_argument("--sweep", default=None, help="sweep id (labels.sweep)")
-        p.add_argument("--config-hash", default=None)
+        p.add_argument("--task", default=None, help="only this task name, e.g. pneumoniamnist")
+        p.add_argument("--encoder", default=None, help="only this encoder, e.g. dinov3-vits16")
+        p.add_argument("--head", default=None, help="only this head, e.g. logreg")
+        p.add_argument("--sweep", default=None, help="only this sweep (labels.sweep), e.g. dinov3-medical")
+        p.add_argument("--config-hash", default=None, help="only this config hash ('medprobe config show'), "
+                       "e.g. 3f2a9c01d4e5b6a7")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("results", help="list, show or export stored results")
+    p = sub.add_parser("results", help="list, show or export stored results",
+                       description="Examples: medprobe results list --metric auc; medprobe results show 3f2a9c01; "
+                       "medprobe results export --csv all.csv. From Python: medprobe.results.load() -> DataFrame")
     rs = p.add_subparsers(dest="results_action", metavar="ACTION", required=True)
     pl = rs.add_parser("list", help="one line per run with one metric and its CI")
     _add_common(pl)
-    pl.add_argument("--metric", default="auc", help="metric to show (default auc)")
-    pl.add_argument("--split", default="test", choices=["test", "val"])
+    pl.add_argument("--metric", default="auc", help="metric to show, e.g. dice or r2 (default auc)")
+    pl.add_argument("--split", default="test", choices=["test", "val"], help="whose metric, e.g. val (default test)")
     pl.set_defaults(func=run_list)
     ps = rs.add_parser("show", help="everything stored for one run")
-    ps.add_argument("run_id", help="run id or a unique prefix")
+    ps.add_argument("run_id", help="run id or a unique prefix, e.g. 3f2a9c01")
     _add_common(ps, filters=False)
     ps.set_defaults(func=run_show)
     pe = rs.add_parser("export", help="CSV with one row per run x metric")
-    pe.add_argument("--csv", required=True, help="output file")
+    pe.add_argument("--csv", required=True, help="output file, e.g. results.csv")
     _add_common(pe)
     pe.set_defaults(func=run_export)
 

@@ -10,40 +10,63 @@ from medprobe.cli import common
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """The flags that set task options (shared by ``run`` and ``config show``)."""
-    p.add_argument("task", nargs="?", help="task YAML (see tasks/ in the repository)")
-    p.add_argument("--dataset", default=None, help="dataset kind:arg, e.g. medmnist:pneumoniamnist, msd:/data/Task04")
-    p.add_argument("--data-root", default=None, help="folder the dataset reads from (data.root)")
+    p.add_argument("task", nargs="?", help="task YAML, e.g. tasks/pneumoniamnist.yaml (flags override its keys)")
+    p.add_argument("--dataset", default=None, help="dataset kind:arg, e.g. medmnist:pneumoniamnist, msd:/data/Task04 "
+                   "('medprobe datasets')")
+    p.add_argument("--data-root", default=None, help="folder the dataset reads from (data.root), e.g. ~/data/medmnist")
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option (repeatable), e.g. --data-opt size=64")
+                   help="dataset option (repeatable), e.g. --data-opt size=64 ('medprobe datasets KIND')")
     p.add_argument("--encoder", default=None, help="encoder registry name, e.g. dinov3-vits16 ('medprobe models')")
     p.add_argument("--weights", default=None,
-                   help="weights: Meta .pth, .safetensors, HF dir, hub id or random[:seed=N]")
+                   help="weights: Meta .pth, .safetensors, HF dir, hub id or random[:seed=N], e.g. random:seed=1")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of Meta checkpoint names")
     p.add_argument("--head", default=None, help="comma list, e.g. logreg,knn (segmentation: decoder2d; "
-                   "regression: ridge)")
+                   "regression: ridge; 'medprobe heads')")
     p.add_argument("--resolution", default=None, help="input size N or HxW, e.g. 224 (default: encoder's native)")
     p.add_argument("--intensity", default=None, help="intensity handling, e.g. ct:lung, mri:percentile, minmax")
-    p.add_argument("--layers", default=None, help="blocks to extract: last, four, all, 2,5,8,11")
+    p.add_argument("--layers", default=None, help="blocks to extract: last, four, all or indices, e.g. 2,5,8,11")
     p.add_argument("--select-layer", type=int, default=None, help="use this one extracted block, e.g. 5")
     p.add_argument("--token", default=None, choices=["cls", "mean", "cls+mean"], help="vector token(s), e.g. cls")
     p.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "off"], help="autocast, e.g. bf16")
     p.add_argument("--batch-size", default=None, help="encoder batch size, e.g. 64")
-    p.add_argument("--split", default=None, help="official | fractions:0.7,0.1,0.2 | folds:5:0 (k folds, fold i)")
+    p.add_argument("--split", default=None,
+                   help="official | fractions:a,b,c | folds:k:i (k folds, fold i), e.g. folds:5:0")
     p.add_argument("--budget", default=None, help="fraction of training labels or <k>/class, e.g. 0.1")
     p.add_argument("--seed", default=None, help="seed, e.g. 0")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
-    p.add_argument("--cache-dir", default=None, help="feature cache root")
-    p.add_argument("--name", default=None, help="task name stored with the rows")
-    p.add_argument("--kind", default=None, help="task family override (default: from the dataset), e.g. segmentation")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu, cuda or cuda:1 (default: cuda when available)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache root, e.g. /scratch/cache (default ./medprobe-cache)")
+    p.add_argument("--name", default=None, help="task name stored with the rows, e.g. pneumonia-224")
+    p.add_argument("--kind", default=None,
+                   help="task family override, e.g. segmentation (default: taken from the dataset's task type; "
+                   "'medprobe config families')")
+
+
+RUN_EPILOG = """\
+where to find the lists:
+  medprobe models        encoders (registry names) and the weights found locally
+  medprobe datasets      dataset kinds (the KIND of --dataset KIND:ARG) and the options each accepts
+  medprobe heads         heads per task family and the parameters each accepts (head_params.<head>.*)
+  medprobe config keys   every task key (YAML or flag), its default and whether it changes numbers
+
+The task family (classification, segmentation, regression) is taken from the dataset's task type; --kind
+overrides it. --dry-run shows what a run would do (config hashes, rows already stored, cached features,
+extraction estimate) and runs nothing."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a task (YAML and/or flags): features -> heads -> metrics with CIs -> results",
                        description="Example: medprobe run --encoder dinov3-vits16 --weights "
                        "~/w/dinov3_vits16_pretrain_lvd1689m-08c60483.pth --dataset medmnist:pneumoniamnist "
-                       "--data-root ~/data/medmnist --resolution 224 --head logreg")
+                       "--data-root ~/data/medmnist --resolution 224 --head logreg",
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_args(p)
-    p.add_argument("--db", default=None, help="results database (default ./medprobe-results/results.db)")
+    p.add_argument("--db", default=None,
+                   help="results database, e.g. runs/ or runs/results.db (default ./medprobe-results/results.db)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, hash per head, rows already stored, cached features and an "
+                   "extraction estimate; run nothing")
     p.set_defaults(func=run)
 
 
@@ -84,9 +107,15 @@ def task_from_args(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medprobe.pipeline.run import run_task
     from medprobe.results import ResultsDB
 
     spec, source = task_from_args(args)
+    if args.dry_run:
+        from medprobe.pipeline.plan import print_plan
+
+        print_plan(spec, db=ResultsDB(args.db) if args.db else ResultsDB(), source=source)
+        return 0
+    from medprobe.pipeline.run import run_task
+
     run_task(spec, db=ResultsDB(args.db) if args.db else None, source=source)
     return 0

@@ -9,12 +9,14 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a sweep YAML (grid of cells); finished cells are skipped",
                        description="Example: medprobe sweep sweeps/demo.yaml --db runs/ --report runs/report.html")
-    p.add_argument("sweep", help="sweep YAML (see sweeps/ and docs/sweeps.md)")
-    p.add_argument("--db", default=None, help="results database (default ./medprobe-results/results.db)")
-    p.add_argument("--cache-dir", default=None, help="feature cache root for every cell (default: each task's)")
+    p.add_argument("sweep", help="sweep YAML, e.g. sweeps/demo.yaml (see docs/sweeps.md)")
+    p.add_argument("--db", default=None, help="results database, e.g. runs/ (default ./medprobe-results/results.db)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache root for every cell, e.g. /scratch/cache (default: each task's)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done; run nothing")
     p.add_argument("--skip-missing-tasks", action="store_true", help="leave out task YAMLs that do not exist")
-    p.add_argument("--report", default=None, metavar="HTML", help="write the report of this sweep afterwards")
+    p.add_argument("--report", default=None, metavar="HTML",
+                   help="write the report of this sweep afterwards, e.g. runs/report.html")
     p.set_defaults(func=run)
 
 

@@ -12,46 +12,61 @@ from medprobe.errors import ConfigError
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder")
-    g.add_argument("--encoder", default="dinov3-vits16", help="registry name (see 'medprobe models')")
+    g.add_argument("--encoder", default="dinov3-vits16",
+                   help="encoder registry name, e.g. dinov3-vits16 (list: 'medprobe models')")
     g.add_argument("--weights", default=None, help="Meta .pth, .safetensors, HF directory, hub id, 'hub', or "
-                   "'random[:seed=N]' (default: random, labelled untrained)")
+                   "'random[:seed=N]', e.g. ~/w/dinov3_vits16_pretrain_lvd1689m-08c60483.pth (default: random, "
+                   "labelled untrained)")
     g.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of Meta checkpoint names")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--onnx-output", default=None, help="ONNX tensor holding the backbone tokens")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--onnx-output", default=None,
+                   help="ONNX encoders: the output tensor holding the backbone tokens, e.g. last_hidden_state")
 
 
 def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (each option is stored with every result)")
-    g.add_argument("--resolution", type=str, default=None, help="input size N or HxW (default: encoder's native)")
+    g.add_argument("--resolution", type=str, default=None,
+                   help="input size N or HxW, e.g. 224 or 512x384 (default: encoder's native)")
     g.add_argument("--intensity", default="auto", help="auto, minmax, uint8, uint16, none, ct:<preset>, "
-                   "ct:<level>,<width>, ct-multi:a,b,c, mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]")
-    g.add_argument("--channels", default="auto", choices=["auto", "replicate", "keep", "per_channel", "first3"])
-    g.add_argument("--resize", default="stretch", choices=["stretch", "pad", "aspect_pad"])
-    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest", "area"])
-    g.add_argument("--slice-axis", type=int, default=None, help="volumes: slice axis (default: axial)")
+                   "ct:<level>,<width>, ct-multi:a,b,c, mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]; "
+                   "e.g. ct:lung")
+    g.add_argument("--channels", default="auto", choices=["auto", "replicate", "keep", "per_channel", "first3"],
+                   help="grey/multi-channel to the encoder's 3 channels, e.g. replicate (default: auto)")
+    g.add_argument("--resize", default="stretch", choices=["stretch", "pad", "aspect_pad"],
+                   help="fit to the input size, e.g. aspect_pad (default: stretch)")
+    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest", "area"],
+                   help="resampling, e.g. bicubic (default: bilinear)")
+    g.add_argument("--slice-axis", type=int, default=None,
+                   help="volumes: the axis slices are cut along, e.g. 2 (default: axial)")
 
 
 def add_extract_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("extraction")
-    g.add_argument("--layers", default="last", help="last, four, all, or indices like 2,5,8,11")
-    g.add_argument("--tokens", default="cls,mean,patch", help="subset of cls,mean,patch")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--layers", default="last",
+                   help="blocks to extract: last, four, all, or 0-based indices, e.g. 2,5,8,11")
+    g.add_argument("--tokens", default="cls,mean,patch",
+                   help="tokens to store, a subset of cls,mean,patch, e.g. cls,mean")
+    g.add_argument("--batch-size", type=int, default=64, help="images per encoder batch, e.g. 32 (default 64)")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast (auto: bf16 on GPU, off on CPU)")
-    g.add_argument("--storage", default="float32", choices=["float32", "float16"])
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    g.add_argument("--cache-dir", default=None, help="feature cache root (default ./medprobe-cache or $MEDPROBE_CACHE)")
-    g.add_argument("--shard", default=None, help="i/n: compute only this shard set (job arrays)")
-    g.add_argument("--no-progress", action="store_true")
+                   help="autocast, e.g. bf16 (auto: bf16 on GPU, off on CPU)")
+    g.add_argument("--storage", default="float32", choices=["float32", "float16"],
+                   help="dtype of cached features, e.g. float16 (half the disk; default float32)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes, e.g. 4 (default 0: read in the main process)")
+    g.add_argument("--cache-dir", default=None,
+                   help="feature cache root, e.g. /scratch/cache (default ./medprobe-cache or $MEDPROBE_CACHE)")
+    g.add_argument("--shard", default=None, help="i/n: compute only this shard set (job arrays), e.g. 0/4")
+    g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
 def add_dataset_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default, required=default is None,
-                   help="kind:arg, e.g. phantom:xray2d-binary, medmnist:pneumoniamnist, msd:/data/Task04")
-    g.add_argument("--data-root", default=None, help="folder the dataset reads from")
+                   help="kind:arg, e.g. phantom:xray2d-binary, medmnist:pneumoniamnist, msd:/data/Task04 "
+                   "(kinds and options: 'medprobe datasets')")
+    g.add_argument("--data-root", default=None, help="folder the dataset reads from, e.g. ~/data/medmnist")
     g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra dataset option (repeatable), e.g. size=64")
+                   help="extra dataset option (repeatable), e.g. size=64 ('medprobe datasets KIND' lists them)")
 
 
 def parse_resolution(s: str | None) -> tuple[int, int] | None:

@@ -11,12 +11,18 @@ import sys
 from medprobe import __version__
 from medprobe.errors import MedprobeError
 
+EPILOG = """\
+Start with: medprobe demo (offline, a pipeline check), then medprobe run --help.
+Lists: medprobe models (encoders), medprobe datasets (dataset kinds), medprobe heads (heads per task family),
+medprobe config keys (every task key). Each COMMAND has --help with examples."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medprobe", description="Benchmark frozen vision foundation models as "
-                                "universal encoders for medical imaging.")
+                                "universal encoders for medical imaging.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"medprobe {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, e.g. medprobe -v run t.yaml")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     import medprobe.cli as pkg
 

@@ -1,0 +1,213 @@
+"""What ``medprobe run`` would do, without doing it (``medprobe run --dry-run``).
+
+The task is resolved the way :func:`medprobe.pipeline.run.run_task` resolves it (dataset, family, heads, family
+defaults, extraction options); then, per head, its config hash and whether the results database already holds
+that row; whether the features are in the cache; and, when they are not, what would be extracted and how long
+it would take: the encoder's GFLOPs per image times the images, at the speed of one measured batch.
+Nothing is written to the results database or the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medprobe.pipeline.task import TaskSpec
+
+MAX_SLICE_PROBE = 16  # volumes opened to count slices; more items: the mean of these, times the item count
+
+
+@dataclass
+class HeadPlan:
+    name: str
+    config_hash: str
+    stored_run: str | None = None  # run id of the stored row with this hash
+    stored_created: str | None = None
+
+
+@dataclass
+class Plan:
+    """The resolved task and what running it would do."""
+
+    spec: TaskSpec  # family-resolved (defaults made explicit)
+    family: str
+    family_from: str  # "kind" (given) or the dataset's task type
+    dataset: str
+    n_items: int
+    n_rows: int  # images, or slices of volumes, the engine would encode
+    rows_exact: bool
+    resolution: tuple[int, int] | None
+    layers: list[int]
+    tokens: tuple[str, ...]
+    cache_key: str | None
+    cached: bool
+    cache_path: str | None
+    heads: list[HeadPlan] = field(default_factory=list)
+    gflops: float | None = None  # per image, to the deepest tapped block
+    measured: dict[str, Any] | None = None  # {rows, seconds, rows_per_s}
+    estimate_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def to_extract(self) -> int:
+        """Images/slices the run would encode (0 when the features are cached)."""
+        return 0 if self.cached else self.n_rows
+
+
+def _count_rows(ds: Any, slice_axis: int | None) -> tuple[int, bool]:
+    """Images the engine encodes: one per 2D item, one per slice of a volume (counted on up to
+    ``MAX_SLICE_PROBE`` volumes, extrapolated beyond)."""
+    n = len(ds)
+    if getattr(ds, "spatial_dims", 2) == 2 or not n:
+        return n, True
+    probe = list(range(n)) if n <= MAX_SLICE_PROBE else [round(i * (n - 1) / (MAX_SLICE_PROBE - 1))
+                                                          for i in range(MAX_SLICE_PROBE)]
+    counts = []
+    for i in probe:
+        it = ds.load(i)
+        axis = slice_axis if slice_axis is not None else it.slice_axis
+        counts.append(int(it.image.shape[axis]))
+    if len(probe) == n:
+        return sum(counts), True
+    return round(sum(counts) / len(counts) * n), False
+
+
+def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure: bool = True) -> Plan:
+    """Resolve ``spec`` as a run would and say what running it would do; writes nothing.
+
+    ``measure``: when the features are not cached, build the encoder and time one batch (in a temporary
+    cache) for the time estimate."""
+    from medprobe.data import Subset
+    from medprobe.encoders.flops import spec_gflops
+    from medprobe.features import lookup
+    from medprobe.features.cache import cache_key
+    from medprobe.features.engine import entry_spec, extract, resolve_preprocess
+    from medprobe.pipeline.common import build_encoder, encoder_identity, extract_config, pick_device
+    from medprobe.pipeline.run import load_dataset, resolve_heads
+    from medprobe.results import ResultsDB
+    from medprobe.utils import default_cache_dir
+
+    db = db if db is not None else ResultsDB()
+    ds, family = load_dataset(spec, source)
+    ds, _ = family.prepare_dataset(ds, spec, False)
+    resolve_heads(spec, family, ds, source)
+    device = pick_device(spec.device)
+    info = encoder_identity(spec)
+    notes: list[str] = []
+    enc = None
+    if info is None:  # hub ids: the identity is known once loaded, as in a run
+        enc = info = build_encoder(spec, device)
+        notes.append("the encoder was loaded to learn its identity (hub id)")
+    rspec = family.resolve(spec, ds, info)
+    cfg = extract_config(rspec, family.tokens)
+    pre = resolve_preprocess(rspec.preprocess, ds, info)
+    key = cache_key(entry_spec(ds, info, pre, cfg, device))
+    root = Path(rspec.cache_dir) if rspec.cache_dir else default_cache_dir()
+    store = lookup(ds, info, rspec.preprocess, cfg, cache_dir=rspec.cache_dir, device=device)
+    layers = list(info.resolve_layers(cfg.layers))
+    if store is not None:
+        n_rows, exact = int(store.offsets[-1]), True
+    else:
+        n_rows, exact = _count_rows(ds, pre.slice_axis)
+    res = tuple(pre.resolution) if pre.resolution else None
+    gflops = None
+    if res is not None:
+        try:
+            gflops = spec_gflops(rspec.encoder, (int(res[0]), int(res[1])), layers)
+        except Exception:  # counting is best effort (exotic backbones); the measured batch still tells
+            gflops = None
+    plan = Plan(spec=rspec, family=family.name, family_from="kind" if spec.kind else ds.task.type,
+                dataset=ds.name, n_items=len(ds), n_rows=n_rows, rows_exact=exact,
+                resolution=(int(res[0]), int(res[1])) if res else None, layers=layers, tokens=cfg.tokens,
+                cache_key=key, cached=store is not None, cache_path=str(root / key), gflops=gflops, notes=notes)
+    for h in spec.heads:
+        hp = HeadPlan(h, spec.config_hash(h))  # the hash of the config as written, as the stored rows carry it
+        row = db.find(hp.config_hash)
+        if row is not None:
+            hp.stored_run, hp.stored_created = row["run_id"], row["created"]
+        plan.heads.append(hp)
+    if plan.cached or not measure or not len(ds):
+        return plan
+    # one quick batch, extracted into a throw-away cache, for the time estimate
+    enc = enc if enc is not None else build_encoder(rspec, device)
+    per_item = max(1.0, n_rows / max(1, len(ds)))
+    k = max(1, min(len(ds), round(cfg.batch_size / per_item)))
+    sub = Subset(ds, list(range(k)), tag="dry-run")
+    with tempfile.TemporaryDirectory(prefix="medprobe-dry-run-") as tmp:
+        t0 = time.perf_counter()
+        probe = extract(sub, enc, rspec.preprocess, dataclasses.replace(cfg, progress=False), cache_dir=tmp,
+                        device=device)
+        dt = time.perf_counter() - t0
+    rows = int(probe.offsets[-1]) if probe is not None else k
+    plan.measured = {"rows": rows, "seconds": round(dt, 3), "rows_per_s": rows / dt if dt > 0 else None}
+    if dt > 0 and rows:
+        plan.estimate_s = n_rows * dt / rows
+    return plan
+
+
+def _fmt_s(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_plan(plan: Plan, db_path: Any) -> str:
+    """The dry-run report: resolved config, hash per head and whether its row is stored, cache state,
+    what would be extracted and an estimate."""
+    out = ["# medprobe run --dry-run: nothing is run or written",
+           yaml.safe_dump(plan.spec.to_dict(), sort_keys=False, default_flow_style=None, width=110).rstrip(),
+           f"# family: {plan.family} (" + ("--kind" if plan.family_from == "kind" else
+                                           f"from the dataset's task type {plan.family_from}") + ")"]
+    out.append(f"heads (config hash; results database {db_path}):")
+    for h in plan.heads:
+        state = (f"row stored: run {h.stored_run[:8]} of {str(h.stored_created)[:16].replace('T', ' ')} (a sweep "
+                 "skips it; run adds another row)" if h.stored_run else "no row stored: will run")
+        out.append(f"  {h.name:<10} {h.config_hash}  {state}")
+    approx = "" if plan.rows_exact else "~"
+    unit = "images" if plan.n_rows == plan.n_items and plan.rows_exact else "images/slices"
+    res = f"{plan.resolution[0]}x{plan.resolution[1]}" if plan.resolution else "?"
+    what = (f"{plan.n_items} items ({approx}{plan.n_rows} {unit}) of {plan.dataset} at {res}, layers "
+            f"{','.join(map(str, plan.layers))}, tokens {','.join(plan.tokens)}")
+    if plan.cached:
+        out.append(f"features: cached ({plan.cache_path}): will extract nothing [{what}]")
+    else:
+        out.append(f"features: not cached (entry {plan.cache_key} under {Path(str(plan.cache_path)).parent}): "
+                   f"will extract {what}")
+        cost = []
+        if plan.gflops is not None:
+            cost.append(f"{plan.gflops:.4g} GFLOP/image x {approx}{plan.n_rows} = "
+                        f"{plan.gflops * plan.n_rows / 1e3:.4g} TFLOP")
+        m = plan.measured
+        if m and m.get("rows_per_s"):
+            rate = f"{m['rows_per_s']:.1f} images/s"
+            if plan.gflops is not None:
+                rate += f" = {plan.gflops * m['rows_per_s']:.4g} GFLOP/s"
+            cost.append(f"one batch of {m['rows']} measured: {rate}")
+        if plan.estimate_s is not None:
+            cost.append(f"estimated extraction ~{_fmt_s(plan.estimate_s)} (first batch includes start-up)")
+        elif m is None:
+            cost.append("no batch measured")
+        out.append("cost: " + "; ".join(cost) if cost else "cost: unknown")
+    out += [f"# {n}" for n in plan.notes]
+    return "\n".join(out)
+
+
+def print_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure: bool = True) -> Plan:
+    """Make the plan and print it (``medprobe run --dry-run``)."""
+    from medprobe.results import ResultsDB
+
+    db = db if db is not None else ResultsDB()
+    plan = make_plan(spec, db=db, source=source, measure=measure)
+    print(format_plan(plan, db.path))
+    return plan
+
+
+__all__ = ["HeadPlan", "Plan", "format_plan", "make_plan", "print_plan"]
