@@ -244,6 +244,33 @@ def exact_pairs(hashes: Sequence[str]) -> np.ndarray:
     return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
+def cached_vectors(entry: str | Path, token: str = "cls") -> tuple[list[str], np.ndarray, int]:
+    """One vector per item from a complete feature-cache entry (its deepest block; slices averaged), read
+    with numpy only: ``(ids, (n, C) array, block)``."""
+    import json
+
+    root = Path(entry)
+    man = root / "manifest.json"
+    if not man.is_file():
+        raise DataError("not a complete feature-cache entry (no manifest.json)", root)
+    m = json.loads(man.read_text(encoding="utf-8"))
+    spec = json.loads((root / "spec.json").read_text(encoding="utf-8"))
+    layer = int(spec["layers"][-1])
+    if token not in spec["tokens"]:
+        raise DataError(f"the entry holds no {token!r} vectors (tokens: {', '.join(spec['tokens'])})", root)
+    parts = []
+    for shard in sorted(root.glob("shard-*")):
+        a = np.load(shard / f"{token}_L{layer}.npy").astype(np.float32)
+        rows = np.load(shard / "rows.npy")
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+        parts.append(np.add.reduceat(a, starts, axis=0) / rows[:, None] if len(rows) else a[:0])
+    X = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    ids = [str(v) for v in m.get("ids", [])]
+    if len(ids) != len(X):
+        raise DataError(f"the entry lists {len(ids)} ids but holds {len(X)} vectors", root)
+    return ids, X, layer
+
+
 # ------------------------------------------------------------------------------------------ the audit
 @dataclass
 class Pair:
@@ -394,5 +421,5 @@ def input_facts(fp: Fingerprints) -> dict[str, Any]:
     return {"min_shape": a.min(0).tolist(), "max_shape": a.max(0).tolist(), "channels": chans}
 
 
-__all__ = ["KINDS", "AuditReport", "Fingerprints", "Pair", "audit", "content_hash", "cosine_pairs", "exact_pairs",
-           "fingerprint", "grey_plane", "hamming_pairs", "input_facts", "phash_bits", "split_names"]
+__all__ = ["KINDS", "AuditReport", "Fingerprints", "Pair", "audit", "cached_vectors", "content_hash", "cosine_pairs",
+           "exact_pairs", "fingerprint", "grey_plane", "hamming_pairs", "input_facts", "phash_bits", "split_names"]
