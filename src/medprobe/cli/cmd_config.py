@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show a task's fully resolved config and hash, or list every config key",
@@ -28,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import yaml
+
     from medprobe.cli.cmd_run import task_from_args
     from medprobe.pipeline.task import check_data_options
 
