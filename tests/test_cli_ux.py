@@ -113,6 +113,10 @@ def test_heads_grouped_by_family(capsys: pytest.CaptureFixture[str]) -> None:
     assert sections["regression"] == ["linear", "ridge"]
     assert {"decoder2d", "decoder3d", "linear"} <= set(sections["segmentation"])
     assert "max_iter=200" in out and "refit_on='train+val'" in out  # parameters with their defaults
+    assert main(["heads", "decoder2d"]) == 0
+    params = capsys.readouterr().out.split("params: ")[1].strip().split(", ")
+    assert "epochs" in {x.split("=")[0] for x in params}
+    assert all("=" in x for x in params), params  # training options show the family's defaults too
     assert main(["heads", "ridge"]) == 0
     assert "classification" not in capsys.readouterr().out
     assert main(["heads", "nope"]) == 2

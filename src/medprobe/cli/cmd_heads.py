@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from typing import Any
 
@@ -15,12 +16,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def param_defaults(cls: type[Any], names: list[str]) -> list[str]:
-    """``name=default`` for each accepted parameter (class ``defaults`` or its ``__init__`` keywords)."""
+def family_defaults(fam: Any) -> dict[str, Any]:
+    """Defaults of parameters a family adds to its heads (training options): the fields of the dataclasses its
+    module uses (e.g. the segmentation family's training config)."""
+    out: dict[str, Any] = {}
+    mod = inspect.getmodule(type(fam))
+    for obj in vars(mod).values() if mod is not None else ():
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                if f.default is not dataclasses.MISSING:
+                    out.setdefault(f.name, f.default)
+    return out
+
+
+def param_defaults(cls: type[Any], names: list[str], fam: Any = None) -> list[str]:
+    """``name=default`` for each accepted parameter (class ``defaults``, its ``__init__`` keywords, then the
+    family's training options)."""
     defaults: dict[str, Any] = dict(getattr(cls, "defaults", None) or {})
     for n, p in inspect.signature(cls.__init__).parameters.items():
         if p.default is not inspect.Parameter.empty:
             defaults.setdefault(n, p.default)
+    for n, v in (family_defaults(fam) if fam is not None else {}).items():
+        if n in names:
+            defaults.setdefault(n, v)
     return [f"{n}={defaults[n]!r}" if n in defaults else n for n in names]
 
 
@@ -46,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         for cls in heads:
             tasks = f" fits {', '.join(cls.tasks)};" if cls.tasks else ""
             print(f"  {cls.name:<10} [{cls.input_kind}]{tasks} {_summary(cls)}")
-            print(f"             params: {', '.join(param_defaults(cls, fam.head_params(cls))) or 'none'}")
+            print(f"             params: {', '.join(param_defaults(cls, fam.head_params(cls), fam)) or 'none'}")
             shown += 1
     if args.name and not shown:
         names = sorted({c.name for c in head_classes()})
