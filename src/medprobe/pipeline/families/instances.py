@@ -67,7 +67,7 @@ DEFINITIONS = ("VOI split/merge in bits (log2) over gt-labelled voxels (gt 0 ign
 class AggloConfig:
     """Agglomeration options (recorded with results)."""
 
-    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    thresholds: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     method: str = "auto"
     select_by: str = "cremi_score"
     seed_threshold: float = 0.5
