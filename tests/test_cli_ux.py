@@ -69,7 +69,9 @@ def test_light_commands_import_no_torch(tmp_path: Path) -> None:
 import sys
 from medprobe.cli.main import main
 for argv in (["--help"], ["results", "list", "--db", {str(tmp_path / "x.db")!r}], ["report", "--help"],
-             ["config", "keys"], ["datasets"], ["datasets", "seg2d"], ["run", "--help"], ["cache", "--help"]):
+             ["config", "keys"], ["datasets"], ["datasets", "seg2d"], ["run", "--help"], ["cache", "--help"],
+             ["cache", "list", "--cache-dir", {str(tmp_path / "c")!r}],
+             ["cache", "verify", "--cache-dir", {str(tmp_path / "c")!r}]):
     try:
         main(argv)
     except SystemExit:

@@ -1,4 +1,11 @@
-"""Features: the extraction engine and the content-addressed, memory-mapped feature cache."""
+"""Features: the extraction engine and the content-addressed, memory-mapped feature cache.
+
+The cache side (listing, verifying, reading entries) is torch-free; the engine (torch) is imported on first
+use of one of its names, so ``medprobe cache`` starts without loading a model library."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from medprobe.features.cache import (
     CorruptEntry,
@@ -9,7 +16,20 @@ from medprobe.features.cache import (
     remove_entry,
     verify_entry,
 )
-from medprobe.features.engine import ExtractConfig, amp_dtype, entry_spec, extract, lookup, resolve_preprocess
+
+if TYPE_CHECKING:
+    from medprobe.features.engine import ExtractConfig, amp_dtype, entry_spec, extract, lookup, resolve_preprocess
+
+_ENGINE = ("ExtractConfig", "amp_dtype", "entry_spec", "extract", "lookup", "resolve_preprocess")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE:
+        from medprobe.features import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'medprobe.features' has no attribute {name!r}")
+
 
 __all__ = ["CorruptEntry", "ExtractConfig", "FeatureStore", "amp_dtype", "cache_key", "entry_spec", "extract",
            "is_entry", "list_entries", "lookup", "remove_entry", "resolve_preprocess", "verify_entry"]
