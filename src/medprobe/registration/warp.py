@@ -39,9 +39,10 @@ def grid_to_disp(grid: torch.Tensor) -> np.ndarray:
 
 
 def affine_register(feat_fixed: torch.Tensor | np.ndarray, feat_moving: torch.Tensor | np.ndarray,
-                    iters: int = 150, lr: float = 0.01, levels: int = 2) -> np.ndarray:
+                    iters: int = 100, lr: float = 0.01, levels: int = 2) -> np.ndarray:
     """Affine transform (normalised coordinates) minimising the SSD of feature maps ``(C, *spatial)``,
-    coarse-to-fine over ``levels`` (each halves the grid); returns the voxel displacement."""
+    coarse-to-fine over ``levels`` grids (the finest at half resolution when the image has >= 16 voxels a
+    side, each further level halves it again); returns the voxel displacement."""
     ff = torch.as_tensor(np.asarray(feat_fixed, dtype=np.float32))[None]
     fm = torch.as_tensor(np.asarray(feat_moving, dtype=np.float32))[None]
     if ff.shape != fm.shape:
@@ -51,8 +52,8 @@ def affine_register(feat_fixed: torch.Tensor | np.ndarray, feat_moving: torch.Te
     theta = torch.nn.Parameter(torch.eye(ndim, ndim + 1)[None].clone())
     for lev in reversed(range(levels)):
         f, m = ff, fm
-        for _ in range(lev):
-            if min(f.shape[2:]) >= 8:
+        for _ in range(lev + 1):
+            if min(f.shape[2:]) >= 16:
                 f, m = pool(f, 2), pool(m, 2)
         opt = torch.optim.Adam([theta], lr=lr)
         for _ in range(iters):
