@@ -180,6 +180,10 @@ def test_run_warns_stops_or_drops(tmp_path: Path, capsys: Any) -> None:
     assert drop["config_hash"] != warn["config_hash"]  # drop changes numbers; warn does not
     stored = {r["run_id"]: r for r in db.runs()}
     assert stored[rows[0]["run_id"]]["labels"]["audit"]["mode"] == "drop"
+    from medprobe.report import build_report
+
+    html = build_report(db, tmp_path / "report.html", pca=False, n_boot=20).read_text()
+    assert "Leakage audit" in html and "test/b/copy00" in html and "dropped from test: 12 case(s)" in html
 
 
 def test_audit_section_in_config_keys_and_hash() -> None:

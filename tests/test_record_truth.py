@@ -176,6 +176,10 @@ def test_spacing_csv_gives_mm_equal_to_pixels_times_spacing(tmp_path: Path) -> N
         np.testing.assert_allclose(v_mm[ok], v_px[ok] * s[ok], rtol=1e-5)
     j = names.index("dice")  # overlap metrics do not depend on the spacing
     np.testing.assert_allclose(p_mm["values"][:, j], p_px["values"][:, j])
+    from medprobe.report import build_report
+
+    md = build_report(tmp_path / "results", tmp_path / "r.html", pca=False, n_boot=20).with_suffix(".md").read_text()
+    assert "distance units: asd in mm, hd95 in mm" in md and "distance units: asd in px, hd95 in px" in md
 
 
 def test_spacing_csv_missing_an_image_is_one_line(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from medprobe.report.analyze import (
     Figure,
     Table,
     analyse_task,
+    audit_table,
     collect,
     compare_task,
     comparisons_table,
@@ -116,6 +117,10 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
             else:
                 sec.children.append(Section("PCA of patch features (as RGB)", f"pca-{_slug(t)}",
                                             notes=[f"panel skipped: {note}"]))
+        at, anotes = audit_table(pts)
+        sec.children.append(Section("Leakage audit", f"audit-{_slug(t)}", tables=[at] if at else [], notes=anotes))
+        if at is not None:
+            all_tables.append(at)
         ov = _overlays(db.root, pts)
         if ov:
             sec.children.append(Section("Segmentation overlays", f"overlays-{_slug(t)}", figures=ov))

@@ -139,7 +139,8 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "test_ids_hash": split.get("test_ids_hash"), "seed": r.get("seed"), "metrics": dict(r.get("metrics") or {}),
             "gflops": comp.get("gflops"), "images_per_s": comp.get("images_per_s"), "peak_mem_mb": mem,
             "params_m": params, "cache_key": labels.get("cache_key"), "config": cfg, "sweep": r.get("sweep"),
-            "preprocess": r.get("preprocess"),
+            "preprocess": r.get("preprocess"), "units": dict(extra.get("units") or {}),
+            "audit": labels.get("audit"),
             "cell": labels.get("cell"), "predictions_path": r.get("predictions_path"),
         })
     return out
@@ -268,9 +269,17 @@ def analyse_task(points: list[dict[str, Any]]) -> TaskReport:
     best = settings[0]
     task.best = best
     better = "higher" if hib else "lower"
+    all_units = sorted({f"{m} in {u}" for p in points for m, u in (p.get("units") or {}).items()
+                        if m in ("hd95", "asd")})
+    if all_units:
+        task.notes.append("distance units: " + ", ".join(all_units))
+    units = {u for p in points if (u := (p.get("units") or {}).get(metric))}
+    if len(units) > 1:
+        task.notes.append(f"{metric} is in {' and '.join(sorted(units))} across these rows: not comparable")
+    head = f"{metric} ({units.pop()})" if len(units) == 1 else metric
 
-    lb = Table(f"{_slug(task.task)}-leaderboard", f"Leaderboard: {task.task} ({metric}, {better} is better)",
-               ["rank", "encoder", "res", "layer", "head", "budget", "seeds", metric, "95% CI", "GFLOPs",
+    lb = Table(f"{_slug(task.task)}-leaderboard", f"Leaderboard: {task.task} ({head}, {better} is better)",
+               ["rank", "encoder", "res", "layer", "head", "budget", "seeds", head, "95% CI", "GFLOPs",
                 "images/s", "peak mem MB", "params M"],
                note="mean over seeds; CI = bootstrap over test cases (mean of the per-seed bounds)",
                raw_columns=["rank", "encoder", "resolution", "layer", "head", "budget", "seeds", metric, "low",
@@ -342,6 +351,30 @@ def analyse_task(points: list[dict[str, Any]]) -> TaskReport:
                    [c, p["label"], p["score"], p["low"], p["high"], p["gflops"], p["images_per_s"]])
         task.tables.append(pt)
     return task
+
+
+def audit_table(points: Sequence[Mapping[str, Any]], limit: int = 30) -> tuple[Table | None, list[str]]:
+    """The leakage audit of a task's latest run: a table of suspicious pairs (test leaks first) and notes."""
+    found = next((p["audit"] for p in sorted(points, key=lambda p: str(p.get("created") or ""), reverse=True)
+                  if isinstance(p.get("audit"), Mapping) and p["audit"].get("ran")), None)
+    if found is None:
+        return None, ["no leakage audit recorded for this task (audit.mode: off, or rows made before the audit)"]
+    notes = [f"{found.get('summary', '')} (audit.mode: {found.get('mode')})"]
+    if found.get("dropped_from_test"):
+        notes.append(f"dropped from test: {len(found['dropped_from_test'])} case(s)")
+    if found.get("features_skipped"):
+        notes.append(f"feature detector skipped: {found['features_skipped']}")
+    t = Table(f"{_slug(str(points[0]['task']))}-audit", f"Leakage audit: suspicious pairs ({points[0]['task']})",
+              ["case a", "case b", "splits", "found by", "hamming", "cosine"],
+              note=f"first {limit} of {found.get('n_pairs', 0)} pairs; exact = identical decoded pixels, hash = "
+                   "perceptual hash confirmed by thumbnail correlation, feature = cached-vector cosine")
+    for r in list(found.get("pairs") or [])[:limit]:
+        t.add([str(r["a"]), str(r["b"]), f"{r['split_a']}/{r['split_b']}", "+".join(r["kinds"]),
+               "" if r.get("hamming") is None else str(r["hamming"]), "" if r.get("cosine") is None
+               else f"{r['cosine']:.4f}"],
+              [r["a"], r["b"], f"{r['split_a']}/{r['split_b']}", "+".join(r["kinds"]), r.get("hamming"),
+               r.get("cosine")])
+    return (t if t.rows else None), notes
 
 
 def _caption(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
