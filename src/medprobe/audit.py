@@ -163,9 +163,9 @@ def fingerprint(ds: Any, cache_dir: str | Path | None = None) -> Fingerprints:
             img, sd, axis = fast[i], 2, 2
         else:
             item = ds.load(i)
-            if not isinstance(item.image, np.ndarray):
-                raise DataError("a region-readable slide has no whole-image fingerprint (audit it by tiles)",
-                                item.source or item.id)
+            if not isinstance(getattr(item, "image", None), np.ndarray):
+                raise DataError("only whole images and volumes are fingerprinted (not slides read by region, "
+                                "not image pairs)", getattr(item, "source", None) or getattr(item, "id", None))
             img, sd, axis = item.image, item.spatial_dims, item.slice_axis
         exact.append(content_hash(img))
         shapes.append(tuple(int(v) for v in img.shape[:sd]))
