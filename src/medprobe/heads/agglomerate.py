@@ -98,9 +98,23 @@ def boundary_map(affs: np.ndarray, n_nn: int | None = None) -> np.ndarray:
     return 1.0 - acc / np.maximum(cnt, 1)
 
 
-def fragments(affs: np.ndarray, seed_threshold: float = 0.5, min_seed_size: int = 4) -> np.ndarray:
-    """Seeded watershed fragments (uint64 ids from 1) from nearest-neighbour affinities ``(C, ...)``."""
+def fragments(affs: np.ndarray, seed_threshold: float = 0.5, min_seed_size: int = 4, in_xy: bool = False
+              ) -> np.ndarray:
+    """Seeded watershed fragments (uint64 ids from 1) from nearest-neighbour affinities ``(C, ...)``;
+    ``in_xy`` (stacks): each section on its own from its in-plane affinities (MALA's choice for anisotropic
+    EM), ids unique over the stack."""
     from scipy import ndimage
+
+    a = np.asarray(affs)
+    if in_xy and a.ndim == 4:
+        k = min(a.shape[0], 3)
+        out = np.zeros(a.shape[1:], np.uint64)
+        base = 0
+        for z in range(a.shape[1]):
+            f = fragments(a[k - 2:k, z], seed_threshold, min_seed_size)
+            out[z] = f + np.uint64(base)
+            base += int(f.max(initial=0))
+        return out
 
     try:
         from skimage.segmentation import watershed
@@ -248,9 +262,11 @@ def _waterz(affs: np.ndarray, thresholds: Sequence[float], frags: np.ndarray | N
 
 
 def agglomerate(affs: np.ndarray, thresholds: Sequence[float], *, method: str = "auto",
-                per_section: bool = False, seed_threshold: float = 0.5) -> dict[float, np.ndarray]:
+                per_section: bool = False, seed_threshold: float = 0.5, fragments_in_xy: bool = True
+                ) -> dict[float, np.ndarray]:
     """Affinities ``(C, [z,] y, x)`` (nearest-neighbour channels first) -> ``{threshold: segmentation}``
-    (uint64, ids from 1). See the module docstring for the scheme and the methods."""
+    (uint64, ids from 1). See the module docstring for the scheme and the methods; a 3D agglomeration starts
+    from per-section fragments (``fragments_in_xy``, default) and merges them across sections."""
     if method not in METHODS:
         raise ConfigError(f"agglomeration method {method!r} must be one of {', '.join(METHODS)}")
     if method == "waterz" and not waterz_available():
@@ -272,12 +288,12 @@ def agglomerate(affs: np.ndarray, thresholds: Sequence[float], *, method: str = 
         return {t: np.stack(v) for t, v in outs.items()}
     if use_waterz:
         try:
-            frags: np.ndarray | None = fragments(a, seed_threshold=seed_threshold)
+            frags: np.ndarray | None = fragments(a, seed_threshold=seed_threshold, in_xy=fragments_in_xy)
         except ConfigError:  # no scikit-image: waterz's own watershed makes the fragments
             frags = None
         segs = _waterz(a, ths, frags)
     else:
-        frags = fragments(a, seed_threshold=seed_threshold)
+        frags = fragments(a, seed_threshold=seed_threshold, in_xy=fragments_in_xy)
         segs = list(merge_fragments(frags, a, ths))
     return dict(zip(ths, segs))
 
