@@ -133,8 +133,9 @@ def convex_adam(feat_fixed: torch.Tensor | np.ndarray, feat_moving: torch.Tensor
     ndim = ff.ndim - 2
     shape = tuple(int(s) for s in ff.shape[2:])
     g, hw, ga = cfg.grid_sp, cfg.disp_hw, cfg.grid_sp_adam
-    if min(shape) < max(g, ga):
-        raise DataError(f"image shape {shape} is smaller than the grid spacing {max(g, ga)}")
+    if min(shape) < 3 * g or min(shape) < 3 * ga:
+        raise DataError(f"image shape {shape} needs at least 3 grid cells per axis (grid spacing {g}, Adam grid "
+                        f"{ga}): lower grid_sp or resample the pair larger")
     pool = _pool(ndim)
     with torch.no_grad():
         cf, cm = pool(ff, g, stride=g), pool(fm, g, stride=g)

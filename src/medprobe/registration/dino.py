@@ -42,7 +42,7 @@ def encoder_dense(encoder: Any, image: np.ndarray, layer: int = -1, axes: Sequen
     """Dense features ``(C, *spatial)`` of a 2D image or a 3D volume (slices along each of ``axes``, averaged
     over axes), from block ``layer`` of ``encoder`` at a ``size`` x ``size`` input."""
     img = torch.from_numpy(normalise_intensity(image))
-    layer = layer if layer >= 0 else encoder.spec.depth + layer
+    layer = layer if layer >= 0 else max(encoder.spec.depth + layer, 0)  # blockless encoders: 0
     if img.ndim == 2:
         return _slices_through(encoder, img[None], layer, size, batch)[0]
     acc: torch.Tensor | None = None
