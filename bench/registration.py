@@ -1,7 +1,7 @@
 """Registration: seconds per 3D pair at 128x128x32 per method (share in features vs optimisation), and
 MSD Task04 hippocampus inter-subject pairs (Dice of warped anterior/posterior labels with 95% CIs).
 
-    python bench/registration.py runtime [--repeat 2] [--methods identity,affine,mind,intensity,dino,dino+mind]
+    python bench/registration.py runtime [--repeat 2] [--methods identity,affine,mind,intensity,dino,elastix]
     python bench/registration.py hippocampus [--pairs 20] [--seed 0] [--data ../shared/data/msd-task04-hippocampus]
 
 Encoders for ``dino``: untrained ``dinov3-vits16`` (random weights: a pipeline/cost check, not a score) and the
@@ -36,6 +36,10 @@ def methods(names: list[str]) -> list[tuple[str, RegistrationHead, Any]]:
             out.append((n, IdentityHead(), None))
         elif n == "affine":
             out.append((n, AffineHead(), None))
+        elif n == "elastix":  # optional extra medprobe[elastix]
+            from medprobe.registration.methods import ElastixHead
+
+            out.append(("elastix affine+B-spline (MI)", ElastixHead(), None))
         elif n in ("mind", "intensity"):
             out.append((f"convexadam[{n}]", ConvexAdamHead(features=n), None))
         elif n in ("dino", "dino+mind"):
