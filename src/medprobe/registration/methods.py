@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from medprobe.errors import ConfigError
 from medprobe.heads.base import register_head
@@ -54,18 +55,22 @@ class IdentityHead(RegistrationHead):
 
 @register_head("affine")
 class AffineHead(RegistrationHead):
-    """Affine transform fitted by Adam on MIND-SSC maps, coarse to fine."""
+    """Affine transform fitted by Adam on MIND-SSC maps, coarse to fine, from the intensity centre-of-mass
+    translation (``com_init``)."""
 
-    def __init__(self, iters: int = 100, lr: float = 0.01, levels: int = 2, seed: int = 0) -> None:
-        self.iters, self.lr, self.levels, self.seed = iters, lr, levels, seed
+    def __init__(self, iters: int = 100, lr: float = 0.01, levels: int = 2, com_init: bool = True,
+                 seed: int = 0) -> None:
+        self.iters, self.lr, self.levels, self.com_init, self.seed = iters, lr, levels, com_init, seed
 
     def register(self, fixed: np.ndarray, moving: np.ndarray, encoder: Any = None
                  ) -> tuple[np.ndarray, dict[str, float]]:
         t0 = time.perf_counter()
-        ff, fm = mind_ssc(normalise_intensity(fixed))[0], mind_ssc(normalise_intensity(moving))[0]
+        nf, nm = normalise_intensity(fixed), normalise_intensity(moving)
+        ff, fm = mind_ssc(nf)[0], mind_ssc(nm)[0]
         t1 = time.perf_counter()
         torch.manual_seed(self.seed)
-        disp = affine_register(ff, fm, self.iters, self.lr, self.levels)
+        shift = np.subtract(ndimage.center_of_mass(nm), ndimage.center_of_mass(nf)) if self.com_init else None
+        disp = affine_register(ff, fm, self.iters, self.lr, self.levels, init_shift=shift)
         return disp, {"features_s": t1 - t0, "optimise_s": time.perf_counter() - t1}
 
 

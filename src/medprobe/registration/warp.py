@@ -6,6 +6,8 @@ Fields are ``(ndim, *spatial)`` voxel displacements along array axes; ``warped(x
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,17 +41,23 @@ def grid_to_disp(grid: torch.Tensor) -> np.ndarray:
 
 
 def affine_register(feat_fixed: torch.Tensor | np.ndarray, feat_moving: torch.Tensor | np.ndarray,
-                    iters: int = 100, lr: float = 0.01, levels: int = 2) -> np.ndarray:
+                    iters: int = 100, lr: float = 0.01, levels: int = 2,
+                    init_shift: Sequence[float] | None = None) -> np.ndarray:
     """Affine transform (normalised coordinates) minimising the SSD of feature maps ``(C, *spatial)``,
     coarse-to-fine over ``levels`` grids (the finest at half resolution when the image has >= 16 voxels a
-    side, each further level halves it again); returns the voxel displacement."""
+    side, each further level halves it again), starting from a translation by ``init_shift`` voxels (array
+    axes; e.g. the centre-of-mass offset); returns the voxel displacement."""
     ff = torch.as_tensor(np.asarray(feat_fixed, dtype=np.float32))[None]
     fm = torch.as_tensor(np.asarray(feat_moving, dtype=np.float32))[None]
     if ff.shape != fm.shape:
         raise DataError(f"fixed features {tuple(ff.shape[1:])} and moving features {tuple(fm.shape[1:])} differ")
     ndim = ff.ndim - 2
     pool = F.avg_pool3d if ndim == 3 else F.avg_pool2d
-    theta = torch.nn.Parameter(torch.eye(ndim, ndim + 1)[None].clone())
+    start = torch.eye(ndim, ndim + 1)[None].clone()
+    if init_shift is not None:  # normalised (align_corners=False) units, grid axis order (last array axis first)
+        shape = ff.shape[2:]
+        start[0, :, ndim] = torch.tensor([2.0 * float(s) / n for s, n in zip(init_shift, shape)][::-1])
+    theta = torch.nn.Parameter(start)
     for lev in reversed(range(levels)):
         f, m = ff, fm
         for _ in range(lev + 1):
