@@ -25,10 +25,11 @@ from medprobe.analysis import (
 )
 from medprobe.errors import MedprobeError
 
-LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "are", "arand", "cremi_score", "hd95", "asd", "loss", "brier", "ece",
-                   "tre", "mae", "rmse", "folding_pct", "folding_fraction", "std_log_jacobian", "hd95_px", "asd_px"}
+LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "are", "arand", "cremi_score", "hd95", "asd", "loss", "brier",
+                   "ece", "tre", "mae", "rmse", "folding_pct", "folding_fraction", "std_log_jacobian", "hd95_px",
+                   "asd_px"}
 PRIMARY = {"classification": ("auc", "acc", "balanced_acc"), "segmentation": ("dice", "miou", "iou"),
-           "registration": ("dice",)}
+           "registration": ("dice",), "regression": ("r2", "mae"), "instances": ("arand", "voi")}
 CLASSIFICATION_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
 
 
