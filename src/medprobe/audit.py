@@ -357,7 +357,7 @@ def split_names(n: int, splits: Mapping[str, Sequence[int]] | None) -> list[str]
 
 
 def audit(ds: Any, splits: Mapping[str, Sequence[int]] | None = None, *, near_threshold: int = 10,
-          near_correlation: float = 0.97, feature_threshold: float = 0.98, features: np.ndarray | None = None,
+          near_correlation: float = 0.97, feature_threshold: float = 0.998, features: np.ndarray | None = None,
           feature_label: str | None = None,
           cache_dir: str | Path | None = None, fingerprints: Fingerprints | None = None) -> AuditReport:
     """Audit ``ds`` for duplicates within and across ``splits`` (``{name: case indices}``; None: the whole

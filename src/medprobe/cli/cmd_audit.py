@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default=None, metavar="CACHE_ENTRY",
                    help="a feature-cache entry folder of this dataset: also compare its cls vectors, e.g. "
                    "medprobe-cache/0123abcd...")
-    p.add_argument("--feature-threshold", type=float, default=0.98,
-                   help="cached vectors: centred cosine similarity at least this is a near duplicate, e.g. 0.98")
+    p.add_argument("--feature-threshold", type=float, default=0.998,
+                   help="cached vectors: centred cosine similarity at least this is a near duplicate, e.g. 0.998")
     p.add_argument("--cache-dir", default=None,
                    help="where fingerprints are cached (default ./medprobe-cache or $MEDPROBE_CACHE), e.g. /tmp/c")
     p.add_argument("--show", type=int, default=20, help="pairs printed (test leaks first), e.g. --show 50")
