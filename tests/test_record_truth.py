@@ -210,3 +210,33 @@ def test_csv_manifest_spacing_column(tmp_path: Path) -> None:
     (tmp_path / "set" / "m.csv").write_text("\n".join(rows[:2] + [rows[2].rsplit(",", 1)[0] + ",-1"]) + "\n")
     with pytest.raises(DataError, match=r"m.csv: row 2 \(line 3\), column 'px': pixel spacing '-1'"):
         create_dataset(f"csv:{tmp_path / 'set' / 'm.csv'}", label_columns="label", spacing_column="px")
+
+
+def test_dicom_header_gives_2d_spacing(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from medprobe.data import create_dataset
+
+    arr = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    for k, sp in enumerate(([0.14, 0.15], None)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(tmp_path / f"{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns = arr.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        if sp is not None:
+            ds.ImagerPixelSpacing = sp
+        ds.PixelData = arr.tobytes()
+        ds.save_as(str(tmp_path / f"{k}.dcm"), enforce_file_format=True) if int(pydicom.__version__[0]) >= 3 \
+            else ds.save_as(str(tmp_path / f"{k}.dcm"), write_like_original=False)
+    (tmp_path / "m.csv").write_text("path,label\n0.dcm,0\n1.dcm,1\n")
+    ds = create_dataset(f"csv:{tmp_path / 'm.csv'}", label_columns="label")
+    a, b = ds.load(0), ds.load(1)
+    assert a.spacing == pytest.approx((0.14, 0.15)) and a.meta["spacing_source"] == "DICOM header (ImagerPixelSpacing)"
+    assert "spacing_source" not in b.meta  # no header spacing: pixels

@@ -12,8 +12,9 @@
   :class:`DataError` naming the CSV, row and column;
 * optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``;
 * 2D pixel spacing per image: ``spacing_column`` (mm per pixel: one number, or ``"row,col"`` / ``"rowxcol"``;
-  e.g. HC18's ``pixel size(mm)``) or one ``spacing`` for every image; items then carry
-  ``meta['spacing_source']`` and distances are in mm; without either, 2D spacing is unknown (pixels).
+  e.g. HC18's ``pixel size(mm)``) or one ``spacing`` for every image, else a DICOM file's ``PixelSpacing``
+  (or ``ImagerPixelSpacing``); items then carry ``meta['spacing_source']`` and distances are in mm; without
+  any of them, 2D spacing is unknown (pixels).
 
 Worked examples: ``nih14:`` (NIH ChestX-ray14) and ``rsna-pneumonia:`` (RSNA Pneumonia Detection).
 Bad label values and missing files raise :class:`DataError` naming the CSV, row and value / path;
@@ -144,6 +145,26 @@ def parse_spacing(value: Any, where: str, column: str, source: Path | str | None
         raise DataError(f"{where}, column {column!r}: pixel spacing {value!r} is not {ndim} positive numbers (mm)",
                         source=source)
     return vals
+
+
+def dicom_pixel_spacing(path: Path) -> tuple[tuple[float, float], str] | None:
+    """``((row, col) mm, tag)`` from a 2D DICOM header (``PixelSpacing``, else ``ImagerPixelSpacing``); None
+    when the file is not DICOM or says nothing (its header only is read)."""
+    from medprobe.data.io import is_dicom_file, suffix_of
+
+    if suffix_of(path) not in (".dcm", ".dicom") and not is_dicom_file(path):
+        return None
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # unreadable headers are reported by the image reader
+        return None
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        v = getattr(ds, tag, None)
+        if v is not None and len(v) == 2 and all(float(x) > 0 for x in v):
+            return (float(v[0]), float(v[1])), tag
+    return None
 
 
 def split_columns(columns: Sequence[str] | str | None, header: Sequence[str] = ()) -> list[str]:
@@ -384,9 +405,12 @@ class ManifestDataset(Dataset):
                         meta={"split": r.split} if r.split else {})
         img = read_image(r.path)
         meta: dict[str, Any] = {"split": r.split} if r.split else {}
+        spacing: tuple[float, ...] = r.spacing or (1.0, 1.0)
         if r.spacing is not None and self.spacing_source:
             meta["spacing_source"] = self.spacing_source
-        return Item(id=r.id, image=img, spatial_dims=2, spacing=r.spacing or (1.0, 1.0), label=label,
+        elif (hdr := dicom_pixel_spacing(r.path)) is not None:
+            spacing, meta["spacing_source"] = hdr[0], f"DICOM header ({hdr[1]})"
+        return Item(id=r.id, image=img, spatial_dims=2, spacing=spacing, label=label,
                     patient=r.patient, source=str(r.path), meta=meta)
 
     def fingerprint(self) -> str:
@@ -544,6 +568,5 @@ def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_d
 
 
 __all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "create_csv_dataset", "create_nih14",
-           "create_rsna_pneumonia", "parse_label", "parse_multilabel_cell", "parse_spacing", "parse_target",
-           "read_csv_rows",
-           "records_from_csv", "split_columns"]
+           "create_rsna_pneumonia", "dicom_pixel_spacing", "parse_label", "parse_multilabel_cell", "parse_spacing",
+           "parse_target", "read_csv_rows", "records_from_csv", "split_columns"]
