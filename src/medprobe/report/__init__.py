@@ -43,6 +43,44 @@ def _overlays(db_root: Path, points: list[dict[str, Any]], limit: int = 6) -> li
     return figs
 
 
+def _audit_thumbnails(points: list[dict[str, Any]], limit: int = 6) -> tuple[list[Figure], str | None]:
+    """Side-by-side thumbnails of the first suspicious pairs of a task's audit (its dataset re-opened)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from medprobe.audit import grey_plane
+    from medprobe.data import create_dataset
+
+    found = next((p["audit"] for p in points if isinstance(p.get("audit"), dict) and p["audit"].get("pairs")), None)
+    if found is None:
+        return [], None
+    cfg = next(p["config"] for p in points if p.get("audit") is found)
+    try:
+        ds = create_dataset(cfg["dataset"], **{k: v for k, v in (cfg.get("data") or {}).items()
+                                               if k != "skip_invalid"})
+        where = {c: i for i, c in enumerate(ds.ids())}
+
+        def thumb(cid: str) -> np.ndarray:
+            it = ds.load(where[cid])
+            a = grey_plane(np.asarray(it.image), it.spatial_dims, it.slice_axis)
+            lo, hi = np.percentile(a, [1, 99]) if a.size else (0.0, 1.0)
+            g = (np.clip((a - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).astype(np.uint8)
+            return np.asarray(Image.fromarray(g).resize((96, 96), Image.Resampling.NEAREST))
+
+        figs = []
+        for r in found["pairs"][:limit]:
+            both = np.concatenate([thumb(r["a"]), np.full((96, 4), 255, np.uint8), thumb(r["b"])], axis=1)
+            buf = io.BytesIO()
+            Image.fromarray(both).save(buf, format="PNG")
+            figs.append(Figure(f"audit-{r['a']}-{r['b']}", f"{r['a']} ~ {r['b']}", buf.getvalue(),
+                               f"{r['split_a']}/{r['split_b']}, {'+'.join(r['kinds'])}"))
+        return figs, None
+    except Exception as e:  # the data moved or is not readable here: the table still stands
+        return [], f"thumbnails unavailable ({type(e).__name__}: {e})"
+
+
 def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | None = None,
                  cache_dir: str | Path | None = None, title: str | None = None, n_boot: int = 1000,
                  pca: bool = True, pca_live: bool = True, pca_images: int = 3) -> Path:
@@ -118,7 +156,9 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
                 sec.children.append(Section("PCA of patch features (as RGB)", f"pca-{_slug(t)}",
                                             notes=[f"panel skipped: {note}"]))
         at, anotes = audit_table(pts)
-        sec.children.append(Section("Leakage audit", f"audit-{_slug(t)}", tables=[at] if at else [], notes=anotes))
+        thumbs, tnote = _audit_thumbnails(pts)
+        sec.children.append(Section("Leakage audit", f"audit-{_slug(t)}", tables=[at] if at else [],
+                                    notes=anotes + ([tnote] if tnote else []), figures=thumbs))
         if at is not None:
             all_tables.append(at)
         ov = _overlays(db.root, pts)
