@@ -216,6 +216,8 @@ def _multinomial_path(X: torch.Tensor, y: torch.Tensor, k: int, Cs: np.ndarray, 
 class LogRegHead(Head):
     """L2 logistic regression with C chosen on validation (DINOv3 protocol), see module docstring."""
 
+    precision = "fp64 (fp32 Hessian steps)"  # recorded with each result
+
     tasks = ("binary", "multiclass", "multilabel", "ordinal")
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,

@@ -89,6 +89,8 @@ def _sym_eig(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RidgeHead(Head):
     """Ridge regression with alpha chosen on validation from one eigendecomposition (see module docstring)."""
 
+    precision = "fp64"  # recorded with each result
+
     tasks = ("regression",)
     input_kind = "vector"
 

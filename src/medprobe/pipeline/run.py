@@ -151,16 +151,12 @@ def _check_writable(folder: Path) -> None:
         raise ConfigError(f"results folder is not writable ({e.strerror})", folder) from None
 
 
-_HEAD_DTYPES = {"logreg": "fp64 (fp32 Hessian steps)", "ridge": "fp64"}  # heads not in plain float32
-
-
 def head_precision(head_cls: Any, res: HeadResult) -> str:
     """The head's arithmetic: a declared ``precision``, a decoder trained under bf16 autocast, else fp32."""
     train = res.head_params.get("train") if isinstance(res.head_params, dict) else None
     if isinstance(train, dict) and train.get("amp") == "bf16":
         return "bf16 autocast (decoder training)"
-    name = getattr(head_cls, "name", res.head)
-    return str(getattr(head_cls, "precision", None) or _HEAD_DTYPES.get(name, "fp32"))
+    return str(getattr(head_cls, "precision", None) or "fp32")  # heads not in plain float32 declare it
 
 
 def head_tokens(head_cls: Any, spec: TaskSpec) -> list[str]:
