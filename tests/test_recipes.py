@@ -237,9 +237,15 @@ def test_unregistered_names_are_clean_errors(tmp_path: Path, capsys: pytest.Capt
 
 
 def _names_compared(path: Path) -> list[tuple[int, str]]:
-    """String constants compared with ==, !=, in, not in (incl. tuples/sets of them) in one module."""
+    """String constants compared with ==, !=, in, not in (incl. tuples/sets of them), or used as the keys of a
+    dict literal (a lookup table by name is a branch too), in one module."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nested = {id(v) for d in ast.walk(tree) if isinstance(d, ast.Dict) for v in d.values}  # config values
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and id(node) not in nested:
+            out += [(node.lineno, k.value) for k in node.keys
+                    if isinstance(k, ast.Constant) and isinstance(k.value, str)]
         if isinstance(node, ast.Compare):
             for side in [node.left, *node.comparators]:
                 consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
