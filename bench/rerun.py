@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                "--encoder", args.encoder, "--resolution", str(args.resolution), "--head", args.head,
                "--amp", args.amp, "--device", args.device, "--cache-dir", str(work / "cache"), "--db", str(db)]
         cold, _ = _run(cmd)
-        cached, out = _run(cmd)
+        cached, out = _run([*cmd, "--rerun"])  # the same task again: fit and store the head once more
         if "[features from cache]" not in out or "features cached" not in out:
             raise SystemExit("rerun bench: the second run did not report cached features:\n" + out)
 

@@ -179,9 +179,13 @@ def test_same_config_same_numbers_and_cached_rerun(shared_data: Path, tmp_path: 
         assert np.array_equal(pa["y_score"], pb["y_score"]) and np.array_equal(pa["ids"], pb["ids"])
         assert a[h]["timings"]["cached"] is False
 
+    # the same task again: every head is already stored, so nothing runs and no row is added
+    assert _run(tmp_path, "det", flags, db=db1, cache=tmp_path / "a" / "cache") == db1
+    assert len(ResultsDB(db1).runs()) == len(HEADS_2D)
+    assert capsys.readouterr().err.count("already stored with this config") == len(HEADS_2D)
     # re-run on the first cache: extraction is skipped, the log and the table say so, numbers are the same
     caplog.clear()
-    _run(tmp_path, "det", flags, db=db1, cache=tmp_path / "a" / "cache")
+    _run(tmp_path, "det", [*flags, "--rerun"], db=db1, cache=tmp_path / "a" / "cache")
     assert "features cached" in caplog.text and "skipping extraction" in caplog.text
     assert "[features from cache]" in capsys.readouterr().out
     rows = ResultsDB(db1).runs()

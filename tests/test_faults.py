@@ -232,3 +232,95 @@ def test_hf_folder_with_truncated_safetensors_or_pickle_is_one_line(tmp_path: Pa
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err and str(folder) in err
     assert not marker.exists()
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines()
+           if not ln.startswith(("extract ", "medprobe: head ", "medprobe: warning:"))]
+    assert len(err) == 1 and err[0].startswith("medprobe: error:") and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--device", "foo"], "device: 'foo' is not a device"),
+    (["--device", "cuda"], "torch sees no CUDA device"),
+])
+def test_cli_values_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                     needle: str) -> None:
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-CUDA case cannot happen here")  # never in CI (CPU only)
+    assert main(["run", *FLAGS, *extra, "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert needle in _one_line_error(capsys)
+
+
+def test_non_utf8_yaml_and_unknown_dataset_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medprobe.data.io import write_png
+
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert main(["run", str(bad), "--db", str(tmp_path / "db")]) == 2
+    assert str(bad) in _one_line_error(capsys)
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / "imgs" / c / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    argv = ["run", "--dataset", f"folder:{tmp_path / 'imgs'}", "--data-opt", "limit=60", "--encoder", "none",
+            "--db", str(tmp_path / "db")]
+    assert main(argv) == 2
+    assert "unknown key 'data.limit'" in _one_line_error(capsys)
+
+
+def test_stray_label_in_an_untyped_csv_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medprobe.data.io import write_png
+
+    rows = ["path,label"]
+    for i in range(12):
+        write_png(tmp_path / f"{i}.png", np.full((16, 16), i * 10, np.uint8))
+        rows.append(f"{i}.png,{7 if i == 5 else i % 2}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["run", "--dataset", f"csv:{tmp_path / 'labels.csv'}", "--data-opt", "label_columns=label",
+                 "--encoder", "none", "--db", str(tmp_path / "db")]) == 2
+    err = _one_line_error(capsys)
+    assert "labels.csv" in err and "label 7 makes classes 0..7" in err and "row 6" in err
+
+
+def test_non_finite_features_never_reach_a_solver(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from medprobe.features.cache import FeatureStore
+
+    real = FeatureStore.pooled
+
+    def poisoned(self, *a, **k):  # type: ignore[no-untyped-def]
+        x = real(self, *a, **k).copy()
+        x[3, 0] = np.inf
+        return x
+
+    monkeypatch.setattr(FeatureStore, "pooled", poisoned)
+    assert main(["run", *FLAGS, "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "NaN or infinite" in _one_line_error(capsys)
+
+
+def test_cache_folder_removed_mid_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from medprobe.pipeline.families.classification import ClassificationFamily
+
+    real = ClassificationFamily.prepare
+
+    def vanish(self, ctx):  # type: ignore[no-untyped-def]
+        shutil.rmtree(tmp_path / "c")  # someone cleans the cache while the task runs
+        return real(self, ctx)
+
+    monkeypatch.setattr(ClassificationFamily, "prepare", vanish)
+    assert main(["run", *FLAGS, "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "No such file or directory" in _one_line_error(capsys)
+
+
+def test_report_md_escapes_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    assert main(["run", *FLAGS, "--name", evil, "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert main(["report", "--db", str(tmp_path / "db"), "--out", str(tmp_path / "r.html"), "--no-pca"]) == 0
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in md and evil not in md and evil not in html

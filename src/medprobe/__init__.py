@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 FEATURE_FORMAT_VERSION = 1
 
 
-def run(task: Any, db: Any = None, verbose: bool = True) -> list[dict[str, Any]]:
+def run(task: Any, db: Any = None, verbose: bool = True, rerun: bool = False) -> list[dict[str, Any]]:
     """Run one task and return the rows it wrote to the results database (one per head: ``run_id``, ``head``,
     ``metrics`` {name: (value, low, high)}, ``record``).
 
     ``task``: a :class:`~medprobe.pipeline.TaskSpec`, a task YAML path, or a mapping of task options (as in a
     YAML file); ``db``: a :class:`~medprobe.results.ResultsDB` or a database path (default
-    ``./medprobe-results/results.db``)."""
+    ``./medprobe-results/results.db``); ``rerun``: run heads whose row is already stored again."""
     from medprobe.errors import ConfigError
     from medprobe.pipeline.task import TaskSpec, load_task, parse_task
 
@@ -41,7 +41,7 @@ def run(task: Any, db: Any = None, verbose: bool = True) -> list[dict[str, Any]]
     from medprobe.results import ResultsDB
 
     rdb = ResultsDB(db) if isinstance(db, (str, Path)) else db
-    return run_task(spec, db=rdb, verbose=verbose, source=source)
+    return run_task(spec, db=rdb, verbose=verbose, source=source, rerun=rerun)
 
 
 __all__ = ["FEATURE_FORMAT_VERSION", "__version__", "run"]

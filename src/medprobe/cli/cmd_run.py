@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, hash per head, rows already stored, cached features and an "
                    "extraction estimate; run nothing")
+    p.add_argument("--rerun", action="store_true",
+                   help="run heads whose row is already stored with the same config again (default: skip them), "
+                   "e.g. after changing code")
     p.set_defaults(func=run)
 
 
@@ -117,5 +120,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from medprobe.pipeline.run import run_task
 
-    run_task(spec, db=ResultsDB(args.db) if args.db else None, source=source)
+    run_task(spec, db=ResultsDB(args.db) if args.db else None, source=source, rerun=args.rerun)
     return 0

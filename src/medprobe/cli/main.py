@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
+    except OSError as e:  # the machine said no (disk full, permissions, a folder removed under a running task)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"medprobe: error: {where}{e.strerror or type(e).__name__} (errno {e.errno})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("medprobe: interrupted (finished work is kept; rerun to resume)", file=sys.stderr)
         return 130

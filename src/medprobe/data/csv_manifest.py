@@ -259,6 +259,12 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                                 "non-negative integer (pass classes=... for named labels)", source=csv_path)
             vals.append(iv)
         k = max(vals, default=1) + 1
+        absent = sorted(set(range(k)) - set(vals))
+        if k > 2 and absent:  # e.g. a stray 7 in a 0/1 column would silently make an 8-class task
+            r = vals.index(k - 1) + 1
+            raise DataError(f"{_where(r, rows[r - 1][0])}, column {col!r}: label {k - 1} makes classes 0..{k - 1}, "
+                            f"but {', '.join(map(str, absent[:5]))}{' ...' if len(absent) > 5 else ''} never "
+                            "occur: a typo? (give task=... and classes=... to declare the classes)", source=csv_path)
         info = TaskInfo("binary", ("0", "1")) if k <= 2 else TaskInfo("multiclass", tuple(map(str, range(k))))
     elif info is None:
         info = TaskInfo("none")

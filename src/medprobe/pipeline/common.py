@@ -60,6 +60,17 @@ def make_splits(ds: Dataset, spec: TaskSpec, labels: list[Any] | None = None,
     for k in ("train", "test"):  # a split column without any 'test' rows gives no 'test' key at all
         if not s.get(k):
             raise DataError(f"split {k!r} is empty (no case is assigned to it)", source=source or spec.name)
+    # validation asked for (a non-zero share) must hold cases; none asked for (fractions [train, test] or
+    # [a, 0, b], val_fraction 0, an official split without val) means heads select on an internal hold-out of
+    # the training cases, which each head records
+    if done.get("kind") == "generated":
+        fr = list(done["fractions"])
+        asked = len(fr) == 3 and fr[1] > 0
+    else:
+        asked = split.kind == "folds" and split.val_fraction > 0
+    if asked and not s["val"]:
+        raise DataError("split 'val' is empty although validation cases were asked for (too few patients for the "
+                        "share?); use a larger share or no validation split", source=source or spec.name)
     validate_splits({k: v for k, v in s.items() if v or k != "val"}, patients, source=source or spec.name)
     if info is not None:
         info.update(done)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medprobe.errors import ConfigError
+from medprobe.errors import ConfigError, DataError
 from medprobe.pipeline.task import TaskSpec
 
 FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
@@ -187,7 +187,23 @@ def feature_matrix(ctx: RunContext) -> np.ndarray:
     """One vector per case: chosen token(s) x chosen block(s), slices pooled per volume."""
     f = ctx.spec.features
     parts = [ctx.store.pooled(t, layer, f.pooling) for layer in ctx.layers for t in _TOKENS[f.token]]
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    check_finite(X, ctx)
+    return X
+
+
+def check_finite(X: np.ndarray, ctx: RunContext) -> None:
+    """Features that are NaN/inf or absurdly large never reach a solver: one line naming the cache entry."""
+    bad = ~np.isfinite(X)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        ids = ctx.dataset.ids()
+        raise DataError(f"features of {len(rows)} case(s) are NaN or infinite (first: {ids[rows[0]]}); the encoder "
+                        "overflowed (try features.amp: off) or the cache entry is damaged", ctx.store.path)
+    big = float(np.abs(X).max(initial=0.0))
+    if big > 1e12:
+        raise DataError(f"features reach {big:.3g}: absurd for an encoder's output (damaged cache entry?)",
+                        ctx.store.path)
 
 
 def feature_bags(ctx: RunContext) -> list[np.ndarray]:

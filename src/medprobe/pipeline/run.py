@@ -88,9 +88,13 @@ def resolve_heads(spec: TaskSpec, family: TaskFamily, ds: Any, source: str | Non
     return out
 
 
-def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str | None = None) -> list[dict[str, Any]]:
+def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str | None = None,
+             rerun: bool = False) -> list[dict[str, Any]]:
     """Run every head of a task (any family); each head becomes one results row. Returns the rows
-    (``{run_id, head, metrics, record, ...}``)."""
+    (``{run_id, head, metrics, record, ...}``).
+
+    A head whose row is already stored with the same config hash is not run again (one line says so; its
+    stored row is returned with ``skipped: True``) unless ``rerun``."""
     from medprobe.results import ResultsDB, collect_environment
 
     t_total = time.perf_counter()
@@ -100,6 +104,18 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     heads = resolve_heads(spec, family, ds, source)
     db = db if db is not None else ResultsDB()
     _check_writable(Path(db.path).parent)
+    stored: list[dict[str, Any]] = []
+    if not rerun:
+        for name, _cls in heads:
+            row = db.find(spec.config_hash(name))
+            if row is not None:
+                print(f"medprobe: head {name}: already stored with this config (run {row['run_id'][:10]}): "
+                      "skipped (--rerun runs it again)", file=sys.stderr, flush=True)
+                stored.append({"run_id": row["run_id"], "head": name, "metrics": row["metrics"], "record": row,
+                               "skipped": True})
+        heads = [(n, c) for n, c in heads if n not in {r["head"] for r in stored}]
+        if not heads:
+            return stored
     device = pick_device(spec.device)
     info = encoder_identity(spec)
     if info is None:  # identity known only once loaded (hub ids): build now, extraction reuses it
@@ -138,7 +154,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
                      "result": res})
     if verbose:
         print_table(ctx, family, [r for r, _ in results], db.path)
-    return rows
+    return rows + stored
 
 
 def _check_writable(folder: Path) -> None:
@@ -216,7 +232,8 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
         "device": str(ctx.device),
         "timings": {**ctx.extraction["timing"], **res.timings,
                     "total_s": round(time.perf_counter() - t_total, 3)},
-        "compute": ctx.extraction["compute"],
+        "compute": {**ctx.extraction["compute"],  # the features' device is the one that extracted them
+                    "devices": {"features": ctx.extraction["compute"].get("device"), "heads": str(ctx.device)}},
         "notes": {**spec.notes, "family": family.name, "untrained": not enc.pretrained,
                   "cache_key": ctx.extraction["cache_key"], "features": spec.to_dict()["features"],
                   **ctx.notes, **res.notes},

@@ -123,33 +123,38 @@ def render_html(title: str, header_html: str, banner: str | None, sections: Sequ
 """
 
 
+def _md_text(s: Any) -> str:
+    """Text for Markdown: names from datasets and files never become live HTML there (``<``, ``>``, ``&``)."""
+    return html.escape(str(s), quote=False)
+
+
 def _md_cell(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    return _md_text(s).replace("|", "\\|").replace("\n", " ")
 
 
 def table_md(t: Table) -> str:
-    lines = [f"### {t.title}", "", "| " + " | ".join(_md_cell(c) for c in t.columns) + " |",
+    lines = [f"### {_md_text(t.title)}", "", "| " + " | ".join(_md_cell(c) for c in t.columns) + " |",
              "|" + "|".join("---" for _ in t.columns) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     if t.note:
-        lines += ["", f"_{t.note}_"]
+        lines += ["", f"_{_md_text(t.note)}_"]
     return "\n".join(lines) + "\n"
 
 
 def render_md(title: str, header_lines: list[str], banner: str | None, sections: Sequence[Section]) -> str:
-    out = [f"# {title}", "", *header_lines, ""]
+    out = [f"# {_md_text(title)}", "", *(_md_text(h) for h in header_lines), ""]
     if banner:
-        out += [f"> **{banner}**", ""]
+        out += [f"> **{_md_text(banner)}**", ""]
 
     def sec(s: Section, level: int) -> None:
-        out.extend(["#" * level + " " + s.title, ""])
-        out.extend(f"- {n}" for n in s.notes)
+        out.extend(["#" * level + " " + _md_text(s.title), ""])
+        out.extend(f"- {_md_text(n)}" for n in s.notes)
         if s.notes:
             out.append("")
         for t in s.tables:
             out.append(table_md(t))
         if s.figures:
-            out.append("Figures (in the HTML report): " + "; ".join(f.title for f in s.figures) + "\n")
+            out.append("Figures (in the HTML report): " + "; ".join(_md_text(f.title) for f in s.figures) + "\n")
         for c in s.children:
             sec(c, min(level + 1, 4))
 
