@@ -324,3 +324,27 @@ def test_report_md_escapes_names(tmp_path: Path, capsys: pytest.CaptureFixture[s
     md = (tmp_path / "r.md").read_text(encoding="utf-8")
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "&lt;img src=x onerror=alert(1)&gt;" in md and evil not in md and evil not in html
+
+
+def test_unwritable_results_folder_is_found_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() == 0:  # root writes anywhere: make the results path a file instead of a folder
+        (tmp_path / "db").write_text("not a folder", encoding="utf-8")
+        db = tmp_path / "db" / "sub"
+    else:
+        (tmp_path / "ro").mkdir()
+        os.chmod(tmp_path / "ro", 0o500)
+        db = tmp_path / "ro" / "db"
+    assert main(["run", *FLAGS, "--db", str(db), "--cache-dir", str(tmp_path / "c")]) == 2
+    _one_line_error(capsys)
+    assert not (tmp_path / "c").exists() or not list_entries(tmp_path / "c")  # nothing extracted first
+
+
+def test_rerun_adds_no_duplicate_row_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medprobe.results import ResultsDB
+
+    argv = ["run", *FLAGS, "--head", "logreg,knn", "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 0 and main(argv) == 0
+    err = capsys.readouterr().err
+    assert len(ResultsDB(tmp_path / "db").runs()) == 2 and err.count("already stored with this config") == 2
+    assert main([*argv, "--rerun"]) == 0
+    assert len(ResultsDB(tmp_path / "db").runs()) == 4
