@@ -348,3 +348,19 @@ def test_rerun_adds_no_duplicate_row_unless_asked(tmp_path: Path, capsys: pytest
     assert len(ResultsDB(tmp_path / "db").runs()) == 2 and err.count("already stored with this config") == 2
     assert main([*argv, "--rerun"]) == 0
     assert len(ResultsDB(tmp_path / "db").runs()) == 4
+
+
+def test_recorded_devices_are_those_that_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Features extracted on a GPU machine, heads fitted here on the CPU: each device is recorded as such."""
+    from medprobe.results import ResultsDB
+
+    cache = tmp_path / "c"
+    _run(tmp_path, "db0", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    side = entry / "compute.json"
+    comp = json.loads(side.read_text(encoding="utf-8"))
+    side.write_text(json.dumps({**comp, "device": "cuda:0"}), encoding="utf-8")  # as if extracted on a GPU
+    assert main(["run", *FLAGS, "--db", str(tmp_path / "db1"), "--cache-dir", str(cache), "--device", "cpu"]) == 0
+    (row,) = ResultsDB(tmp_path / "db1").runs()
+    assert row["device"] == "cpu" and row["timings"]["cached"] is True
+    assert row["compute"]["devices"] == {"features": "cuda:0", "heads": "cpu"}
