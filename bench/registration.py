@@ -57,6 +57,8 @@ def runtime(args: argparse.Namespace) -> None:
     mov = ndimage.gaussian_filter(rng.random(shape), 2).astype(np.float32)
     u = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 8) for _ in shape])
     fix = ndimage.map_coordinates(mov, np.indices(shape) + 40 * u, order=1, mode="nearest").astype(np.float32)
+    if "elastix" in args.methods:
+        import itk  # noqa: F401  (ITK's lazy loading takes a minute: not part of a pair's time)
     print(f"3D pair {shape}, torch threads {torch.get_num_threads()}, best of {args.repeat}")
     print(f"{'method':<48} {'s/pair':>8} {'features':>9} {'optimise':>9}")
     for name, head, enc in methods(args.methods.split(",")):
