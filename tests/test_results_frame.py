@@ -32,7 +32,7 @@ def test_run_then_load(tmp_path: Path) -> None:
     yaml_file = tmp_path / "t.yaml"
     import yaml
 
-    yaml_file.write_text(yaml.safe_dump({**_task(tmp_path), "name": "frame-yaml", "heads": ["logreg"]}))
+    yaml_file.write_text(yaml.safe_dump({**_task(tmp_path), "name": "frame-yaml", "heads": ["logreg"], "seed": 2}))
     rows += medprobe.run(yaml_file, db=ResultsDB(db), verbose=False)  # a YAML path
     rows += medprobe.run(parse_task({**_task(tmp_path), "name": "frame-spec", "seed": 1}), db=db,
                          verbose=False)  # a TaskSpec
