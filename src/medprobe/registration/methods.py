@@ -87,8 +87,12 @@ class ConvexAdamHead(RegistrationHead):
         self.features, self.grid_sp, self.disp_hw, self.lambda_weight = features, grid_sp, disp_hw, lambda_weight
         self.niter, self.grid_sp_adam, self.ic, self.cost_scale = niter, grid_sp_adam, ic, cost_scale
         self.pca_k, self.axes, self.input_size, self.layer, self.seed = pca_k, axes, input_size, layer, seed
-        self.needs_encoder = "dino" in features  # type: ignore[misc]
         self.pca_: dict[str, Any] = {}
+
+    @property
+    def needs_encoder(self) -> bool:  # type: ignore[override]
+        """True when the features come from an encoder (``dino``, ``dino+mind``)."""
+        return "dino" in self.features
 
     def config(self) -> ConvexAdamConfig:
         return ConvexAdamConfig(grid_sp=self.grid_sp, disp_hw=self.disp_hw, lambda_weight=self.lambda_weight,
