@@ -292,3 +292,24 @@ def test_dino_features_joint_pca_and_head():
     assert encoder_dense(enc, vol[:, :, 0], size=32).shape == (3, 24, 20)
     with pytest.raises(DataError, match=r"needs at least 3 grid cells per axis"):
         convex_adam(torch.zeros(1, 24, 20, 8), torch.zeros(1, 24, 20, 8), SMALL)
+
+
+def test_family_dino_features_record_pca_k(tmp_path: Path):
+    from medprobe.pipeline.run import run_task
+    from medprobe.pipeline.task import parse_task
+    from medprobe.results import ResultsDB
+
+    for n, seed in (("a", 0), ("b", 1)):
+        vol = _phantom((24, 24, 12), seed=seed)
+        _save(tmp_path / f"{n}.nii.gz", vol)
+        _save(tmp_path / f"{n}_l.nii.gz", (vol > 0.5).astype(np.uint8))
+    (tmp_path / "p.csv").write_text("fixed,moving,fixed_label,moving_label\na.nii.gz,b.nii.gz,a_l.nii.gz,b_l.nii.gz\n"
+                                    "b.nii.gz,a.nii.gz,b_l.nii.gz,a_l.nii.gz\n")
+    spec = parse_task({"kind": "registration", "dataset": f"pairs-csv:{tmp_path / 'p.csv'}", "encoder": "none",
+                       "preprocess": {"resolution": 32}, "heads": ["convexadam"], "metrics": {"bootstrap": 20},
+                       "head_params": {"convexadam": {"features": "dino", "pca_k": 2, "input_size": 32,
+                                                      "grid_sp": 4, "disp_hw": 2, "niter": 5}}}, "t")
+    (row,) = run_task(spec, db=ResultsDB(tmp_path / "r.db"), verbose=False)
+    notes = row["record"]["notes"]
+    assert notes["pca"]["k"] == 2 and 0 < notes["pca"]["explained_mean"] <= 1 and notes["n_pairs"] == 2
+    assert row["metrics"]["seconds_per_pair"] > 0 and len(row["metrics"]["dice"]) == 3

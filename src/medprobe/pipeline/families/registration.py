@@ -50,12 +50,15 @@ class RegistrationFamily(TaskFamily):
         enc = self._encoder(ctx) if getattr(head, "needs_encoder", False) else None
         classes = {i: n for i, n in enumerate(ds.task.classes) if i > 0}
         rows, ids, outputs = [], [], []
+        pcas: list[dict[str, Any]] = []
         feat_s = opt_s = 0.0
         t0 = time.perf_counter()
         for i in range(len(ds)):  # zero-shot: every pair is scored
             p = ds.load_pair(i)
             fixed, moving = np.asarray(p.fixed.image, np.float32), np.asarray(p.moving.image, np.float32)
             disp, tm = head.register(fixed, moving, enc)
+            if getattr(head, "pca_", None):
+                pcas.append(dict(head.pca_))
             feat_s, opt_s = feat_s + tm["features_s"], opt_s + tm["optimise_s"]
             lm = None
             fl, ml = p.fixed.meta.get("landmarks"), p.moving.meta.get("landmarks")
@@ -80,8 +83,9 @@ class RegistrationFamily(TaskFamily):
         ctx.state[f"outputs/{head_name}"] = outputs
         notes = {"zero_shot": "every pair scored; the split is nominal", "n_pairs": len(rows),
                  "features_s": round(feat_s, 3), "optimise_s": round(opt_s, 3)}
-        if getattr(head, "pca_", None):
-            notes["pca"] = head.pca_
+        if pcas:  # the joint PCA of each pair: k channels kept, variance explained (mean over pairs)
+            explained = float(np.mean([p["explained"] for p in pcas]))
+            notes["pca"] = {"k": pcas[0]["k"], "explained_mean": round(explained, 4)}
         resampled = [p.meta.get("resampled") for p, _, _ in outputs if p.meta.get("resampled")]
         if resampled:
             notes["resampled"] = resampled
