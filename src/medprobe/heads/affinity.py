@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from medprobe.errors import ConfigError
 from medprobe.heads.base import get_head_class
 from medprobe.heads.seg_heads import SegHead, register_seg_head
+from medprobe.heads.seg_train import crop_plan
 from medprobe.utils import Progress
 
 DECODERS = ("decoder2d", "decoder3d", "linear")
@@ -222,12 +223,9 @@ def fit_affinity(head: AffinityHead, data: AffinityData, train: list[int], val: 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head.to(device)
-    depth = cfg.crop_depth if head.is_3d else 1
+    depth, crop, weights, ipe = crop_plan(data, train, head.is_3d, cfg.crop_depth, cfg.crop_size, cfg.batch_size,
+                                          cfg.iters_per_epoch)
     gh, gw = data.grid
-    crop = (min(cfg.crop_size or gh, gh), min(cfg.crop_size or gw, gw))
-    sl = np.array([data.n_slices(i) for i in train], np.float64)
-    weights = sl / sl.sum()
-    ipe = cfg.iters_per_epoch or max(1, math.ceil(sl.sum() * gh * gw / (depth * crop[0] * crop[1] * cfg.batch_size)))
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     hist: dict[str, Any] = {"loss": [], "val_loss": [], "iters_per_epoch": ipe, "crop": [depth, *crop]}
     best, best_state, best_epoch = math.inf, None, cfg.epochs - 1

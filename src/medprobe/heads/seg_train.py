@@ -284,6 +284,22 @@ def _autocast(amp: str) -> Any:
     return contextlib.nullcontext()
 
 
+def crop_plan(data: Any, train: list[int], is_3d: bool, crop_depth: int, crop_size: int | None, batch_size: int,
+              iters_per_epoch: int | None, uniform_volumes: bool = False
+              ) -> tuple[int, tuple[int, int], np.ndarray, int]:
+    """Training crops of dense heads: ``(depth, (h, w) in grid cells, per-case sampling weights, iterations per
+    epoch)``. Cases are drawn in proportion to their slices (uniformly per volume with ``uniform_volumes`` for
+    3D heads); an epoch covers about as many grid cells as the training cases hold."""
+    depth = crop_depth if is_3d else 1
+    gh, gw = data.grid
+    crop = (min(crop_size or gh, gh), min(crop_size or gw, gw))
+    sl = np.array([data.n_slices(i) for i in train], dtype=np.float64)
+    weights = np.full(len(train), 1.0 / len(train)) if is_3d and uniform_volumes else sl / sl.sum()
+    per_sample = depth * crop[0] * crop[1] / (gh * gw)
+    ipe = iters_per_epoch or max(1, math.ceil(sl.sum() / (per_sample * batch_size)))
+    return depth, crop, weights, ipe
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -317,13 +333,8 @@ def fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: Seg
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head.to(device)
-    depth = cfg.crop_depth if head.is_3d else 1
-    gh, gw = data.grid
-    crop = (min(cfg.crop_size or gh, gh), min(cfg.crop_size or gw, gw))
-    sl = np.array([data.n_slices(i) for i in train], dtype=np.float64)
-    weights = np.full(len(train), 1.0 / len(train)) if head.is_3d else sl / sl.sum()
-    per_sample = depth * crop[0] * crop[1] / (gh * gw)
-    ipe = cfg.iters_per_epoch or max(1, math.ceil(sl.sum() / (per_sample * cfg.batch_size)))
+    depth, crop, weights, ipe = crop_plan(data, train, head.is_3d, cfg.crop_depth, cfg.crop_size, cfg.batch_size,
+                                          cfg.iters_per_epoch, uniform_volumes=True)
     total = ipe * cfg.epochs
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = int(round(cfg.warmup * total))
