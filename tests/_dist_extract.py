@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         orig = engine.write_manifest
 
         def logged(*args, **kw):  # noqa: ANN002, ANN003, ANN202
-            with open(a.writers, "a") as f:
+            with open(a.writers, "a", encoding="utf-8") as f:
                 f.write(f"{rank}\n")
             return orig(*args, **kw)
 

@@ -182,7 +182,7 @@ def test_run_warns_stops_or_drops(tmp_path: Path, capsys: Any) -> None:
     assert stored[rows[0]["run_id"]]["labels"]["audit"]["mode"] == "drop"
     from medprobe.report import build_report
 
-    html = build_report(db, tmp_path / "report.html", pca=False, n_boot=20).read_text()
+    html = build_report(db, tmp_path / "report.html", pca=False, n_boot=20).read_text(encoding="utf-8")
     assert "Leakage audit" in html and "test/b/copy00" in html and "dropped from test: 12 case(s)" in html
     assert html.count("data:image/png;base64") >= 6  # side-by-side thumbnails of the first pairs
 

@@ -33,7 +33,7 @@ def _pytest(folder: Path, ci: bool) -> subprocess.CompletedProcess[str]:
 
 
 def test_missing_module_skip_fails_in_ci(tmp_path: Path) -> None:
-    (tmp_path / "test_cases.py").write_text(_CASES)
+    (tmp_path / "test_cases.py").write_text(_CASES, encoding="utf-8")
     local = _pytest(tmp_path, ci=False)
     assert local.returncode == 0 and "1 passed, 2 skipped" in local.stdout
     ci = _pytest(tmp_path, ci=True)

@@ -141,7 +141,7 @@ def test_nifti_nrrd_volumes_csv(shared_data: Path, tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"format samples absent: {missing}")
     labels = tmp_path / "labels.csv"
-    with open(labels, "w", newline="") as f:
+    with open(labels, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
         for rel, y in files.items():

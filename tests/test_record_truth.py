@@ -148,7 +148,7 @@ def _seg_set(root: Path, n: int = 12, size: int = 32) -> dict[str, float]:
         Image.fromarray(m).save(root / "masks" / f"{k:03d}_HC.png")
         spacing[f"{k:03d}_HC"] = round(0.05 + 0.02 * k, 3)
     lines = ["filename,pixel size(mm),head circumference (mm)"] + [f"{c}.png,{s},100" for c, s in spacing.items()]
-    (root / "pixel_size.csv").write_text("\n".join(lines) + "\n")
+    (root / "pixel_size.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return spacing
 
 
@@ -178,7 +178,8 @@ def test_spacing_csv_gives_mm_equal_to_pixels_times_spacing(tmp_path: Path) -> N
     np.testing.assert_allclose(p_mm["values"][:, j], p_px["values"][:, j])
     from medprobe.report import build_report
 
-    md = build_report(tmp_path / "results", tmp_path / "r.html", pca=False, n_boot=20).with_suffix(".md").read_text()
+    out = build_report(tmp_path / "results", tmp_path / "r.html", pca=False, n_boot=20)
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "distance units: asd in mm, hd95 in mm" in md and "distance units: asd in px, hd95 in px" in md
 
 
@@ -188,7 +189,8 @@ def test_spacing_csv_missing_an_image_is_one_line(tmp_path: Path) -> None:
 
     _seg_set(tmp_path / "seg", n=3)
     csv = tmp_path / "seg" / "pixel_size.csv"
-    csv.write_text("\n".join(csv.read_text().splitlines()[:-1]) + "\n")  # drop the last image's row
+    kept = csv.read_text(encoding="utf-8").splitlines()[:-1]  # drop the last image's row
+    csv.write_text("\n".join(kept) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"pixel_size.csv: 1 image\(s\) without a 'pixel size\(mm\)' row: 002_HC"):
         create_dataset(f"seg2d:{tmp_path / 'seg'}", spacing_csv="pixel_size.csv")
 
@@ -201,7 +203,7 @@ def test_csv_manifest_spacing_column(tmp_path: Path) -> None:
     files = sorted((tmp_path / "set").rglob("*.png"))
     rows = ["path,label,px"] + [f"{f.relative_to(tmp_path / 'set')},{i % 2},{0.1 * (i + 1):.1f}"
                                 for i, f in enumerate(files)]
-    (tmp_path / "set" / "m.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "set" / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     ds = create_dataset(f"csv:{tmp_path / 'set' / 'm.csv'}", label_columns="label", spacing_column="px")
     it = ds.load(2)
     assert it.spacing == (pytest.approx(0.3), pytest.approx(0.3)) and "'px'" in it.meta["spacing_source"]

@@ -245,7 +245,7 @@ def test_camus_acdc_learn2reg_layouts(tmp_path: Path):
     vol = _phantom((40, 36, 10))
     pdir = tmp_path / "acdc" / "patient001"
     pdir.mkdir(parents=True)
-    (pdir / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: NOR\n")
+    (pdir / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: NOR\n", encoding="utf-8")
     for fr in (1, 12):
         _save(pdir / f"patient001_frame{fr:02d}.nii.gz", vol, np.diag([1.5, 1.5, 10.0, 1.0]))
         _save(pdir / f"patient001_frame{fr:02d}_gt.nii.gz", (vol > 0.6).astype(np.uint8),

@@ -227,7 +227,7 @@ def _quiet_stdout() -> Iterator[None]:
     sys.stdout.flush()
     saved = os.dup(fd)
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w", encoding="utf-8") as null:
             os.dup2(null.fileno(), fd)
             yield
     finally:

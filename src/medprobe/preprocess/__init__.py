@@ -7,10 +7,13 @@ use) turns one :class:`~medprobe.data.Item` into a ``(S, V, 3, H, W)`` tensor: S
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medprobe.preprocess.config import CHANNEL_MODES, INTERPOLATIONS, RESIZE_MODES, PreprocessConfig
 from medprobe.preprocess.intensity import CT_WINDOWS, apply_intensity, parse_intensity, resolve_intensity
+
+if TYPE_CHECKING:
+    from medprobe.preprocess.transform import Preprocessor
 
 
 def __getattr__(name: str) -> Any:
