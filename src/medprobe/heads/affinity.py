@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from medprobe.errors import ConfigError
 from medprobe.heads.base import get_head_class
 from medprobe.heads.seg_heads import SegHead, register_seg_head
+from medprobe.heads.seg_train import augment as augment_crop
 from medprobe.heads.seg_train import crop_plan
 from medprobe.utils import Progress
 
@@ -186,19 +187,6 @@ class AffinityData:
         return fs, im, lab
 
 
-def _augment(fs: list[torch.Tensor], im: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator
-             ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    square = lab.shape[-1] == lab.shape[-2] and fs[0].shape[-1] == fs[0].shape[-2]
-    k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-    flip = [d for d in (-1, -2) if rng.random() < 0.5]
-
-    def tf(t: torch.Tensor) -> torch.Tensor:
-        t = torch.rot90(t, k, dims=(-2, -1)) if k else t
-        return (torch.flip(t, dims=flip) if flip else t).contiguous()
-
-    return [tf(f) for f in fs], tf(im), tf(lab)
-
-
 def _batch(data: AffinityData, samples: list[tuple[int, int, int, int]], depth: int, crop: tuple[int, int],
            augment: bool, rng: np.random.Generator | None
            ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -206,7 +194,7 @@ def _batch(data: AffinityData, samples: list[tuple[int, int, int, int]], depth: 
     for i, d0, y0, x0 in samples:
         fs, im, lab = data.crop(i, d0, depth, y0, crop[0], x0, crop[1])
         if augment and rng is not None:
-            fs, im, lab = _augment(fs, im, lab, rng)
+            fs, im, lab = augment_crop(fs, im, lab, rng)
         parts.append((fs, im, lab))
     fs = [torch.stack([p[0][k] for p in parts]) for k in range(len(data.layers))]
     return fs, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])

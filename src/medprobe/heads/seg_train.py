@@ -237,8 +237,10 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_w: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------- training
-def _augment(fs: list[torch.Tensor], im: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator
-             ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+def augment(fs: list[torch.Tensor], im: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator
+            ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The same random in-plane rotation (quarter turns; half turns for non-square crops) and flips applied to
+    features, image and labels of one crop."""
     square = lab.shape[-1] == lab.shape[-2] and fs[0].shape[-1] == fs[0].shape[-2]
     k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
     flip = [d for d in (-1, -2) if rng.random() < 0.5]
@@ -272,7 +274,7 @@ def _sample(data: SegData, items: list[int], weights: np.ndarray, depth: int, cr
         y0, x0 = int(rng.integers(gh - ch + 1)), int(rng.integers(gw - cw + 1))
     fs, im, lab = data.crop(i, d0, depth, y0, ch, x0, cw)
     if cfg.augment:
-        fs, im, lab = _augment(fs, im, lab, rng)
+        fs, im, lab = augment(fs, im, lab, rng)
     return fs, im, lab
 
 
