@@ -67,6 +67,8 @@ class EncoderFamily:
     ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it);
     ``autocast`` (False: the network runs outside torch autocast, e.g. an ONNX graph in fp32, so ``amp`` cannot
     change a feature value: it stays out of the cache key and the record says fp32).
+    Feature contract: ``cls_feature``, ``patch_feature``, ``taps`` (plain-language facts shown by
+    ``medprobe models`` and docs/encoders.md) and ``extra`` (the pip extra the family needs, "" for none).
     """
 
     name: str
@@ -79,6 +81,12 @@ class EncoderFamily:
     options: tuple[str, ...] = ()
     local_weights: LocalWeightsFn = no_local_weights
     description: str = ""
+    # the feature contract (docs/encoders.md, `medprobe models`): what "cls" is, what "patch" is and its
+    # stride, which layers/stages can be tapped, and the pip extra the family needs ("" = core install)
+    cls_feature: str = "class token after the final norm"
+    patch_feature: str = "patch tokens after the final norm, registers dropped; stride = patch size"
+    taps: str = "transformer blocks (0-based)"
+    extra: str = ""
 
     def check_options(self, spec: EncoderSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """The given options (``None`` values dropped); an option the family does not take is a ConfigError."""
