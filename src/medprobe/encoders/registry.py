@@ -78,6 +78,7 @@ def _check_family(spec: EncoderSpec) -> None:
 
 def get_spec(name: str) -> EncoderSpec:
     """The spec of a named encoder; unknown names, and specs whose family is not registered, are ConfigErrors."""
+    _load_families()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown encoder {name!r}; run 'medprobe models' for the list "
                           f"(known: {', '.join(sorted(_REGISTRY))})")
@@ -86,7 +87,16 @@ def get_spec(name: str) -> EncoderSpec:
     return spec
 
 
+def _load_families() -> None:
+    """Import the built-in family modules (each registers its family and its named encoders)."""
+    from medprobe.encoders.families import _load_builtins
+
+    _load_builtins()
+
+
 def list_specs() -> list[EncoderSpec]:
+    """Every named encoder, sorted by name (built-in family modules imported first)."""
+    _load_families()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
