@@ -20,6 +20,30 @@ def _line(ok: bool | None, what: str, detail: str) -> None:
     print(f"[{mark}] {what:<16} {detail}")
 
 
+# pip extra -> the modules it provides (what `find_spec` must see for the extra to count as installed)
+_EXTRA_MODULES = {"timm": ("timm", "torchvision"), "openclip": ("open_clip", "torchvision"),
+                  "sam": ("segment_anything", "torchvision"), "metrics": ("monai",), "onnx": ("onnxruntime",),
+                  "wsi": ("openslide",), "volumes": ("SimpleITK",)}
+
+
+def _extras_for_families() -> None:
+    """One line per optional extra that an encoder family needs: installed or not, and which families."""
+    from medprobe.encoders import encoder_families, get_family
+
+    need: dict[str, list[str]] = {}
+    for name in encoder_families():
+        extra = get_family(name).extra
+        if extra:
+            need.setdefault(extra, []).append(name)
+    for extra, fams in sorted(need.items()):
+        mods = _EXTRA_MODULES.get(extra, (extra,))
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        what = f"encoder families {', '.join(fams)}"
+        _line(not missing, f"[{extra}] extra",
+              f"{what}" if not missing else f"not installed ({', '.join(missing)}): pip install 'medprobe[{extra}]' "
+              f"enables {what}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -39,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
         _line(True, "bf16 (cpu)", "autocast works")
     except Exception as e:  # pragma: no cover
         _line(False, "bf16 (cpu)", f"autocast failed: {e}")
-    for mod, extra, why in [("transformers", None, "DINOv3/DINOv2 networks"),
+    for mod, extra, why in [("transformers", None, "DINOv3/DINOv2 and most encoder networks"),
                             ("onnxruntime", "onnx", "ONNX encoders"), ("nibabel", None, "NIfTI volumes"),
                             ("nrrd", None, "NRRD volumes"), ("SimpleITK", "volumes", "DICOM series, MHA"),
                             ("pydicom", "volumes", "DICOM images"), ("monai", "metrics", "reference surface metrics"),
-                            ("timm", "timm", "timm encoders (optional)")]:
+                            ("openslide", "wsi", "whole-slide images (SVS, NDPI, MRXS, vendor TIFF)")]:
         ok = importlib.util.find_spec(mod) is not None
-        _line(ok if extra != "timm" else (True if ok else None), mod,
-              why if ok else f"not installed: pip install 'medprobe[{extra}]' ({why})")
+        _line(ok, mod, why if ok else f"not installed: pip install 'medprobe[{extra}]' ({why})")
+    _extras_for_families()
     n_found = 0
     for s in list_specs():
         if not get_family(s.family).needs_weights:

@@ -273,8 +273,12 @@ def hf_vit_family(name: str, arch: HFArch) -> EncoderFamily:
     def gflops(spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[int, ...] | None) -> float | None:
         return _gflops(arch, spec, resolution, layers)
 
+    regs = {"dinov3": "4 registers dropped", "dinov2_reg": "4 registers dropped"}.get(name, "no registers")
     return EncoderFamily(name=name, build=build, identity=_identity, gflops=gflops,
-                         description=f"transformers {arch.model_class}")
+                         description=f"transformers {arch.model_class}",
+                         cls_feature="class token after the final layer norm",
+                         patch_feature=f"patch tokens after the final layer norm ({regs}); stride = patch size",
+                         taps="transformer blocks 0..depth-1, each through the final norm")
 
 
 for _name, _arch in HF_ARCHS.items():

@@ -194,4 +194,7 @@ register_family(EncoderFamily(
     name="onnx", build=_build, identity=_identity, blockless=True, autocast=False,
     options=("onnx_output", "onnx_input", "onnx_prefix_tokens"), local_weights=_local_weights,
     description="any .onnx vision backbone cut at a named token tensor (onnxruntime)",
+    cls_feature="token 0 of the chosen output tensor (onnx_output), as the graph computes it",
+    patch_feature="the tokens after onnx_prefix_tokens, reshaped to the patch grid; stride = the graph's patch",
+    taps="one output: the named tensor (onnx_output); no blocks to tap", extra="onnx",
 ))
