@@ -161,7 +161,9 @@ def test_subprocess_bad_png_one_stderr_line(tmp_path: Path) -> None:
 def test_models_lists_every_registry_entry(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run_cli(capsys, "models")
     assert rc == 0
-    first_words = {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
+    lines = out.splitlines()
+    assert lines[-1].startswith("feature contract per family")
+    first_words = {line.split()[0] for line in lines[1:-1] if line.strip()}
     names = {s.name for s in list_specs()}
     assert names == first_words
 
