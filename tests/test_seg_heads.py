@@ -40,8 +40,8 @@ def test_registry_errors() -> None:
         create_seg_head("unet9000", [8], 2, 16)
     with pytest.raises(ConfigError, match="unknown option"):
         create_seg_head("decoder3d", [8], 2, 16, widht=3)
-    with pytest.raises(ConfigError, match="power-of-two"):
-        create_seg_head("decoder2d", [8], 2, 14)
+    with pytest.raises(ConfigError, match="positive patch size"):
+        create_seg_head("decoder2d", [8], 2, 0)
 
 
 def test_dice_ce_loss_ignores_padding_and_rewards_truth() -> None:

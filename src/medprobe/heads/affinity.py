@@ -4,8 +4,8 @@
 the segmentation family (``decoder``: ``decoder2d`` default, ``decoder3d`` or ``linear``; feature-only by
 default, ``use_image: true`` adds the decoder's raw-image stem) whose outputs are affinity logits, one channel
 per offset: nearest neighbours along y, x (and z for ``decoder3d``) first, then ``long_range`` offsets (e.g.
-``[[0, -9], [-9, 0]]`` in 2D, ``[[0, -9, 0], ...]`` in 3D). A patch size that is not a power of two (ViT-S/14)
-runs the decoder at the nearest power of two on a resized grid and interpolates the logits to the image size.
+``[[0, -9], [-9, 0]]`` in 2D, ``[[0, -9, 0], ...]`` in 3D). Any patch size (16, 14, 8 ...) runs directly:
+the decoders upsample by non-power-of-two factors themselves.
 
 Loss (:func:`balanced_mse`): MALA's class-balanced weighted MSE on ``sigmoid(logits)``; per offset channel,
 positives weigh ``1 / (2 f)`` and negatives ``1 / (2 (1 - f))`` with ``f`` the positive fraction of the
@@ -64,23 +64,11 @@ class AffinityHead(SegHead):
         offsets = head_offsets(is_3d, hp.get("long_range") or ())
         super().__init__(in_dims, len(offsets), patch, n_views, **hp)
         self.is_3d, self.offsets = is_3d, offsets
-        self.run_patch = 2 ** max(1, int(round(math.log2(patch))))  # the decoder's own (power-of-two) patch
         inner_hp = {k: v for k, v in hp.items() if k in inner_cls.defaults}
-        self.inner: nn.Module = inner_cls(list(in_dims), len(offsets), self.run_patch, n_views,
+        self.inner: nn.Module = inner_cls(list(in_dims), len(offsets), patch, n_views,
                                           **{**inner_cls.defaults, **inner_hp})
 
     def forward(self, feats: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        size = image.shape[-2:]
-        if self.run_patch != self.patch:
-            grid = feats[0].shape[-2:]
-            run = (grid[0] * self.run_patch, grid[1] * self.run_patch)
-            b, v, d = image.shape[:3]
-            im = F.interpolate(image.reshape(b * v, d, *size).float(), size=run, mode="bilinear",
-                               align_corners=False).reshape(b, v, d, *run)
-            low: torch.Tensor = self.inner(feats, im)
-            bo, c, do = low.shape[:3]
-            return F.interpolate(low.reshape(bo * c, do, *run), size=size, mode="bilinear",
-                                 align_corners=False).reshape(bo, c, do, *size)
         out: torch.Tensor = self.inner(feats, image)
         return out
 

@@ -10,12 +10,21 @@ Heads (registry :func:`create_seg_head`):
 
 * ``linear`` -- BatchNorm + 1x1 conv over the concatenated layers, bilinear upsampling (DINOv3's linear
   segmentation); slices are independent.
-* ``decoder2d`` -- light 2D decoder: per-layer 1x1 projections, shallow conv blocks, x2 bilinear steps,
-  earlier layers re-enter as skips at finer stages, and (``use_image``) a tiny conv stem on the raw image at
-  the last two stages so boundaries finer than the patch grid can be recovered.
+* ``decoder2d`` -- light 2D decoder: per-layer 1x1 projections, shallow conv blocks, bilinear upsampling
+  stages, earlier layers re-enter as skips at finer stages; optionally (``use_image: true``) a tiny conv stem
+  on the raw image at the last two stages so boundaries finer than the patch grid can be recovered.
 * ``decoder3d`` -- pseudo-3D decoder: the stacked slice features form a ``C x D x h x w`` volume; 1x1x1
-  reduction, 3D conv blocks, skip connections from the earlier layers and the image stem, in-plane x2
-  upsampling steps to full resolution.
+  reduction, 3D conv blocks, skip connections from the earlier layers (and the optional image stem), in-plane
+  upsampling stages to full resolution.
+
+Decoders are **feature-only by default** (``use_image: false``), as the study's decoders: they see the frozen
+features and nothing else. The image stem is an explicit option, recorded with the head's parameters (and
+labelled in reports): with it an untrained encoder and no encoder at all score alike, because the stem does
+the work.
+
+Any patch size works (16, 14, 8, ...): a patch of ``p`` pixels takes ``n = ceil(log2 p)`` upsampling stages;
+stage ``k`` outputs ``H / 2**(n-k)`` (rounded up; the last stage exactly the image size), so a 14-px patch
+goes grid x 1.75, then x 2 three times (16 -> 28 -> 56 -> 112 -> 224).
 """
 
 from __future__ import annotations
@@ -150,17 +159,24 @@ def _stage_widths(width: int, n: int, min_width: int) -> list[int]:
 
 
 def _n_up(patch: int) -> int:
-    n = int(round(math.log2(patch)))
-    if 2**n != patch:
-        raise ConfigError(f"decoders need a power-of-two patch size, got {patch}")
-    return n
+    """Upsampling stages for a ``patch``-px patch: ``ceil(log2 patch)`` (4 for 14 and 16, 3 for 8)."""
+    if int(patch) < 1:
+        raise ConfigError(f"decoders need a positive patch size, got {patch}")
+    return max(0, math.ceil(math.log2(int(patch)) - 1e-9))
+
+
+def stage_sizes(size: tuple[int, int] | Sequence[int], n: int) -> list[tuple[int, int]]:
+    """In-plane output size of each of the ``n`` upsampling stages for an image of ``size`` (the last stage:
+    exactly ``size``; stage ``k``: ``ceil(size / 2**(n - k))``)."""
+    h, w = int(size[0]), int(size[1])
+    return [(math.ceil(h / 2 ** (n - k)), math.ceil(w / 2 ** (n - k))) for k in range(1, n + 1)]
 
 
 @register_seg_head("decoder2d")
 class Decoder2d(SegHead):
     """Light 2D decoder over multi-layer patch features (+ optional raw-image stem); slices independent."""
 
-    defaults = {"width": 128, "min_width": 8, "stem": 8, "use_image": True, "dropout": 0.0}
+    defaults = {"width": 128, "min_width": 8, "stem": 8, "use_image": False, "dropout": 0.0}
 
     def __init__(self, in_dims: list[int], n_classes: int, patch: int, n_views: int, **hp: Any) -> None:
         super().__init__(in_dims, n_classes, patch, n_views, **hp)
@@ -185,15 +201,14 @@ class Decoder2d(SegHead):
         p = [proj(_fold(f)) for proj, f in zip(self.proj, feats)]
         x = self.inp(self.drop(p[-1]))
         img = _fold(image) if self.stem is not None else None
-        for k, up in enumerate(self.ups, start=1):
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        for k, (up, size) in enumerate(zip(self.ups, stage_sizes(image.shape[-2:], self.n)), start=1):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             parts = [x]
             if k <= self.skips:
-                parts.append(F.interpolate(p[self.skips - k], size=x.shape[-2:], mode="bilinear",
-                                           align_corners=False))
+                parts.append(F.interpolate(p[self.skips - k], size=size, mode="bilinear", align_corners=False))
             if self.stem is not None and k >= self.n - 1:
                 assert img is not None
-                im = img if k == self.n else F.avg_pool2d(img, 2)
+                im = img if k == self.n else F.adaptive_avg_pool2d(img, size)
                 parts.append(self.stem(im))
             x = up(torch.cat(parts, 1))
         return _unfold(self.out(x), b)
@@ -208,7 +223,7 @@ class Decoder3d(SegHead):
     """
 
     is_3d = True
-    defaults = {"width": 96, "min_width": 8, "stem": 8, "use_image": True, "dropout": 0.0, "depth_kernel": 1}
+    defaults = {"width": 96, "min_width": 8, "stem": 8, "use_image": False, "dropout": 0.0, "depth_kernel": 1}
 
     def __init__(self, in_dims: list[int], n_classes: int, patch: int, n_views: int, **hp: Any) -> None:
         super().__init__(in_dims, n_classes, patch, n_views, **hp)
@@ -233,18 +248,19 @@ class Decoder3d(SegHead):
     def forward(self, feats: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         p = [proj(f) for proj, f in zip(self.proj, feats)]
         x = self.inp(self.drop(p[-1]))
-        for k, up in enumerate(self.ups, start=1):
-            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+        d = x.shape[2]
+        for k, (up, size) in enumerate(zip(self.ups, stage_sizes(image.shape[-2:], self.n)), start=1):
+            x = F.interpolate(x, size=(d, *size), mode="trilinear", align_corners=False)
             parts = [x]
             if k <= self.skips:
-                parts.append(F.interpolate(p[self.skips - k], size=x.shape[-3:], mode="trilinear",
+                parts.append(F.interpolate(p[self.skips - k], size=(d, *size), mode="trilinear",
                                            align_corners=False))
             if self.stem is not None and k >= self.n - 1:
-                im = image if k == self.n else F.avg_pool3d(image, (1, 2, 2))
+                im = image if k == self.n else F.adaptive_avg_pool3d(image, (image.shape[2], *size))
                 parts.append(self.stem(im))
             x = up(torch.cat(parts, 1))
         return self.out(x)
 
 
 __all__ = ["Decoder2d", "Decoder3d", "LinearSegHead", "SegHead", "canonical_seg_head", "create_seg_head",
-           "register_seg_head", "seg_head_names"]
+           "register_seg_head", "seg_head_names", "stage_sizes"]
