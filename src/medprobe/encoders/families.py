@@ -32,7 +32,8 @@ GflopsFn = Callable[["EncoderSpec", tuple[int, int], "tuple[int, ...] | None"], 
 LocalWeightsFn = Callable[["EncoderSpec"], list[Path]]
 
 # modules that register the built-in families at import
-_BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity")
+_BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity",
+                    "medprobe.encoders.volume3d")
 
 
 def no_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
@@ -87,6 +88,8 @@ class EncoderFamily:
     patch_feature: str = "patch tokens after the final norm, registers dropped; stride = patch size"
     taps: str = "transformer blocks (0-based)"
     extra: str = ""
+    # True: the encoder takes whole volumes (B, 1, D, H, W); extraction runs medprobe.features.volume
+    volumetric: bool = False
 
     def check_options(self, spec: EncoderSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """The given options (``None`` values dropped); an option the family does not take is a ConfigError."""
