@@ -43,7 +43,8 @@ def unregister_dataset(kind: str) -> None:
 def _ensure_loaded() -> None:
     import importlib
 
-    for mod in ("phantoms", "medmnist", "csv_manifest", "image_folder", "volumes", "msd", "seg2d", "em", "pairs"):
+    for mod in ("phantoms", "medmnist", "csv_manifest", "image_folder", "volumes", "msd", "seg2d", "em", "pairs",
+                "ctrate", "external", "surgical", "petct"):
         try:
             importlib.import_module(f"medprobe.data.{mod}")
         except ModuleNotFoundError as e:  # a loader file not present (yet) or an optional extra missing

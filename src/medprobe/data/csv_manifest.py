@@ -11,6 +11,9 @@
   the column names (``TaskInfo("regression", classes=names)``); an empty or non-numeric cell raises
   :class:`DataError` naming the CSV, row and column;
 * optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``;
+* groups: ``patient_column`` (a column), or ``group_pattern`` (a regex on the file name; its ``group`` named
+  group, else its first group) for a video / sequence / patient id: no group is ever in two splits;
+* ``label_map``: ``{raw value: class}`` applied to the label column first (AutoLaparo phases 1-7 -> 0-6);
 * 2D pixel spacing per image: ``spacing_column`` (mm per pixel: one number, or ``"row,col"`` / ``"rowxcol"``;
   e.g. HC18's ``pixel size(mm)``) or one ``spacing`` for every image, else a DICOM file's ``PixelSpacing``
   (or ``ImagerPixelSpacing``); items then carry ``meta['spacing_source']`` and distances are in mm; without
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,12 +215,18 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                      classes: Sequence[str] | None = None, sep: str | None = None,
                      no_finding: str | None = "No Finding", patient_column: str | None = None,
                      split_column: str | None = None, id_column: str | None = None,
-                     path_suffix: str = "", spacing_column: str | None = None) -> tuple[list[Record], TaskInfo]:
-    """Parse a manifest CSV into records + the task; every label (and spacing) is validated here."""
+                     path_suffix: str = "", spacing_column: str | None = None,
+                     label_map: Mapping[Any, Any] | None = None) -> tuple[list[Record], TaskInfo]:
+    """Parse a manifest CSV into records + the task; every label (and spacing) is validated here.
+
+    ``label_map`` (``{raw value: class name or index}``) rewrites the (single) label column first, e.g.
+    AutoLaparo's phases ``{1: 0, ..., 7: 6}``; a value it does not list is an error naming the row."""
     csv_path = Path(csv_path)
     extra = [c for c in (patient_column, split_column, id_column, spacing_column) if c]
     header, rows = read_csv_rows(csv_path)
     label_columns = split_columns(label_columns, header)
+    if label_map is not None:
+        rows = _map_labels(rows, label_map, label_columns, csv_path)
     missing = [c for c in (path_column, *label_columns, *extra) if c not in header]
     if missing:
         raise DataError(f"missing column(s) {missing}; columns are {header}", source=csv_path)
@@ -306,6 +315,38 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
                               patient=row[patient_column] if patient_column else None, split=split, spacing=sp))
     _assign_ids(records, base)
     return records, info
+
+
+def _map_labels(rows: list[tuple[int, dict]], label_map: Mapping[Any, Any], label_columns: list[str],
+                csv_path: Path) -> list[tuple[int, dict]]:
+    """Rows with the label column rewritten by ``label_map`` (keys compared as text; ``1`` matches ``"1"``
+    and ``"1.0"``)."""
+    if len(label_columns) != 1:
+        raise ConfigError("label_map needs exactly one label column", csv_path)
+    col = label_columns[0]
+
+    def key(v: Any) -> str:
+        iv = _int_value(str(v)) if not isinstance(v, bool) else None
+        return str(iv) if iv is not None else str(v).strip()
+
+    lm = {key(k): str(v) for k, v in label_map.items()}
+    out = []
+    for r, (line, row) in enumerate(rows, 1):
+        k = key(row[col])
+        if k not in lm:
+            raise DataError(f"{_where(r, line)}, column {col!r}: label value {row[col]!r} is not in label_map "
+                            f"({', '.join(sorted(lm))})", source=csv_path)
+        out.append((line, {**row, col: lm[k]}))
+    return out
+
+
+def apply_group_pattern(records: list[Record], pattern: str, source: Path) -> None:
+    """Each record's patient = its group (video / sequence / patient) from its file name by ``pattern``."""
+    from medprobe.data.splits import compile_group_pattern, group_from_name
+
+    pat = compile_group_pattern(pattern, source)
+    for r in records:
+        r.patient = group_from_name(r.path.name, pat, f"{source}: {r.where}")
 
 
 def _assign_ids(records: list[Record], base: Path) -> None:
@@ -441,17 +482,23 @@ def create_csv_dataset(arg: str, root: str | Path | None = None, path_column: st
                        split_column: str | None = None, id_column: str | None = None, spatial_dims: int = 2,
                        modality: Modality = "generic", name: str | None = None,
                        check_files: bool = True, spacing_column: str | None = None,
-                       spacing: Any = None) -> ManifestDataset:
+                       spacing: Any = None, label_map: Mapping[Any, Any] | None = None,
+                       group_pattern: str | None = None) -> ManifestDataset:
     """``csv:<labels.csv>``: a generic manifest (see the module docstring for the options)."""
     if not arg:
         raise ConfigError("give the CSV path: csv:/path/labels.csv", "csv:")
     csv_path = Path(arg)
     if spacing_column and spacing is not None:
         raise ConfigError("give spacing_column (per image) or spacing (every image), not both", csv_path)
+    if patient_column and group_pattern:
+        raise ConfigError("give patient_column (a column) or group_pattern (from file names), not both", csv_path)
     records, info = records_from_csv(csv_path, root=root, path_column=path_column,
                                      label_columns=label_columns, task=task, classes=classes, sep=sep,
                                      no_finding=no_finding, patient_column=patient_column,
-                                     split_column=split_column, id_column=id_column, spacing_column=spacing_column)
+                                     split_column=split_column, id_column=id_column, spacing_column=spacing_column,
+                                     label_map=label_map)
+    if group_pattern:
+        apply_group_pattern(records, group_pattern, csv_path)
     source = f"csv column {spacing_column!r}" if spacing_column else None
     if spacing is not None:
         sp = parse_spacing(spacing, "option", "spacing", csv_path)
@@ -542,12 +589,17 @@ def create_nih14(arg: str = "", root: str | Path | None = None, image_dir: str |
 
 @register_dataset("rsna-pneumonia")
 def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_dir: str | Path | None = None,
-                          csv_name: str = "stage_2_train_labels.csv",
-                          check_files: bool = True) -> ManifestDataset:
+                          csv_name: str = "stage_2_train_labels.csv", check_files: bool = True,
+                          split_files: str | Mapping[str, str] | None = None) -> ManifestDataset:
     """RSNA Pneumonia Detection: ``stage_2_train_labels.csv`` (one row per box) -> one case per patient.
 
     Binary ``Target`` (1 = lung opacity / pneumonia); DICOM files ``<image_dir>/<patientId>.dcm``
-    (default ``<root>/stage_2_train_images``). No official split (``splits()`` is None).
+    (default ``<root>/stage_2_train_images``). The competition has no labelled test split; the study used
+    MGCA's split: ``split_files`` = a folder (relative to ``root``) holding MGCA's ``train.csv``, ``val.csv``
+    (or ``valid.csv``) and ``test.csv``, or a mapping ``{train: file, val: file, test: file}``; each file lists
+    ``patientId`` (one row per box is fine). Patients in no file are left out (counted in
+    ``meta['unlisted_patients']``); a patient in two files is an error. Without ``split_files``: no official
+    split (``splits()`` is None).
     """
     root_p = Path(arg or root or ".")
     csv_path = root_p / csv_name
@@ -569,10 +621,62 @@ def create_rsna_pneumonia(arg: str = "", root: str | Path | None = None, image_d
         elif prev.label != lab:
             raise DataError(f"{where}: patient {pid} has Target {lab} but {prev.where} has {prev.label}",
                             source=csv_path)
-    return ManifestDataset(list(by_patient.values()), task=task, source=csv_path, name="rsna-pneumonia",
-                           modality="xray", check_files=check_files)
+    records = list(by_patient.values())
+    meta: dict[str, Any] = {}
+    if split_files is not None:
+        files = read_split_files(split_files, root_p, "patientId")
+        meta["split_files"] = {k: str(v) for k, v in files.items()}
+        of: dict[str, str] = {}
+        for split, f in files.items():
+            _, srows = read_csv_rows(f, ["patientId"])
+            for line, srow in srows:
+                prev_split = of.setdefault(srow["patientId"], split)
+                if prev_split != split:
+                    raise DataError(f"line {line}: patient {srow['patientId']} is also listed in the {prev_split} "
+                                    "file", source=f)
+        unknown = sorted(set(of) - set(by_patient))
+        if unknown:
+            raise DataError(f"{len(unknown)} patient(s) of the split files are not in {csv_name} (e.g. "
+                            f"{unknown[0]})", source=root_p)
+        meta["unlisted_patients"] = sum(rec.id not in of for rec in records)
+        records = [rec for rec in records if rec.id in of]
+        for rec in records:
+            rec.split = of[rec.id]
+    return ManifestDataset(records, task=task, source=csv_path, name="rsna-pneumonia",
+                           modality="xray", check_files=check_files, meta=meta)
 
 
-__all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "create_csv_dataset", "create_nih14",
+def read_split_files(split_files: str | Mapping[str, str] | Path, root: Path, id_column: str) -> dict[str, Path]:
+    """Official split files: a mapping ``{train|val|test: file}`` or a folder holding ``train.csv``,
+    ``val.csv`` (or ``valid.csv`` / ``validation.csv``) and ``test.csv`` (relative paths against ``root``)."""
+    if isinstance(split_files, Mapping):
+        out: dict[str, Path] = {}
+        for k, v in split_files.items():
+            name = SPLIT_ALIASES.get(str(k).strip().lower())
+            if name is None:
+                raise ConfigError(f"split_files: unknown split {k!r} (use train, val, test)", root)
+            q = Path(str(v)).expanduser()
+            out[name] = q if q.is_absolute() else root / q
+    else:
+        d = Path(split_files).expanduser()
+        d = d if d.is_absolute() else root / d
+        if not d.is_dir():
+            raise DataError("split_files folder not found", source=d)
+        out = {}
+        for split, names in (("train", ("train.csv",)), ("val", ("val.csv", "valid.csv", "validation.csv")),
+                             ("test", ("test.csv",))):
+            hit = next((d / n for n in names if (d / n).is_file()), None)
+            if hit is not None:
+                out[split] = hit
+    for k in ("train", "test"):
+        if k not in out:
+            raise DataError(f"split_files: no {k} file (expected {k}.csv)", source=root)
+    for f in out.values():
+        if not f.is_file():
+            raise DataError("split file not found", source=f)
+    return out
+
+
+__all__ = ["NIH14_CLASSES", "ManifestDataset", "Record", "apply_group_pattern", "create_csv_dataset", "create_nih14",
            "create_rsna_pneumonia", "dicom_pixel_spacing", "parse_label", "parse_multilabel_cell", "parse_spacing",
-           "parse_target", "read_csv_rows", "records_from_csv", "split_columns"]
+           "parse_target", "read_csv_rows", "read_split_files", "records_from_csv", "split_columns"]

@@ -14,6 +14,10 @@ Mask values -> class indices: ``mask_values={raw: class_index}`` (keys may be in
 RGB tuples for colour masks); every value found must be mapped. Without a mapping the values must already be
 class indices ``0..K-1``; a binary ``{0, 255}`` mask with two classes is read as ``255 -> 1``.
 
+Groups: ``group_pattern`` (a regex on the image file name; its ``group`` named group, else its first group)
+gives each image its video / sequence / patient id (``Dataset.patients()``), so generated splits and folds
+keep every frame of one video in one split (e.g. ``"^(seq_\\d+)_"``).
+
 Pixel spacing (mm): ``spacing=(row, col)`` for every image, or per image from a CSV: ``spacing_csv=<file>``
 (relative to the root), ``spacing_column`` (e.g. HC18's ``"pixel size(mm)"``), ``spacing_id_column`` (file
 name or stem, default ``filename``). Without either the spacing is unknown and distances are in pixels.
@@ -151,7 +155,8 @@ class Seg2DDataset(Dataset):
                  mask_values: dict[Any, int] | None = None, mask_suffix: str = "",
                  modality: Modality = "generic", spacing: Any = None,
                  name: str | None = None, limit: int | None = None, spacing_csv: str | Path | None = None,
-                 spacing_column: str = "pixel size(mm)", spacing_id_column: str = "filename") -> None:
+                 spacing_column: str = "pixel size(mm)", spacing_id_column: str = "filename",
+                 group_pattern: str | None = None) -> None:
         self.root = Path(root).expanduser()
         self.image_dir = self.root / images
         self.mask_dir = self.root / masks
@@ -206,6 +211,13 @@ class Seg2DDataset(Dataset):
         self._images = imgs
         self._masks = top_masks
         self._fp: str | None = None
+        self.group_pattern = group_pattern
+        self._groups: list[str] | None = None
+        if group_pattern:
+            from medprobe.data.splits import compile_group_pattern, group_from_name
+
+            pat = compile_group_pattern(group_pattern, self.root)
+            self._groups = [group_from_name(self._images[c].name, pat, self.image_dir) for c in self._ids]
         if spacing_csv is not None:
             self._read_spacings(Path(spacing_csv), spacing_column, spacing_id_column)
 
@@ -232,6 +244,10 @@ class Seg2DDataset(Dataset):
     def labels(self) -> list[Any]:
         return [None] * len(self._ids)
 
+    def patients(self) -> list[str]:
+        """Per-image group (video / sequence / patient) from ``group_pattern``; else each image alone."""
+        return list(self._groups) if self._groups is not None else self.ids()
+
     def _mask_files(self, cid: str) -> list[Path]:
         key = cid + self.mask_suffix
         if self.per_class:
@@ -249,6 +265,8 @@ class Seg2DDataset(Dataset):
                      "per_class": self.per_class}
             if self._spacings:  # unchanged fingerprints without a spacing CSV
                 extra["spacing"] = [self._spacings[c] for c in self._ids]
+            if self._groups is not None:  # unchanged fingerprints without groups
+                extra["groups"] = self._groups
             self._fp = files_fingerprint(files, extra)
         return self._fp
 
@@ -284,7 +302,7 @@ class Seg2DDataset(Dataset):
         if self.spacing_source:
             meta["spacing_source"] = self.spacing_source
         return Item(id=cid, image=image, spatial_dims=2, spacing=self._spacings.get(cid, self.spacing), mask=mask,
-                    patient=cid, source=str(img_path), meta=meta)
+                    patient=cid if self._groups is None else self._groups[i], source=str(img_path), meta=meta)
 
     def _read_mask(self, cid: str, path: Path, hw: tuple[int, ...]) -> np.ndarray:
         try:

@@ -2,10 +2,15 @@
 
 ``patients`` is always the per-case list of patient ids (``Dataset.patients()``); the returned splits
 hold case indices, sorted. All functions are deterministic for a given ``seed``.
+
+A "patient" is any group that must stay whole: a video (AutoLaparo, Kvasir-Capsule), a sequence (EndoVis),
+a patient. :func:`group_from_name` derives it from a file name with a regular expression (``group_pattern``
+of the ``folder``, ``seg2d`` and ``csv`` datasets).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -14,6 +19,32 @@ from typing import Any
 import numpy as np
 
 from medprobe.errors import ConfigError, DataError
+
+
+def compile_group_pattern(pattern: str, where: str | Path | None = None) -> re.Pattern[str]:
+    """A ``group_pattern`` regex: its named group ``group``, else its first group, else the whole match is the
+    group id. A pattern that does not compile is one :class:`ConfigError` line."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"group_pattern {pattern!r} is not a regular expression ({e})", where) from None
+
+
+def group_from_name(name: str, pattern: re.Pattern[str], where: str | Path | None = None) -> str:
+    """The group (video / sequence / patient) id of ``name`` by ``pattern`` (searched, not anchored);
+    :class:`DataError` naming ``name`` when it does not match."""
+    m = pattern.search(name)
+    if m is None:
+        raise DataError(f"{name!r} does not match group_pattern {pattern.pattern!r}", source=where)
+    if "group" in m.groupdict():
+        g = m.group("group")
+    elif m.groups():
+        g = m.group(1)
+    else:
+        g = m.group(0)
+    if not g:
+        raise DataError(f"group_pattern {pattern.pattern!r} gives an empty group for {name!r}", source=where)
+    return str(g)
 
 
 def _hashable(label: Any) -> Hashable:
@@ -202,4 +233,5 @@ def validate_splits(splits: dict[str, Sequence[int]], patients: Sequence[str],
                 raise DataError(f"patient {p} is in both {other} and {name}", source=source)
 
 
-__all__ = ["check_leakage", "kfold_by_patient", "split_by_patient", "validate_splits"]
+__all__ = ["check_leakage", "compile_group_pattern", "group_from_name", "kfold_by_patient", "split_by_patient",
+           "validate_splits"]
