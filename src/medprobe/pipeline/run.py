@@ -142,6 +142,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     for name, cls in heads:
         t0 = time.perf_counter()
         res = family.evaluate(cls, name, ctx)
+        add_case_metrics(ctx, res)
         res.timings.setdefault("head_fit_s", round(time.perf_counter() - t0, 3))
         results.append((res, build_record(ctx, family, res, env, t_total, head_cls=cls)))
     # every head is fitted and scored before anything is written: a failing head leaves no partial task
@@ -155,6 +156,32 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     if verbose:
         print_table(ctx, family, [r for r, _ in results], db.path)
     return rows + stored
+
+
+def add_case_metrics(ctx: RunContext, res: HeadResult) -> None:
+    """Metrics a dataset defines per case (``case_metrics(pred, item) -> {name: value}``, e.g. EndoVis binary and
+    challenge IoU, EDD2020 multi-label Dice) on the head's predicted masks, aggregated like the family's own
+    (mean over cases, bootstrap CI) and added to the row's metrics and per-case values."""
+    base = ctx.dataset
+    while getattr(base, "case_metrics", None) is None and getattr(base, "base", None) is not None:
+        base = base.base  # a Subset (e.g. skip_invalid) of a dataset that defines them
+    fn = getattr(base, "case_metrics", None)
+    preds = ctx.state.get(f"masks_{res.run_id}")
+    if fn is None or preds is None:
+        return
+    from medprobe.metrics.segmentation import aggregate_cases
+
+    per_case = [fn(np.asarray(p), ctx.dataset.load(i)) for i, p in zip(ctx.test, preds)]
+    m = ctx.spec.metrics
+    agg = aggregate_cases(per_case, n_resamples=m.bootstrap, seed=ctx.spec.seed, alpha=m.alpha)
+    res.metrics.update(agg)
+    pr = res.predictions
+    if pr is not None and "metric_names" in pr and "values" in pr:
+        names = list(agg)
+        pr["metric_names"] = np.asarray([*pr["metric_names"].tolist(), *names])
+        extra = np.asarray([[float(c.get(k, np.nan)) for k in names] for c in per_case], np.float64)
+        pr["values"] = np.concatenate([pr["values"].reshape(len(per_case), -1), extra], axis=1)
+    res.notes["dataset_metrics"] = {"from": type(base).__name__, "names": sorted(agg)}
 
 
 def _check_writable(folder: Path) -> None:
