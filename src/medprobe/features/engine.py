@@ -252,11 +252,25 @@ class _Runner:
         return res
 
 
+def _volumetric(encoder: Any) -> bool:
+    """True when the encoder's family encodes whole volumes (extraction then runs medprobe.features.volume)."""
+    from medprobe.encoders.families import get_family
+
+    try:
+        return bool(get_family(encoder.spec.family).volumetric)
+    except (ConfigError, AttributeError):
+        return False
+
+
 def lookup(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None,
            config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
            device: str | torch.device = "cpu") -> FeatureStore | None:
     """The complete cache entry for these inputs, or ``None``. ``encoder`` may be an
     :class:`~medprobe.encoders.EncoderInfo`, so a cached run never builds the network."""
+    if _volumetric(encoder):  # whole-volume encoders: medprobe.features.volume
+        from medprobe.features.volume import lookup_volumes
+
+        return lookup_volumes(dataset, encoder, preprocess, config, cache_dir=cache_dir, device=device)
     cfg = config or ExtractConfig()
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
     spec = entry_spec(dataset, encoder, pre, cfg, torch.device(device))
@@ -298,6 +312,11 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     ``rank``/``world`` default to torch.distributed's when it is initialised. With ``shard=(i, n)``
     only shards ``k % n == i`` are computed; the return value is ``None`` until all shards exist.
     """
+    if _volumetric(encoder):  # whole-volume encoders: medprobe.features.volume
+        from medprobe.features.volume import extract_volumes
+
+        return extract_volumes(dataset, encoder, preprocess, config, cache_dir=cache_dir, device=device, rank=rank,
+                               world=world, shard=shard)
     cfg = config or ExtractConfig()
     dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
