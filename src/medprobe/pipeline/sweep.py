@@ -15,9 +15,11 @@ YAML layout::
       head: [logreg, knn]
       budget: [0.1, 1.0]           # or ['1/class', '5/class']
       seed: [0, 1, 2]
+      fold: all                    # k-fold CV: every fold of the task's split {folds: k} (or [0, 2])
 
-Cells are ordered task, encoder, resolution (outer: one extraction each) then layer, budget, seed, head
-(inner: they reuse the cached features).
+Cells are ordered task, encoder, resolution (outer: one extraction each) then fold, layer, budget, seed, head
+(inner: they reuse the cached features). The fold axis needs tasks with ``split: {folds: k}``; each fold is one
+row, and the report aggregates them (mean and CI across folds, and over the pooled test cases).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from medprobe.utils import hash_obj
 
 log = logging.getLogger("medprobe.sweep")
 
-AXES = ("encoder", "weights", "resolution", "layer", "head", "budget", "seed")
+AXES = ("encoder", "weights", "resolution", "layer", "head", "budget", "seed", "fold")
 _SWEEP_KEYS = ("base", "description", "grid", "name", "tasks")
 
 
@@ -232,23 +234,48 @@ def expand(sweep: Sweep) -> list[Cell]:
                 depth = _depth(enc)
                 layers = sorted({v + depth if v < 0 else v for v in layers})
                 layer_spec = ",".join(str(v) for v in layers)
+            folds = _folds(task, g.get("fold"), sweep.source or sweep.name)
             for res in _axis(g, "resolution", task.preprocess.resolution):
-                for layer in layers:
-                    for budget in _axis(g, "budget", task.budget):
-                        for seed in _axis(g, "seed", task.seed):
-                            for head in (_axis(g, "head", None) if g.get("head") is not None else task.heads):
-                                cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget, seed,
-                                                   head, len(cells) + 1))
+                for fold in folds:
+                    for layer in layers:
+                        for budget in _axis(g, "budget", task.budget):
+                            for seed in _axis(g, "seed", task.seed):
+                                for head in (_axis(g, "head", None) if g.get("head") is not None else task.heads):
+                                    cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget, seed,
+                                                       head, len(cells) + 1, fold=fold))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid produces duplicate cells (repeated axis values?)", sweep.source or sweep.name)
     return cells
 
 
+def _folds(task: TaskSpec, axis: Any, where: str) -> list[int | None]:
+    """The fold axis of one task: ``all`` (every fold of its ``split: {folds: k}``), a list or one index;
+    ``[None]`` (the task's own split) without the axis."""
+    if axis is None:
+        return [None]
+    if task.split.kind != "folds" or task.split.folds is None:
+        raise ConfigError(f"task {task.name}: grid.fold needs split: {{folds: k}} (its split is {task.split.kind})",
+                          where)
+    k = int(task.split.folds)
+    if axis == "all" or axis == ["all"]:
+        return list(range(k))
+    vals = axis if isinstance(axis, (list, tuple)) else [axis]
+    try:
+        idx = [int(v) for v in vals]
+    except (TypeError, ValueError):
+        raise ConfigError(f"task {task.name}: grid.fold must be 'all' or fold indices, got {axis!r}", where) from None
+    if any(not 0 <= v < k for v in idx) or len(set(idx)) != len(idx):
+        raise ConfigError(f"task {task.name}: grid.fold {axis!r} must be distinct indices in 0..{k - 1}", where)
+    return list(idx)
+
+
 def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer: int | None, layer_spec: Any,
-          budget: Any, seed: Any, head: str, index: int) -> Cell:
+          budget: Any, seed: Any, head: str, index: int, fold: int | None = None) -> Cell:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
+    if fold is not None:
+        over["split"] = {**task.to_dict()["split"], "fold": int(fold)}
     where = sweep.source or sweep.name
     if res in (None, "native"):
         over["preprocess"] = {"resolution": None}
@@ -261,15 +288,15 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
         res_label = f"{r[0]}" if r[0] == r[1] else f"{r[0]}x{r[1]}"
     if layer is not None:
         over["features"] = {"layers": layer_spec, "select": int(layer)}
-    key = "/".join([task.name, enc, f"r{res_label}", "Ldefault" if layer is None else f"L{layer}", head,
-                    f"b{_fmt_budget(budget)}", f"s{seed}"])
+    key = "/".join([task.name, enc, f"r{res_label}", *([] if fold is None else [f"f{fold}"]),
+                    "Ldefault" if layer is None else f"L{layer}", head, f"b{_fmt_budget(budget)}", f"s{seed}"])
     over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
     try:
         spec = parse_task(merge_raw(task.to_dict(), over), source=where)
     except ConfigError as e:
         raise ConfigError(f"cell {key}: {e.problem}", where) from None
     axes = {"task": task.name, "encoder": enc, "resolution": res_label, "layer": layer, "head": head,
-            "budget": budget, "seed": int(seed)}
+            "budget": budget, "seed": int(seed), "fold": fold}
     return Cell(index=index, key=key, spec=spec, axes=axes)
 
 

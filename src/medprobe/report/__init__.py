@@ -189,6 +189,11 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
             summary.tables.append(rt)
         if cd is not None:
             summary.figures.append(cd)
+        from medprobe.report.folds import fold_table
+
+        ft = fold_table(points, db, n_boot=n_boot)  # k-fold CV: mean and CI across folds and over cases
+        if ft is not None:
+            summary.tables.append(ft)
         st = study_table(task_reports, points)
         if st is not None:
             summary.tables.append(st)
