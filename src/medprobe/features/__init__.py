@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from medprobe.features.engine import ExtractConfig, amp_dtype, entry_spec, extract, lookup, resolve_preprocess
 
 _ENGINE = ("ExtractConfig", "amp_dtype", "entry_spec", "extract", "lookup", "resolve_preprocess")
+_SLIDES = ("extract_slides", "lookup_slides", "slide_coords", "slide_files", "export_h5")  # slide tile bags (torch)
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from medprobe.features import engine
 
         return getattr(engine, name)
+    if name in _SLIDES:
+        from medprobe.features import slides
+
+        return getattr(slides, name)
     raise AttributeError(f"module 'medprobe.features' has no attribute {name!r}")
 
 

@@ -267,6 +267,10 @@ def lookup(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None =
            device: str | torch.device = "cpu") -> FeatureStore | None:
     """The complete cache entry for these inputs, or ``None``. ``encoder`` may be an
     :class:`~medprobe.encoders.EncoderInfo`, so a cached run never builds the network."""
+    if getattr(dataset, "unit", None) == "slide":  # whole slides: tile bags (features/slides.py)
+        from medprobe.features.slides import lookup_slides
+
+        return lookup_slides(dataset, encoder, preprocess, config, cache_dir=cache_dir, device=device)
     if _volumetric(encoder):  # whole-volume encoders: medprobe.features.volume
         from medprobe.features.volume import lookup_volumes
 
@@ -312,6 +316,11 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     ``rank``/``world`` default to torch.distributed's when it is initialised. With ``shard=(i, n)``
     only shards ``k % n == i`` are computed; the return value is ``None`` until all shards exist.
     """
+    if getattr(dataset, "unit", None) == "slide":  # whole slides: tile bags (features/slides.py)
+        from medprobe.features.slides import extract_slides
+
+        return extract_slides(dataset, encoder, preprocess, config, cache_dir=cache_dir, device=device, rank=rank,
+                              world=world, shard=shard)
     if _volumetric(encoder):  # whole-volume encoders: medprobe.features.volume
         from medprobe.features.volume import extract_volumes
 

@@ -26,7 +26,7 @@ from medprobe.pipeline.task import TaskSpec
 
 FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
 _FAMILIES: dict[str, type[TaskFamily]] = {}
-_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration")
+_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides")
 
 
 def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
