@@ -149,8 +149,7 @@ def fold_table(points: Sequence[dict[str, Any]], db: Any = None, n_boot: int = 1
               raw_columns=["task", "setting", "metric", "folds", "scores", "mean", "low", "high", "sd", "n_cases",
                            "cases_mean", "cases_low", "cases_high"])
     for r in rows:
-        flag = "" if r["pretrained"] else " (UNTRAINED)"
-        t.add([r["task"], r["setting"] + flag, r["metric"], f"{len(r['folds'])}/{r['k']}",
+        t.add([r["task"], r["setting"], r["metric"], f"{len(r['folds'])}/{r['k']}",
                ", ".join(fmt(s) for s in r["scores"]), fmt(r["mean"]), f"[{fmt(r['low'])}, {fmt(r['high'])}]",
                fmt(r["sd"]), str(r.get("n_cases", "-")), fmt(r.get("cases_mean", math.nan)),
                f"[{fmt(r.get('cases_low', math.nan))}, {fmt(r.get('cases_high', math.nan))}]"],
