@@ -44,7 +44,7 @@ def _ensure_loaded() -> None:
     import importlib
 
     for mod in ("phantoms", "medmnist", "csv_manifest", "image_folder", "volumes", "msd", "seg2d", "em", "pairs",
-                "ctrate", "external", "surgical", "petct"):
+                "ctrate", "external", "surgical", "petct", "wsi_datasets"):
         try:
             importlib.import_module(f"medprobe.data.{mod}")
         except ModuleNotFoundError as e:  # a loader file not present (yet) or an optional extra missing
