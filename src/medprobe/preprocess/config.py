@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medprobe.errors import ConfigError
-from medprobe.preprocess.intensity import parse_intensity, resolve_intensity
+from medprobe.preprocess.intensity import CHANNEL_SEP, check_intensity, resolve_intensity
 from medprobe.schema import as_dict, choice, opt, to_bool, to_int, to_size, to_triple
 
 CHANNEL_MODES = ("auto", "replicate", "keep", "per_channel", "first3")
@@ -18,10 +18,12 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
 
 def _intensity(v: Any, path: str) -> str:
-    s = str(v).strip()
+    """One option, or one per channel (a list, or ``a|b``), canonical as ``a|b``."""
+    s = CHANNEL_SEP.join(str(x).strip() for x in v) if isinstance(v, (list, tuple)) else str(v).strip()
+    s = CHANNEL_SEP.join(p.strip() for p in s.split(CHANNEL_SEP))
     if s != "auto":
         try:
-            parse_intensity(s)
+            check_intensity(s)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e.problem}") from None
     return s
@@ -32,7 +34,9 @@ class PreprocessConfig:
     """All preprocessing choices. ``None``/``auto`` fields are filled from the encoder / dataset by
     :meth:`resolved`.
 
-    * ``intensity``: see :mod:`medprobe.preprocess.intensity` (``auto`` resolved from modality and dtype).
+    * ``intensity``: see :mod:`medprobe.preprocess.intensity` (``auto`` resolved from modality and dtype); one
+      option per channel as a list / ``a|b`` (multi-channel input: each channel its own window, percentiles or
+      SUV range; ``per_channel`` input is always normalised channel by channel).
     * ``channels``: ``auto`` (grey replicated to 3, RGB kept, RGBA -> RGB), ``replicate`` (first channel
       replicated), ``keep`` (needs 3 channels), ``per_channel`` (each channel encoded separately as a grey
       image, features concatenated: multi-modal volumes), ``first3`` (first three channels as RGB).
@@ -46,7 +50,8 @@ class PreprocessConfig:
 
     intensity: str = opt("auto", norm=_intensity, type="str",
                          help="auto, minmax, uint8, uint16, none, ct:<preset>, ct:<level>,<width>, ct-multi:a,b,c, "
-                              "mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]")
+                              "mri:percentile[:lo,hi], mri:zscore, pet:suv[:lo,hi]; or one per channel: a list "
+                              "or a|b (e.g. ct:soft_tissue|pet:suv:0,10)")
     channels: str = opt("auto", norm=choice(*CHANNEL_MODES), type="|".join(CHANNEL_MODES),
                         help="grey -> RGB handling (auto: grey replicated, RGB kept)")
     resize: str = opt("stretch", norm=choice(*RESIZE_MODES), type="|".join(RESIZE_MODES),

@@ -10,9 +10,20 @@ Spec strings (stored verbatim with every result):
 * ``mri:zscore`` -- per-volume z-score over non-zero voxels, clipped to [-3, 3] and mapped to [0, 1];
 * ``pet:suv`` or ``pet:suv:<lo>,<hi>`` -- SUV clip (default 0, 10) mapped to [0, 1];
 * ``auto`` -- resolved per dataset by :func:`resolve_intensity` (modality and dtype) before anything runs.
+
+**Multi-channel input** (PET/CT, multi-sequence MRI): ``<spec>|<spec>|...`` gives each channel its own option
+(``ct:soft_tissue|pet:suv:0,10``: CT windowed in HU, PET clipped in SUV; a YAML list is the same), applied to
+each channel separately with its own statistics. With ``channels: per_channel`` (each channel encoded as its
+own grey image) a single option is applied to every channel separately as well, so a 0-15 SUV PET channel is
+not squeezed into a sliver of a CT channel's -1024..3000 HU range; with channels combined as colour (``keep``,
+``first3``) a single option's statistics are joint. :func:`channel_intensities` turns ``auto`` (or one option)
+into the per-channel list from the channel names (CT -> ``ct:soft_tissue``, PET -> ``pet:suv:0,10``, MRI
+sequences -> ``mri:percentile:0.5,99.5``), and that list is what is resolved, hashed and recorded.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +41,57 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {  # name: (level, width)
 }
 
 
+CHANNEL_SEP = "|"
+
+
+def split_channels(spec: str) -> list[str]:
+    """``"a|b"`` -> ``["a", "b"]`` (one option per channel); a single option -> ``[spec]``."""
+    return [p.strip() for p in str(spec).split(CHANNEL_SEP)]
+
+
+def channel_kind(name: str) -> str | None:
+    """``ct``, ``pet`` or ``mri`` from a channel name (``CT``, ``PET``, ``T2``, ``FLAIR``, ``ADC`` ...), else None."""
+    n = str(name).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    if "pet" in n or n == "suv":
+        return "pet"
+    if n == "ct" or n.startswith("ct") or n == "hu":
+        return "ct"
+    if n.startswith(("t1", "t2", "mr", "flair", "adc", "dwi", "pd", "swi")) or n in ("nonenhanced", "enhanced",
+                                                                                   "hbv", "perfusion"):
+        return "mri"
+    return None
+
+
+def channel_intensities(spec: str, n_channels: int, channel_names: list[str] | None = None,
+                        modality: str = "generic", dtype: Any = np.float32) -> str:
+    """The per-channel option list (``a|b|...``) for ``n_channels``-channel input that is encoded channel by
+    channel: ``auto`` resolved per channel from its name (CT, PET, MRI sequence; an unnamed channel from the
+    dataset's ``modality``, PET/CT without names -> ``minmax``), a single option repeated, a list checked."""
+    parts = split_channels(spec)
+    if len(parts) > 1:
+        if len(parts) != n_channels:
+            raise ConfigError(f"intensity lists {len(parts)} per-channel options ({spec}) for "
+                              f"{n_channels}-channel input")
+        return CHANNEL_SEP.join(resolve_intensity(p, modality, dtype) if p != "auto" else
+                                _auto_channel(channel_names, i, modality, dtype) for i, p in enumerate(parts))
+    if spec != "auto":
+        resolve_intensity(spec, modality, dtype)
+        return CHANNEL_SEP.join([spec] * n_channels)
+    return CHANNEL_SEP.join(_auto_channel(channel_names, i, modality, dtype) for i in range(n_channels))
+
+
+def _auto_channel(names: list[str] | None, i: int, modality: str, dtype: Any) -> str:
+    kind = channel_kind(names[i]) if names and i < len(names) else None
+    if kind is None:
+        kind = modality if modality in ("ct", "mri", "pet") else "generic"
+    return resolve_intensity("auto", kind, dtype)
+
+
 def resolve_intensity(spec: str, modality: str, dtype: np.dtype | str) -> str:
-    """Turn ``auto`` into a concrete option from the modality and the stored dtype."""
+    """Turn ``auto`` into a concrete option from the modality and the stored dtype (each entry of a
+    per-channel list; an ``auto`` entry from the modality alone)."""
+    if CHANNEL_SEP in spec:
+        return CHANNEL_SEP.join(resolve_intensity(p, modality, dtype) for p in split_channels(spec))
     if spec != "auto":
         parse_intensity(spec)  # validate
         return spec
@@ -48,7 +108,8 @@ def resolve_intensity(spec: str, modality: str, dtype: np.dtype | str) -> str:
 
 
 def parse_intensity(spec: str) -> tuple[str, tuple[float, ...]]:
-    """Parse an intensity spec into (kind, parameters); raise ConfigError on anything unknown."""
+    """Parse one intensity spec into (kind, parameters); raise ConfigError on anything unknown (a per-channel
+    list is checked entry by entry: use :func:`check_intensity`)."""
     kind, _, arg = spec.partition(":")
     try:
         if kind in ("none", "uint8", "uint16", "minmax") and not arg:
@@ -91,6 +152,33 @@ def parse_intensity(spec: str) -> tuple[str, tuple[float, ...]]:
                       f"(CT presets: {', '.join(CT_WINDOWS)})")
 
 
+def check_intensity(spec: str) -> list[tuple[str, tuple[float, ...]]]:
+    """Parse a single option or a per-channel list (``ct-multi`` makes three channels of one: not in a list)."""
+    parts = split_channels(spec)
+    out = [parse_intensity(p) if p != "auto" else ("auto", ()) for p in parts]
+    if len(parts) > 1 and any(k == "ct-multi" for k, _ in out):
+        raise ConfigError(f"ct-multi makes three channels of one CT image; it cannot be one entry of a per-channel "
+                          f"list ({spec})")
+    return out
+
+
+def apply_channel_intensity(arr: np.ndarray, spec: str) -> np.ndarray:
+    """Normalise each channel of ``(..., C)`` separately with its own option and statistics: ``spec`` is one
+    option (applied to every channel) or a list of ``C`` (``a|b``). Returns float32 ``(..., C)`` in [0, 1]."""
+    parts = split_channels(spec)
+    c = arr.shape[-1]
+    if len(parts) == 1:
+        parts = parts * c
+    if len(parts) != c:
+        raise ConfigError(f"intensity lists {len(parts)} per-channel options ({spec}) for a {c}-channel image")
+    out = np.empty(arr.shape, np.float32)
+    for j, p in enumerate(parts):
+        if parse_intensity(p)[0] == "ct-multi":
+            raise ConfigError("ct-multi needs a single-channel CT image")
+        out[..., j] = apply_intensity(arr[..., j], p)
+    return out
+
+
 def _window(a: np.ndarray, level: float, width: float) -> np.ndarray:
     lo = level - width / 2.0
     return np.clip((a - lo) / width, 0.0, 1.0)
@@ -102,6 +190,10 @@ def apply_intensity(arr: np.ndarray, spec: str, has_channels: bool = False) -> n
     Statistics (min/max, percentiles, z-score) are taken over the whole array given, so a volume is
     normalised once, consistently across its slices. ``ct-multi`` adds a trailing channel axis of 3.
     """
+    if CHANNEL_SEP in spec:
+        if not has_channels:
+            raise ConfigError(f"intensity lists per-channel options ({spec}) for a single-channel image")
+        return apply_channel_intensity(arr, spec)
     kind, p = parse_intensity(spec)
     a = arr.astype(np.float32, copy=False)
     if kind == "none":

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medprobe.errors import ConfigError, DataError
 from medprobe.preprocess.config import PreprocessConfig
-from medprobe.preprocess.intensity import apply_intensity
+from medprobe.preprocess.intensity import CHANNEL_SEP, apply_channel_intensity, apply_intensity
 
 
 class Preprocessor:
@@ -42,7 +42,7 @@ class Preprocessor:
             img = img.astype(np.float32)
         if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
             raise DataError("image contains NaN or infinite values", src)
-        x = apply_intensity(img, self.cfg.intensity, has_channels=has_c)
+        x = self._intensity(img, has_c, src)
         if x.ndim == sd:
             x = x[..., None]
         # slices first: (S, H, W, C)
@@ -62,6 +62,18 @@ class Preprocessor:
         v = views.shape[1]
         sv = (views.reshape(s * v, 3, *t.shape[-2:]) - self._mean) / self._std
         return sv.reshape(s, v, 3, *sv.shape[-2:])
+
+    def _intensity(self, img: np.ndarray, has_c: bool, src: str) -> np.ndarray:
+        """Per channel (each its own option / statistics) for a per-channel list or ``per_channel`` input;
+        else one option over the whole array (grey images, channels combined as colour)."""
+        spec = self.cfg.intensity
+        per_channel = has_c and (CHANNEL_SEP in spec or (self.cfg.channels == "per_channel" and img.shape[-1] > 1))
+        try:
+            if per_channel:
+                return apply_channel_intensity(img, spec)
+            return apply_intensity(img, spec, has_channels=has_c)
+        except ConfigError as e:
+            raise ConfigError(e.problem, e.source or src) from None
 
     def _channels(self, t: torch.Tensor, src: str) -> torch.Tensor:
         mode, c = self.cfg.channels, t.shape[1]

@@ -156,11 +156,21 @@ class SegmentationFamily(TaskFamily):
     default_layers = "four"
     default_use = "concat"
     headline = ("dice", "iou", "hd95", "asd")
-    data_options = ("skip_invalid",)
+    data_options = ("skip_invalid", "inputs")
     unit_label = "px/slice"
 
     def prepare_dataset(self, ds: Any, spec: TaskSpec, verbose: bool) -> tuple[Any, dict[str, Any]]:
-        """With ``data.skip_invalid``: every case validated, bad ones listed and dropped."""
+        """With ``data.skip_invalid``: every case validated, bad ones listed and dropped; ``data.inputs``: only
+        the named channels (the PET/CT input ablation: CT, PET, CT+PET)."""
+        ds, notes = self._validated(ds, spec, verbose)
+        if spec.data.get("inputs") is not None:
+            from medprobe.preprocess.channels import select_inputs
+
+            ds = select_inputs(ds, spec.data["inputs"], spec.name)
+            notes["inputs"] = "+".join(getattr(ds, "channel_names", [])) or "all"
+        return ds, notes
+
+    def _validated(self, ds: Any, spec: TaskSpec, verbose: bool) -> tuple[Any, dict[str, Any]]:
         notes: dict[str, Any] = {"skipped_cases": [], "warnings": []}
         if not spec.data.get("skip_invalid"):
             return ds, notes
@@ -183,13 +193,22 @@ class SegmentationFamily(TaskFamily):
         return ds, notes
 
     def resolve(self, spec: TaskSpec, ds: Any, encoder: Any) -> TaskSpec:
-        """Four tapped blocks, all concatenated; ``per_channel`` for multi-channel non-RGB data."""
+        """Four tapped blocks, all concatenated; ``per_channel`` for multi-channel non-RGB data, each channel
+        with its own intensity option (``auto``: from the channel's name, e.g. CT window / PET SUV)."""
         spec = super().resolve(spec, ds, encoder)
         if spec.preprocess.channels == "auto" and ds.modality not in _RGB_MODALITIES:
             names = getattr(ds, "channel_names", None)
             n = len(names) if names else ds.load(0).n_channels
             if n > 1:
                 spec = spec.with_overrides(preprocess={"channels": "per_channel"})
+        if spec.preprocess.channels == "per_channel":
+            from medprobe.preprocess.intensity import channel_intensities
+
+            names = getattr(ds, "channel_names", None) or None
+            n = len(names) if names else ds.load(0).n_channels
+            if n > 1:
+                per = channel_intensities(spec.preprocess.intensity, n, names, ds.modality)
+                spec = spec.with_overrides(preprocess={"intensity": per})
         return spec
 
     def head_params(self, head_cls: type[Any]) -> list[str]:
