@@ -188,7 +188,7 @@ def test_unknown_build_option_names_it(toy: EncoderSpec) -> None:
         create_encoder("none", onnx_input="pixels")
     # None means "not given": the CLI passes onnx_output=None whatever the encoder
     enc = create_encoder("none", onnx_output=None)
-    assert enc.weights_id == "none"
+    assert enc.weights_id == "none:pixel-grid"
 
 
 def test_builtin_families_declare_their_facts() -> None:
@@ -208,7 +208,7 @@ def test_builtin_families_declare_their_facts() -> None:
 
 def test_blockless_info_resolves_to_the_one_layer() -> None:
     info = encoder_info("none")
-    assert info is not None and (info.weights_id, info.pretrained, info.depth) == ("none", False, 1)
+    assert info is not None and (info.weights_id, info.pretrained, info.depth) == ("none:pixel-grid", False, 1)
     assert info.resolve_layers("four") == info.resolve_layers("all") == (0,)
     vit = encoder_info("dinov3-vits16")
     assert vit is not None and vit.resolve_layers("four") == (2, 5, 8, 11) and vit.fixed_resolution is None
