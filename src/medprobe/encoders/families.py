@@ -34,7 +34,8 @@ LocalWeightsFn = Callable[["EncoderSpec"], list[Path]]
 # modules that register the built-in families at import
 _BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity",
                     "medprobe.encoders.volume3d",
-                    "medprobe.encoders.cnn", "medprobe.encoders.sam")
+                    "medprobe.encoders.cnn", "medprobe.encoders.sam",
+                    "medprobe.encoders.clip")
 
 
 def no_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
