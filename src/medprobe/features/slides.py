@@ -337,10 +337,7 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
         resolve_preprocess,
     )
 
-    cfg = config or ExtractConfig()
-    if "patch" in cfg.tokens:
-        raise ConfigError("slides keep one vector per tile (cls / mean tokens); patch grids of every tile are not "
-                          "cached", dataset.name)
+    cfg = _vector_tokens(config or ExtractConfig(), dataset)
     tiling, tissue = slide_options(dataset, tiling, tissue)
     dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
@@ -424,6 +421,15 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
     return None
 
 
+def _vector_tokens(cfg: Any, dataset: Any) -> Any:
+    """The config with patch grids dropped: a slide keeps one vector per tile (cls / mean tokens)."""
+    tokens = tuple(t for t in cfg.tokens if t != "patch")
+    if not tokens:
+        raise ConfigError("slides keep one vector per tile (cls / mean tokens); patch grids of every tile are not "
+                          "cached", getattr(dataset, "name", "slides"))
+    return replace(cfg, tokens=tokens) if tokens != tuple(cfg.tokens) else cfg
+
+
 def _usable(entry: Path) -> bool:
     """A finished slide entry whose files pass their checksums (a damaged one is removed and recomputed)."""
     if not _slide_done(entry):
@@ -490,7 +496,7 @@ def lookup_slides(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig |
     """The complete bag index for these inputs, or ``None`` (``encoder`` may be an ``EncoderInfo``)."""
     from medprobe.features.engine import ExtractConfig, entry_spec, resolve_preprocess
 
-    cfg = config or ExtractConfig()
+    cfg = _vector_tokens(config or ExtractConfig(), dataset)
     tiling, tissue = slide_options(dataset, tiling, tissue)
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
     spec = bag_spec(entry_spec(dataset, encoder, pre, cfg, torch.device(device)), tiling, tissue)
