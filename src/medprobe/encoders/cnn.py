@@ -159,7 +159,7 @@ def read_state_dict(ref: WeightsRef) -> tuple[dict[str, torch.Tensor], Path]:
 class KeyMap:
     """One published key layout: ``rules`` map an author key to the model's (regex, template), ``inverse`` the
     model's back (to name missing tensors in the file's naming); ``drop``: author keys dropped on purpose;
-    ``optional``: model keys a file may lack (filled from the model, e.g. BatchNorm's ``num_batches_tracked``)."""
+    ``optional``: model keys a file may lack (zero-filled, e.g. BatchNorm's ``num_batches_tracked``)."""
 
     name: str
     rules: tuple[tuple[str, str], ...]
@@ -222,8 +222,8 @@ def load_mapped(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], keymap: 
             raise WeightsError(f"tensor {keymap.to_file(mk)!r} has shape {tuple(v.shape)} in the file but "
                                f"{model_name} expects {tuple(own[mk].shape)}", source)
     for mk in own:
-        if mk not in out:
-            out[mk] = own[mk]
+        if mk not in out:  # an optional tensor the file lacks (a training counter): zeros
+            out[mk] = torch.zeros_like(own[mk], device="cpu")
     model.load_state_dict(out, strict=True)
 
 
@@ -242,6 +242,17 @@ def files_named(patterns: Sequence[str]) -> list[Path]:
             for pat in patterns:
                 found += sorted(p for p in d.glob(pat) if p.is_file())
     return found
+
+
+def empty_model(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``make()`` with uninitialised CPU storage, for a model whose every tensor a checkpoint is about to
+    overwrite (skips the random initialisation); a model with non-persistent buffers is built normally."""
+    with torch.device("meta"):
+        model = make()
+    persistent = set(model.state_dict())
+    if any(name not in persistent for name, _ in model.named_buffers()):
+        return make()
+    return model.to_empty(device="cpu")
 
 
 def seeded(seed: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -410,7 +421,7 @@ def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> En
     else:
         wid = weights_identity(spec, ref)  # hash (and name check) first: a renamed or corrupt file stops here
         sd, src = read_state_dict(ref)
-        model = build_cnn_model(spec)
+        model = empty_model(lambda: build_cnn_model(spec))
         load_mapped(model, sd, _layout(spec, sd, src), src, spec.name)
     enc = CNNEncoder(spec, model)
     enc.weights_id = weights_identity(spec, ref) if ref.kind == "random" else wid
@@ -484,5 +495,5 @@ for _size, _depths, _dims, _params in _CONVNEXT:
                                                 hidden_act="gelu"),
     ))
 
-__all__ = ["CNNEncoder", "CONVNEXT_KEYS", "KeyMap", "RESNET_KEYS", "build_cnn_model", "files_named", "load_mapped",
-           "read_state_dict", "transformers_module", "weights_identity"]
+__all__ = ["CNNEncoder", "CONVNEXT_KEYS", "KeyMap", "RESNET_KEYS", "build_cnn_model", "empty_model", "files_named",
+           "load_mapped", "read_state_dict", "transformers_module", "weights_identity"]

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.cnn import (
     KeyMap,
+    empty_model,
     files_named,
     load_mapped,
     read_state_dict,
@@ -172,7 +173,7 @@ def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> En
     else:
         sd, src = read_state_dict(ref)
         sd, keymap = _layout(sd)
-        model = build_sam_model(spec)
+        model = empty_model(lambda: build_sam_model(spec))
         load_mapped(model, sd, keymap, src, spec.name)
     enc = SamEncoder(spec, model)
     enc.weights_id, enc.pretrained = wid, ref.kind != "random"
