@@ -232,3 +232,62 @@ def test_tiling_config_checks() -> None:
     assert cfg.to_dict()["interpolation"] == "bilinear"
     with pytest.raises(ConfigError, match="tile_pz"):
         parse_section(TilingConfig, {"tile_pz": 3}, "tiling", "t.yaml")
+
+
+def write_dicom_wsi_level(path: Path, img: np.ndarray, tile: int, uids: tuple[str, str, str], mpp: float,
+                          image_type: list[str], instance: int) -> None:
+    """One level of a DICOM whole-slide image (VL WSI, TILED_FULL, uncompressed RGB frames) with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    h, w, _ = img.shape
+    frames = []
+    for ty in range(-(-h // tile)):
+        for tx in range(-(-w // tile)):
+            t = np.full((tile, tile, 3), 255, np.uint8)
+            part = img[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]
+            t[:part.shape[0], :part.shape[1]] = part
+            frames.append(t)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.Modality, ds.ImageType, ds.InstanceNumber = "SM", image_type, instance
+    ds.PatientID, ds.PatientName, ds.ContainerIdentifier = "p", "p", "slide1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = tile, tile, 3, "RGB"
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 0, 8, 8, 7, 0
+    ds.NumberOfFrames, ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = len(frames), w, h
+    ds.DimensionOrganizationType, ds.TotalPixelMatrixFocalPlanes = "TILED_FULL", 1
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * mpp / 1000, h * mpp / 1000
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [mpp / 1000, mpp / 1000], 0.001
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([pm])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    op = Dataset()
+    op.OpticalPathIdentifier = "1"
+    ds.OpticalPathSequence, ds.NumberOfOpticalPaths = Sequence([op]), 1
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_wsi_through_openslide(tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    a = np.random.default_rng(1).integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    write_dicom_wsi_level(tmp_path / "l0.dcm", a, 128, uids, 0.25, ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"], 1)
+    write_dicom_wsi_level(tmp_path / "l1.dcm", a[::2, ::2], 128, uids, 0.5,
+                          ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"], 2)
+    s = open_slide(tmp_path / "l0.dcm")  # any file of the series opens the whole pyramid
+    assert s.backend == "openslide" and s.properties["openslide.vendor"] == "dicom"
+    assert s.mpp == pytest.approx(0.25) and s.level_dimensions == ((410, 300), (205, 150))
+    np.testing.assert_array_equal(s.read_level((50, 20), 0, (100, 60)), a[20:80, 50:150])
+    plan = plan_tiles(s, TilingConfig(target_mpp=0.5, tile_px=64))
+    assert (plan.level, plan.read_px, len(plan)) == (1, 64, (410 // 128) * (300 // 128))
+    np.testing.assert_array_equal(read_tile(s, plan, 1), a[::2, ::2][0:64, 64:128])
