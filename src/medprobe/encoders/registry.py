@@ -8,6 +8,7 @@ before its specs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,9 +77,20 @@ def _check_family(spec: EncoderSpec) -> None:
         raise ConfigError(f"encoder {spec.name!r}: {e.problem}") from None
 
 
+# names made on first use: "<prefix>:<rest>" -> the resolver of <prefix> builds the spec (generic doors timm:, hf:)
+_RESOLVERS: dict[str, Callable[[str], EncoderSpec]] = {}
+
+
+def register_resolver(prefix: str, resolve: Callable[[str], EncoderSpec]) -> None:
+    """Make every name ``<prefix>:<anything>`` an encoder: ``resolve(name)`` builds its spec on first use."""
+    _RESOLVERS[prefix] = resolve
+
+
 def get_spec(name: str) -> EncoderSpec:
     """The spec of a named encoder; unknown names, and specs whose family is not registered, are ConfigErrors."""
     _load_families()
+    if name not in _REGISTRY and name.partition(":")[0] in _RESOLVERS:
+        _REGISTRY[name] = _RESOLVERS[name.partition(":")[0]](name)
     if name not in _REGISTRY:
         raise ConfigError(f"unknown encoder {name!r}; run 'medprobe models' for the list "
                           f"(known: {', '.join(sorted(_REGISTRY))})")
