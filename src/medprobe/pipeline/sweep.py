@@ -378,22 +378,31 @@ def _fmt_s(s: float) -> str:
 
 
 def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None = None, dry_run: bool = False,
-              echo: Callable[[str], None] | None = None, stop_on_error: bool = False) -> dict[str, Any]:
+              echo: Callable[[str], None] | None = None, stop_on_error: bool = False,
+              select: Callable[[Cell], bool] | None = None, overrides: dict[str, Any] | None = None,
+              limit: int | None = None) -> dict[str, Any]:
     """Run every cell not yet in ``db``; returns ``{total, ran, skipped, failed, cells, run_ids, errors}``.
 
     Log lines: ``cell i/N done already: skipped <key>``, ``running cell i/N: <key>``, and a progress line
-    ``[name] k/N cells done (ran r, skipped s), ETA ...``. ``cache_dir`` overrides every task's feature cache.
+    ``[name] k/N cells done (ran r, skipped s), ETA ...``. ``cache_dir`` overrides every task's feature cache;
+    ``select`` keeps only the cells it accepts; ``overrides`` (raw task options, merged like a task file's) are
+    applied to every cell; ``limit`` runs at most that many of the cells still to do (the rest wait).
     """
-    from medprobe.pipeline import run_task
     from medprobe.results import ResultsDB
 
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     db = db if db is not None else ResultsDB()
     say = echo or (lambda s: print(s, flush=True))
     cells = expand(sw)
-    if cache_dir is not None:
+    if select is not None:
+        cells = [c for c in cells if select(c)]
+    if cache_dir is not None or overrides:
         for c in cells:
-            c.spec = c.spec.with_overrides(cache_dir=str(cache_dir))
+            over = merge_raw(dict(overrides or {}), {"cache_dir": str(cache_dir)} if cache_dir is not None else {})
+            try:
+                c.spec = c.spec.with_overrides(**over)
+            except ConfigError as e:
+                raise ConfigError(f"cell {c.key}: {e.problem}", sw.source or sw.name) from None
     n = len(cells)
     say(f"sweep {sw.name} [{sw.hash}]: {n} cells ({len(sw.tasks)} task(s)) -> {db.path}")
     for t in sw.skipped_tasks:
@@ -406,6 +415,15 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
         say(f"dry run: {n - todo} done, {todo} to run")
         return {"total": n, "ran": 0, "skipped": n - todo, "failed": 0, "todo": todo, "cells": cells,
                 "run_ids": [], "errors": []}
+    from medprobe.pipeline import run_task
+
+    if limit is not None:  # the first `limit` cells still to do run; the others wait for a later call
+        allowed = [c.index for c in cells if not done[c.index]][: max(int(limit), 0)]
+        waiting = {c.index for c in cells if not done[c.index]} - set(allowed)
+        if waiting:
+            say(f"--limit {limit}: {len(waiting)} cell(s) left for a later run")
+        cells = [c for c in cells if c.index not in waiting]
+        n = len(cells)
     ips = _ips_finder(db, [c.spec.cache_dir for c in cells])
     ran = skipped = failed = 0
     run_ids: list[str] = []
