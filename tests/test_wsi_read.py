@@ -170,6 +170,8 @@ def test_thumbnail_streams_in_bands(shared_data: Path, monkeypatch: pytest.Monke
 
 
 def test_generated_tiffs_strips_tiles_and_pickling(tmp_path: Path) -> None:
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
     strip = tmp_path / "strips.tif"  # zlib strips: OpenSlide refuses, tifffile decodes only the strips touched
@@ -178,7 +180,7 @@ def test_generated_tiffs_strips_tiles_and_pickling(tmp_path: Path) -> None:
     s = open_slide(strip)
     assert s.backend == "tiff" and s.mpp == pytest.approx(0.5) and "TIFF resolution" in s.mpp_source
     np.testing.assert_array_equal(s.read_level((33, 50), 0, (200, 100)), a[50:150, 33:233])
-    assert len(s._b.cache) == 4  # strips 1..4 of 32 rows, nothing else decoded
+    assert sorted(i for _, i in s._b.cache) == [0, 1, 2, 3, 4]  # strip 0 (probed at open) and the 4 touched
     s2 = pickle.loads(pickle.dumps(s))  # the handle is dropped and reopened
     np.testing.assert_array_equal(s2.read_level((400, 290), 0, (10, 10)), a[290:300, 400:410])
     s.close()
@@ -199,12 +201,17 @@ def test_generated_tiffs_strips_tiles_and_pickling(tmp_path: Path) -> None:
     assert [b[0].tolist() for b in batches] == [[5, 1, 2]]
     np.testing.assert_array_equal(batches[0][1][0], read_tile(t, plan, 5))
 
+    smooth = np.dstack([np.add.outer(np.arange(300), np.arange(410)) % 256] * 3).astype(np.uint8)
+    jtif = tmp_path / "jpeg-strips.tif"  # JPEG strips tifffile cannot decode without imagecodecs: Pillow reads it
+    Image.fromarray(smooth).save(jtif, compression="jpeg", dpi=(25400 / 0.5, 25400 / 0.5))
+    jt = open_slide(jtif, mpp=0.5)
+    assert jt.backend in ("tiff", "pillow")
+    assert np.abs(jt.read_level((5, 7), 0, (64, 32)).astype(int) - smooth[7:39, 5:69]).mean() < 3
+
     dpi72 = tmp_path / "screen.tif"  # a 72-dpi default is not a microscope scale
     tifffile.imwrite(dpi72, a, resolution=(72, 72), resolutionunit="INCH")
     with pytest.raises(DataError, match="screen.tif: no pixel size"):
         open_slide(dpi72)
-
-    from PIL import Image
 
     png = tmp_path / "slide.png"  # PNG / JPEG slides (BCNB ships JPEG): Pillow, mpp from the option
     Image.fromarray(a).save(png)
@@ -213,7 +220,6 @@ def test_generated_tiffs_strips_tiles_and_pickling(tmp_path: Path) -> None:
     j = open_slide(png, mpp=0.5)
     assert j.backend == "pillow" and j.dimensions == (410, 300) and j.level_count == 1
     np.testing.assert_array_equal(j.read_level((10, 10), 0, (50, 40)), a[10:50, 10:60])
-    smooth = np.dstack([np.add.outer(np.arange(300), np.arange(410)) % 256] * 3).astype(np.uint8)
     jpg = tmp_path / "slide.jpg"
     Image.fromarray(smooth).save(jpg, quality=95)
     got = open_slide(jpg, mpp=0.5).read_level((10, 10), 0, (50, 40)).astype(int)

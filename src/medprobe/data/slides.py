@@ -169,6 +169,8 @@ class _TiffLevel:
         else:
             self.sw, self.sh = self.w, int(min(page.rowsperstrip or self.h, self.h))
         self.nx = -(-self.w // self.sw)
+        if self.mm is None and page.dataoffsets:
+            self._segment(0)  # an undecodable compression fails here, at open, not mid-tiling
 
     def _segment(self, index: int) -> np.ndarray:
         key = (id(self), index)
@@ -335,6 +337,10 @@ def _open_backend(path: Path) -> _Backend:
             reasons.append(f"tifffile: {e.problem}")
         except Exception as e:
             reasons.append(f"tifffile: {_reason(e)}")
+        try:  # e.g. old-style JPEG strips without imagecodecs: Pillow decodes the whole first page
+            return _PillowBackend(path)
+        except Exception:
+            pass
     return _raise_unreadable(path, reasons)
 
 
