@@ -35,7 +35,8 @@ LocalWeightsFn = Callable[["EncoderSpec"], list[Path]]
 _BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity",
                     "medprobe.encoders.volume3d",
                     "medprobe.encoders.cnn", "medprobe.encoders.sam",
-                    "medprobe.encoders.clip", "medprobe.encoders.generic")
+                    "medprobe.encoders.clip", "medprobe.encoders.generic",
+                    "medprobe.encoders.pathology", "medprobe.encoders.mae")
 
 
 def no_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
