@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from medprobe.cli import common
+from medprobe.errors import ConfigError
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,9 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="weights: Meta .pth, .safetensors, HF dir, hub id or random[:seed=N], e.g. random:seed=1")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of Meta checkpoint names")
+    p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="encoder family option (repeatable; encoder_options.KEY), e.g. --encoder-option "
+                   "onnx_output=/backbone/norm/Add_1_output_0 ('medprobe models' lists each family's options)")
     p.add_argument("--head", default=None, help="comma list, e.g. logreg,knn (segmentation: decoder2d; "
                    "regression: ridge; 'medprobe heads')")
     p.add_argument("--resolution", default=None, help="input size N or HxW, e.g. 224 (default: encoder's native)")
@@ -83,6 +87,14 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["verify_weights"] = False
     if args.head:
         over["heads"] = args.head
+    enc_opts = {}
+    for kv in args.encoder_option:
+        if "=" not in kv:
+            raise ConfigError(f"--encoder-option must be KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        enc_opts[k.strip()] = common._value(v)
+    if enc_opts:
+        over["encoder_options"] = enc_opts
     data = common.dataset_options(args)
     if data:
         over["data"] = data
