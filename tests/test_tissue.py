@@ -97,6 +97,11 @@ def test_detect_tissue_on_a_slide_and_save_png(shared_data: Path, tmp_path: Path
     assert tm.mask.shape == tm.thumbnail.shape[:2] == (h, w) == (185, 138)
     assert tm.downsample == pytest.approx((2220 / w, 2967 / h)) and tm.mpp == pytest.approx(8.0, rel=0.01)
     assert 0.1 < tm.mask.mean() < 0.9 and tm.to_dict()["config"]["thumb_mpp"] == 8.0
+    from medprobe.data.tiling import plan_tiles
+
+    plan = plan_tiles(slide, mask=tm)  # a TissueMask or its array: the same tiles
+    np.testing.assert_array_equal(plan.coords, plan_tiles(slide, mask=tm.mask).coords)
+    assert 0 < len(plan) < plan.grid[0] * plan.grid[1] and (plan.tissue_fraction >= 0.5).all()
     out = tmp_path / "mask.png"
     save_mask_png(tm, out)
     back = np.asarray(Image.open(out))
