@@ -155,3 +155,17 @@ def test_random_init_is_seeded(tiny: EncoderSpec) -> None:
     with torch.inference_mode():
         fa, fb, fc = (e.forward_features(x, (1,)).cls[1] for e in (a, b, c))
     assert torch.equal(fa, fb) and not torch.allclose(fa, fc)
+
+
+def test_release_files_are_found_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medprobe.encoders import weights_available
+
+    monkeypatch.setenv("MEDPROBE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert weights_available(get_spec("mae-vitb16")) == []
+    torch.save({"model": {}}, tmp_path / "mae_pretrain_vit_base.pth")
+    torch.save({"model": {}}, tmp_path / "mae_pretrain_vit_large.pth")
+    assert weights_available(get_spec("mae-vitb16")) == [tmp_path / "mae_pretrain_vit_base.pth"]
+    assert weights_available(get_spec("mae-vitl16")) == [tmp_path / "mae_pretrain_vit_large.pth"]
+    with pytest.raises(WeightsError, match="missing tensor 'cls_token'"):  # an empty file is refused, not loaded
+        create_encoder("mae-vitb16", weights=str(tmp_path / "mae_pretrain_vit_base.pth"))

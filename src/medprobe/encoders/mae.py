@@ -13,7 +13,10 @@ resample the position embeddings as timm's ``dynamic_img_size`` (see :mod:`medpr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,8 +47,20 @@ def _make(spec: EncoderSpec) -> Encoder:
     return TimmLayoutViT(spec, a, build_model(a))
 
 
+def _local_weights(spec: EncoderSpec) -> list[Path]:
+    """facebook's release files (``mae_pretrain_vit_<size>.pth``, ``mae_visualize_...``) in $MEDPROBE_WEIGHTS
+    folders and torch hub's checkpoint folder."""
+    size = spec.hf_config.get("release")
+    if not size:
+        return []
+    dirs = [Path(p) for p in os.environ.get("MEDPROBE_WEIGHTS", "").split(os.pathsep) if p]
+    dirs.append(Path.home() / ".cache" / "torch" / "hub" / "checkpoints")
+    return [d / f"mae_{kind}_vit_{size}.pth" for d in dirs for kind in ("pretrain", "visualize")
+            if (d / f"mae_{kind}_vit_{size}.pth").is_file()]
+
+
 register_family(EncoderFamily(
-    name="mae", build=_build, identity=identity, gflops=gflops_of(_make),
+    name="mae", build=_build, identity=identity, gflops=gflops_of(_make), local_weights=_local_weights,
     description="MAE pre-trained ViT encoders (facebook .pth, timm layout) on transformers ViTMAEModel, no masking",
     cls_feature="class token after the final norm (MAE's linear-probe feature)",
     patch_feature="patch tokens after the final norm, in image order (mask ratio 0); stride 16",
@@ -55,14 +70,13 @@ register_family(EncoderFamily(
 
 for _size, _width, _depth, _heads, _taps in (("base", 768, 12, 12, (2, 5, 8, 11)),
                                              ("large", 1024, 24, 16, (4, 11, 17, 23))):
-    _arch = dict(heads=_heads, img_size=224, mlp_hidden=4 * _width, target="vit_mae")
-    _short = _size[0]
-    register(EncoderSpec(
-        name=f"mae-vit{_short}16", family="mae", patch_size=16, width=_width, depth=_depth,
-        params_m=round(timm_params(TimmViT(width=_width, depth=_depth, patch=16, **_arch)) / 1e6, 1),  # type: ignore[arg-type]
+    _spec = EncoderSpec(
+        name=f"mae-vit{_size[0]}16", family="mae", patch_size=16, width=_width, depth=_depth, params_m=0.0,
         default_layers=_taps, mean=IMAGENET_MEAN, std=IMAGENET_STD, native_resolution=224,
         license="CC-BY-NC 4.0 (Meta)", pretraining_data="ImageNet-1k (MAE, 75% masking)",
-        hf_repo=f"timm/vit_{_size}_patch16_224.mae", timm_name=f"vit_{_size}_patch16_224.mae", hf_config=_arch,
-    ))
+        hf_repo=f"timm/vit_{_size}_patch16_224.mae", timm_name=f"vit_{_size}_patch16_224.mae",
+        hf_config=dict(heads=_heads, img_size=224, mlp_hidden=4 * _width, target="vit_mae", release=_size),
+    )
+    register(replace(_spec, params_m=round(timm_params(TimmViT.from_spec(_spec)) / 1e6, 1)))
 
 __all__ = ["DECODER_PREFIXES"]

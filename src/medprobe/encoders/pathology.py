@@ -106,12 +106,14 @@ def build_timm_vit(spec: EncoderSpec, ref: WeightsRef, what: str,
     path = weights_file(ref, spec)
     wid = file_id(path)
     sd = select(load_state_dict(path))
+    expected = {prefix + k: shape for k, shape in timm_keys(a).items()}
+    if extra_keys:  # the head's key shapes, from a weightless (meta-device) build
+        with torch.device("meta"):
+            expected |= {k: tuple(v.shape) for k, v in extra_keys(make(spec, a, build_model(a))).items()}
+    check_layout(sd, expected, path, what)  # before building: a wrong file fails fast
     model = build_model(a)
     enc = make(spec, a, model)
     head = extra_keys(enc) if extra_keys else {}
-    expected = {prefix + k: shape for k, shape in timm_keys(a).items()}
-    expected |= {k: tuple(v.shape) for k, v in head.items()}
-    check_layout(sd, expected, path, what)
     trunk = {k[len(prefix):]: v for k, v in sd.items() if k not in head}
     load_strict(model, to_transformers(trunk, a, model), path)
     with torch.no_grad():
