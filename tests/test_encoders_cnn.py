@@ -487,3 +487,39 @@ def test_report_max_errors() -> None:
     """Print the measured differences (run with -s); they are also asserted above."""
     for k, v in sorted(MAX_ERR.items()):
         print(f"{k}: max abs diff {v:.2e}")
+
+
+# ------------------------------------------------------------------ stored expected outputs (small)
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "encoders" / "cnn"
+
+
+def _summary(cls: dict[int, torch.Tensor], patch: dict[int, torch.Tensor]) -> dict[str, list[float]]:
+    """A few numbers per tap: the first 8 pooled values and the patch map's mean and mean |x| (image 0)."""
+    out: dict[str, list[float]] = {}
+    for s in sorted(cls):
+        out[f"cls{s}"] = [float(v) for v in cls[s][0, :8]]
+        out[f"patch{s}"] = [float(patch[s][0].mean()), float(patch[s][0].abs().mean())]
+    return out
+
+
+def test_convnext_matches_stored_reference_outputs(convnext: tuple[dict[str, torch.Tensor], Path]) -> None:
+    """Meta's forward on the seeded checkpoint, stored when this test was written (regenerate with
+    MEDPROBE_WRITE_FIXTURES=1): catches a change of the generator or of the reference forward itself."""
+    import json
+    import os
+
+    sd, path = convnext
+    x = _images(8, SIZES[0])
+    ref = _summary(*meta_convnext_forward(sd, x))
+    f = FIXTURES / "convnext_tiny_d1131_seed7_224.json"
+    if os.environ.get("MEDPROBE_WRITE_FIXTURES"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    stored = json.loads(f.read_text(encoding="utf-8"))
+    with torch.inference_mode():
+        out = create_encoder(CONVNEXT_TEST, weights=path).forward_features(x, (0, 1, 2, 3))
+    ours = _summary(out.cls, out.patch)
+    assert sorted(stored) == sorted(ref) == sorted(ours)
+    for k in stored:
+        np.testing.assert_allclose(ref[k], stored[k], rtol=0, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(ours[k], stored[k], rtol=0, atol=TOL, err_msg=k)

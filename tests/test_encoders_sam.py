@@ -267,3 +267,52 @@ def test_random_init_taps() -> None:
 def test_report_max_errors() -> None:
     for k, v in sorted(MAX_ERR.items()):
         print(f"{k}: max abs diff {v:.2e}")
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "encoders" / "sam"
+
+
+def test_matches_stored_reference_outputs(tiny: tuple[torch.nn.Module, Path]) -> None:
+    """segment_anything's taps on the seeded checkpoint at a 256 x 256 input, stored when this test was written
+    (regenerate with MEDPROBE_WRITE_FIXTURES=1): catches a change of the generator or of the reference package."""
+    import json
+    import os
+
+    import numpy as np
+
+    sam, path = tiny
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(5))
+    pe = F.interpolate(sam.image_encoder.pos_embed.detach().permute(0, 3, 1, 2), size=(16, 16), mode="bicubic",
+                       align_corners=False).permute(0, 2, 3, 1)
+    with torch.inference_mode():
+        ref_taps = _reference_taps(sam.image_encoder, x, pos_embed=pe)
+        out = create_encoder(TINY, weights=path).forward_features(x, (0, 1, 2))
+
+    def summary(taps: list[torch.Tensor]) -> dict[str, list[float]]:
+        return {f"tap{i}": [float(v) for v in t[0].mean((1, 2))[:8]] + [float(t.abs().mean())]
+                for i, t in enumerate(taps)}
+
+    ref = summary(ref_taps)
+    f = FIXTURES / "sam_tiny_seed0_256.json"
+    if os.environ.get("MEDPROBE_WRITE_FIXTURES"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    stored = json.loads(f.read_text(encoding="utf-8"))
+    ours = summary([out.patch[i] for i in range(3)])
+    for k in stored:
+        np.testing.assert_allclose(ref[k], stored[k], rtol=0, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(ours[k], stored[k], rtol=0, atol=TOL, err_msg=k)
+
+
+def test_local_weight_files_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``medprobe models`` finds SAM / MedSAM / torchvision files by their published names in $MEDPROBE_WEIGHTS."""
+    from medprobe.encoders import weights_available
+
+    for name in ("medsam_vit_b.pth", "sam_vit_b_01ec64.pth", "resnet50-11ad3fa6.pth", "other.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setenv("MEDPROBE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    assert weights_available(get_spec("medsam-vit-b")) == [tmp_path / "medsam_vit_b.pth"]
+    assert weights_available(get_spec("sam-vit-b")) == [tmp_path / "sam_vit_b_01ec64.pth"]
+    assert weights_available(get_spec("resnet50")) == [tmp_path / "resnet50-11ad3fa6.pth"]
