@@ -179,3 +179,42 @@ def test_run_3d_end_to_end_records_family_weights_contract(tmp_path: Path) -> No
     assert r["compute"]["gflops"] and r["compute"]["gflops"] > 0
     auc = r["metrics"]["auc"][0]
     assert 0.0 <= auc <= 1.0
+
+
+def test_ctvit_volume_path_and_local_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medprobe.encoders import get_spec, weights_available
+    from medprobe.encoders.registry import EncoderSpec, register, unregister
+
+    base = get_spec("ct-clip")
+    spec = EncoderSpec(name="ct-clip-vol-test", family="ctvit", patch_size=4, width=32, depth=4, params_m=0.0,
+                       default_layers=(0, 1, 2, 3), mean=base.mean, std=base.std, native_resolution=16,
+                       hf_config={**base.hf_config, "dim": 32, "codebook_size": 16, "image_size": 16,
+                                  "patch_size": 4, "temporal_patch_size": 2, "spatial_depth": 2,
+                                  "temporal_depth": 2, "dim_head": 8, "heads": 4, "latent_dim": 12,
+                                  "size": (8, 16, 16)})
+    register(spec)
+    try:
+        ds = _ct_dataset(n=3)
+        enc = create_encoder(spec.name)
+        cfg = ExtractConfig(layers="1,3", progress=False)
+        store = extract(ds, enc, PreprocessConfig(resize="pad"), cfg, cache_dir=tmp_path)
+        assert store is not None and store.manifest["volume"]["size"] == [8, 16, 16]
+        assert store.manifest["volume"]["resize"] == "pad" and store.manifest["volume"]["mean"] == 0.5
+        assert store.manifest["dims"] == {"1": 32, "3": 12} and store.manifest["grids"]["1"] == [4, 4, 4]
+        # CT-CLIP's input: HU / 1000 clipped to [-1, 1], resampled to 1.5 x 0.75 x 0.75 mm, centre crop / pad
+        geom = volume_geometry((8, 16, 16), (1.5, 0.75, 0.75), "pad", "bilinear")
+        x = VolumePreprocessor("ct:0,2000", "auto", geom, 0.5, 0.5)(ds.load(1))
+        raw = np.moveaxis(ds.load(1).image, 2, 0)  # (Z, X, Y) at 2 x 1 x 1 mm: 16 slices -> 32 mm -> 21 slices
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0 and raw.shape == (16, 20, 24)
+        with torch.inference_mode():
+            want = enc.forward_features(x, (3,)).cls[3][0].numpy()
+        assert np.abs(store.item(1, "cls", 3)[0] - want).max() <= 1e-5
+        with pytest.raises(ConfigError, match="16x16 in-plane"):
+            extract(ds, enc, PreprocessConfig(resolution=32), cfg, cache_dir=tmp_path)
+    finally:
+        unregister(spec.name)
+    # a published weights file in MEDPROBE_WEIGHTS is found by name
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model_swinvit.pt").write_bytes(b"x")
+    monkeypatch.setenv("MEDPROBE_WEIGHTS", str(tmp_path / "w"))
+    assert tmp_path / "w" / "model_swinvit.pt" in weights_available(get_spec("swin-unetr"))

@@ -78,6 +78,19 @@ class VolumeEncoder(Encoder):
         return {**super().describe(), "input": "volume (B, 1, D, H, W)"}
 
 
+def local_weight_files(spec: EncoderSpec) -> list[Path]:
+    """The spec's published weights file (``hf_config["weights_file"]``, e.g. ``model_swinvit.pt``) where medprobe
+    looks for local weights: the folders in ``MEDPROBE_WEIGHTS`` and torch's hub checkpoint folder."""
+    import os
+
+    name = spec.hf_config.get("weights_file")
+    if not name:
+        return []
+    dirs = [Path(d) for d in os.environ.get("MEDPROBE_WEIGHTS", "").split(os.pathsep) if d]
+    dirs.append(Path.home() / ".cache" / "torch" / "hub" / "checkpoints")
+    return [d / str(name) for d in dirs if (d / str(name)).is_file()]
+
+
 # ---------------------------------------------------------------- Swin UNETR encoder (MONAI swinViT)
 SWIN_STAGES = 5  # taps: 0 = patch embedding, 1..4 = after stage 1..4 (each ends with its patch merging)
 
@@ -233,6 +246,7 @@ def _swin_gflops(spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[i
 
 register_family(EncoderFamily(
     name="swin_unetr", build=_build_swin, identity=_identity, gflops=_swin_gflops, volumetric=True,
+    local_weights=local_weight_files,
     description="MONAI Swin UNETR encoder (swinViT), 3D volumes in",
     cls_feature="global average pool of the stage's (B, C, d, h, w) grid",
     patch_feature="stage output after MONAI's parameter-free channel LayerNorm, (B, C, d, h, w); "
@@ -555,6 +569,7 @@ def _ctvit_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
 
 register_family(EncoderFamily(
     name="ctvit", build=_build_ctvit, identity=_ctvit_identity, gflops=_ctvit_gflops, volumetric=True,
+    local_weights=local_weight_files,
     description="CT-CLIP's CTViT image encoder (3D ViT, factorised spatial / temporal attention), volumes in",
     cls_feature="last tap: CT-CLIP's image embedding (to_visual_latent of the slice-averaged, flattened tokens); "
                 "other taps: global average of the grid",

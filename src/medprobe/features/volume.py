@@ -203,21 +203,19 @@ def extract_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig
 
 def _shapes(entry: Path, plan: ShardPlan, layers: list[int], tokens: tuple[str, ...]
             ) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """Width (and patch grid) of every tapped stage, read from the first non-empty shard."""
+    """Per tapped stage: the width of its vector rows (``cls``, else ``mean``, else the patch channels; CTViT's
+    last ``cls`` is CT-CLIP's projected embedding, narrower or wider than its tokens) and its patch grid
+    (``[0, 0, 0]`` when patches were not kept), read from the first non-empty shard."""
     dims: dict[str, int] = {}
     grids: dict[str, list[int]] = {}
-    for k, (a, b) in enumerate(plan.bounds):
-        if b <= a:
-            continue
-        for layer in layers:
-            for t in ("patch", "cls", "mean"):
-                f = shard_dir(entry, k) / array_name(t, layer)
-                if t in tokens and f.is_file():
-                    shp = np.load(f, mmap_mode="r").shape
-                    dims[str(layer)] = int(shp[1])
-                    grids[str(layer)] = [int(v) for v in shp[2:5]] if t == "patch" else [0, 0, 0]
-                    break
-        break
+    k = next((k for k, (a, b) in enumerate(plan.bounds) if b > a), None)
+    if k is None:
+        return dims, grids
+    for layer in layers:
+        shapes = {t: np.load(shard_dir(entry, k) / array_name(t, layer), mmap_mode="r").shape for t in tokens}
+        first = next(t for t in ("cls", "mean", "patch") if t in shapes)
+        dims[str(layer)] = int(shapes[first][1])
+        grids[str(layer)] = [int(v) for v in shapes["patch"][2:5]] if "patch" in shapes else [0, 0, 0]
     return dims, grids
 
 
