@@ -161,6 +161,9 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
                                     notes=anotes + ([tnote] if tnote else []), figures=thumbs))
         if at is not None:
             all_tables.append(at)
+        from medprobe.report.slides import slide_sections
+
+        sec.children += slide_sections(db.root, pts)  # slide tasks: heat-maps, tissue masks, tiles per slide
         ov = _overlays(db.root, pts)
         if ov:
             sec.children.append(Section("Segmentation overlays", f"overlays-{_slug(t)}", figures=ov))
