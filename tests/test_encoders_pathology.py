@@ -453,18 +453,18 @@ def test_run_records_family_and_weights(shared_data: Path, tmp_path: Path) -> No
     if not (root / "pneumoniamnist.npz").is_file():
         pytest.skip(f"{root / 'pneumoniamnist.npz'} is absent")
     db = tmp_path / "results.db"
-    task = {"name": "patho-uni", "dataset": "medmnist:pneumoniamnist",
+    task = {"name": "patho-conch", "dataset": "medmnist:pneumoniamnist",
             "data": {"root": str(root), "size": 28, "limit": "60,20,40"}, "split": "official",
-            "encoder": "uni", "weights": "random:seed=0", "preprocess": {"resolution": 32},
+            "encoder": "conch", "weights": "random:seed=0", "preprocess": {"resolution": 32},
             "features": {"layers": "last", "token": "cls", "progress": False}, "metrics": {"bootstrap": 20},
             "heads": ["logreg", "knn"], "head_params": {"logreg": {"Cs": [1.0]}}, "cache_dir": str(tmp_path / "c")}
     rows = medprobe.run(task, db=db, verbose=False)
     assert [r["head"] for r in rows] == ["logreg", "knn"]
-    stored = {r["head"]: r for r in ResultsDB(db).runs(task="patho-uni")}
+    stored = {r["head"]: r for r in ResultsDB(db).runs(task="patho-conch")}
     for head in ("logreg", "knn"):
         r = stored[head]
-        assert r["status"] == "complete" and r["encoder"] == "uni" and r["weights"] == "random:seed=0"
-        assert get_spec(r["encoder"]).family == "pathology_vit" and r["pretrained"] is False
-        assert r["split"]["n_test"] == 40 and r["layers"] == [23] and r["resolution"] == [32, 32]
+        assert r["status"] == "complete" and r["encoder"] == "conch" and r["weights"] == "random:seed=0"
+        assert get_spec(r["encoder"]).family == "conch" and r["pretrained"] is False
+        assert r["split"]["n_test"] == 40 and r["layers"] == [11] and r["resolution"] == [32, 32]
         v, lo, hi = r["metrics"]["auc"]
         assert 0.0 <= lo <= v <= hi <= 1.0
