@@ -308,9 +308,8 @@ class HFEncoder(Encoder):
         return EncoderOutput(cls=cls, patch=patch)
 
 
-# keys a backbone may leave unused or lack without changing its features: a classification head, the pooler
-_HF_IGNORED_UNEXPECTED = ("classifier.",)
-_HF_IGNORED_MISSING = ("pooler.",)
+# keys a backbone leaves unused without changing its features: a classification head, a pooler (not built here)
+_HF_IGNORED_UNEXPECTED = ("classifier.", "pooler.")
 
 
 def _hf_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
@@ -321,7 +320,7 @@ def _hf_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) ->
         cfg._attn_implementation = "sdpa" if _supports_sdpa(transformers, cfg) else "eager"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ref.seed)
-            model = transformers.AutoModel.from_config(cfg)
+            model = transformers.AutoModel.from_config(cfg, **_no_pooler(transformers, cfg))
         enc = HFEncoder(spec, model)
         enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False
         return enc
@@ -331,12 +330,14 @@ def _hf_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) ->
     _check_hf_dir(d)
     files = sorted(d.glob("*.safetensors"))
     try:
+        cfg = transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
         model, info = transformers.AutoModel.from_pretrained(str(d), local_files_only=True, use_safetensors=True,
-                                                             output_loading_info=True)
+                                                             output_loading_info=True,
+                                                             **_no_pooler(transformers, cfg))
     except Exception as e:  # noqa: BLE001 - a damaged folder surfaces as many exception types
         raise WeightsError(f"cannot load the model ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})",
                            d) from None
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_HF_IGNORED_MISSING)]
+    missing = list(info.get("missing_keys", []))
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(_HF_IGNORED_UNEXPECTED)]
     mismatched = list(info.get("mismatched_keys", []))
     if missing or unexpected or mismatched:
@@ -358,6 +359,14 @@ def _hf_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) ->
 def _supports_sdpa(transformers: Any, cfg: Any) -> bool:
     cls = transformers.AutoModel._model_mapping.get(type(cfg), None)
     return bool(getattr(cls, "_supports_sdpa", False))
+
+
+def _no_pooler(transformers: Any, cfg: Any) -> dict[str, Any]:
+    """``add_pooling_layer=False`` where the model class takes it: the pooler (a dense layer on the class token) is
+    no feature of ours, so it is neither built, loaded nor costed."""
+    cls = transformers.AutoModel._model_mapping.get(type(cfg), None)
+    takes = cls is not None and "add_pooling_layer" in inspect.signature(cls.__init__).parameters
+    return {"add_pooling_layer": False} if takes else {}
 
 
 def _weights_folder(spec: EncoderSpec, ref: WeightsRef) -> Path:
@@ -403,7 +412,7 @@ def _hf_gflops(spec: EncoderSpec, resolution: tuple[int, int], layers: tuple[int
     cfg = transformers.AutoConfig.from_pretrained(spec.hf_config["folder"], local_files_only=True)
     cfg._attn_implementation = "sdpa" if _supports_sdpa(transformers, cfg) else "eager"
     with torch.device("meta"):
-        enc = HFEncoder(spec, transformers.AutoModel.from_config(cfg))
+        enc = HFEncoder(spec, transformers.AutoModel.from_config(cfg, **_no_pooler(transformers, cfg)))
     return gflops_per_image(enc, resolution, layers=layers)
 
 
