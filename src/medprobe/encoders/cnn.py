@@ -416,16 +416,15 @@ def _layout(spec: EncoderSpec, sd: Mapping[str, torch.Tensor], source: Path) -> 
 
 
 def _build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
+    wid = weights_identity(spec, ref)  # hash (and name check) first: a renamed or corrupt file stops here
     if ref.kind == "random":
         model = seeded(ref.seed, lambda: build_cnn_model(spec))
     else:
-        wid = weights_identity(spec, ref)  # hash (and name check) first: a renamed or corrupt file stops here
         sd, src = read_state_dict(ref)
         model = empty_model(lambda: build_cnn_model(spec))
         load_mapped(model, sd, _layout(spec, sd, src), src, spec.name)
     enc = CNNEncoder(spec, model)
-    enc.weights_id = weights_identity(spec, ref) if ref.kind == "random" else wid
-    enc.pretrained = ref.kind != "random"
+    enc.weights_id, enc.pretrained = wid, ref.kind != "random"
     return enc
 
 
