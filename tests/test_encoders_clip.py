@@ -361,3 +361,34 @@ def test_pneumoniamnist_run_records_clip_family(shared_data: Path, tmp_path: Pat
             assert rec["encoder_family"] == "clip"
         auc = r["metrics"]["auc"][0]
         assert 0.0 <= auc <= 1.0
+
+
+def test_hub_reads_the_local_cache_only(tiny: dict[str, EncoderSpec], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``weights='hub'``: the spec's repo from the local Hugging Face cache (as huggingface-cli lays it out)."""
+    import huggingface_hub.constants
+
+    from medprobe.encoders import weights_available
+
+    repo = "medprobe-test/BiomedCLIP-tiny"
+    snap = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0123abcd", encoding="utf-8")
+    trunk = _timm_vit(7)
+    d = _biomedclip_file(tmp_path, trunk)
+    (snap / "open_clip_pytorch_model.bin").write_bytes((d / "open_clip_pytorch_model.bin").read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = register(EncoderSpec(**{**tiny["biomedclip"].to_dict(), "name": "t-biomedclip-hub", "hf_repo": repo}))
+    try:
+        enc = create_encoder(spec.name, "hub")
+        assert enc.pretrained and enc.weights_id == clip_mod.files_weights_id([snap / "open_clip_pytorch_model.bin"])
+        info = encoder_info(spec.name, "hub")
+        assert info is not None and info.weights_id == enc.weights_id
+        assert weights_available(spec) == [snap]
+        x = images(5)[0]
+        with torch.no_grad():
+            assert maxdiff(enc.forward_features(x, (1,)).cls[1], trunk(x)) <= TOL
+    finally:
+        unregister(spec.name)
