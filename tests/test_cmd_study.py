@@ -21,7 +21,7 @@ def _small_sweep(tmp_path: Path) -> Path:
     y = tmp_path / "study.yaml"
     y.write_text(f"""name: mini-study
 tasks:
-  - {{task: {REPO / 'tasks' / 'seg-edd2020.yaml'}, grid: {{head: [decoder2d]}}}}
+  - {{task: {REPO / 'tasks' / 'seg-edd2020.yaml'}, name: edd2020, grid: {{head: [decoder2d]}}}}
   - {{task: {REPO / 'tasks' / 'nih14.yaml'}}}
   - {{name: pneumonia-toy, dataset: "medmnist:pneumoniamnist"}}
 grid:
