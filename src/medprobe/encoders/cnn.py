@@ -450,7 +450,7 @@ register_family(EncoderFamily(
     name="resnet", build=_build, identity=_identity, gflops=_gflops, local_weights=_resnet_local,
     description="transformers ResNetModel; torchvision / timm ImageNet checkpoints (same key layout)",
     cls_feature="global average pool of the stage's feature map (no norm)",
-    patch_feature="the stage's feature map (BatchNorm + ReLU output); stride 4 / 8 / 16 / 32 for stages 0-3",
+    patch_feature="the stage's feature map (its last bottleneck's output, after ReLU); stride 4 / 8 / 16 / 32",
     taps="the 4 residual stages (0-based: layer1..layer4)",
 ))
 register_family(EncoderFamily(
