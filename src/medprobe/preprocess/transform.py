@@ -54,10 +54,12 @@ class Preprocessor:
         else:
             x = x[None]
         s, h, w, c = x.shape
-        if h < self.patch_size or w < self.patch_size:
-            raise DataError(f"image is {h}x{w} pixels, smaller than one {self.patch_size}-px patch", src)
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # S, C, H, W
         t = self._geometry(t, src)  # resize the stored channels, before grey is replicated to 3
+        # a small source is fine when resized up (28-px MedMNIST for a stride-32 CNN); the encoder's input is not
+        if t.shape[-2] < self.patch_size or t.shape[-1] < self.patch_size:
+            raise DataError(f"image is {h}x{w} pixels and {t.shape[-2]}x{t.shape[-1]} after resizing, smaller than "
+                            f"one {self.patch_size}-px patch", src)
         views = self._channels(t, src)  # S, V, 3, H', W'
         v = views.shape[1]
         sv = (views.reshape(s * v, 3, *t.shape[-2:]) - self._mean) / self._std
