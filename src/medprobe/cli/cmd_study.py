@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
     if overrides:
         parse_task({**overrides, "name": "check"}, source="--set")  # a misspelt key stops here, before any run
+        print(f"--set applies {', '.join(args.sets)} to every cell run (cell keys keep the sweep's names; the rows "
+              "record what ran)")
     if args.dry_run:
         cells = expand(runnable)
         todo = cells if args.limit is None else cells[: max(args.limit, 0)]
