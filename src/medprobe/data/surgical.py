@@ -2,9 +2,11 @@
 
 * ``autolaparo:<task1 folder>`` -- AutoLaparo task 1 (7 surgical phases, frame-wise classification):
   ``videos/01.mp4 .. 21.mp4`` and ``labels/label_01.txt`` (a ``Frame Phase`` header, then one
-  ``<frame> <phase>`` row per second: the annotations are at ``label_fps`` = 1 frame per second). Frame ``k``
-  of video ``v`` is read from ``frames/<v>/<k>.(png|jpg)`` when such pre-extracted frames exist, else decoded
-  from the video at ``k / label_fps`` seconds (needs ``imageio-ffmpeg``: ``pip install 'medprobe[video]'``).
+  ``<frame> <phase>`` row per second: the annotations are at ``label_fps`` = 1 frame per second; a label file
+  whose frame numbers count the video's own frames takes ``label_fps`` = the video's rate, e.g. 25, and only its
+  listed frames are used). Frame ``k`` of video ``v`` is read from ``frames/<v>/<k>.(png|jpg)`` when such
+  pre-extracted frames exist, else decoded from the video at ``k / label_fps`` seconds (needs ``imageio-ffmpeg``:
+  ``pip install 'medprobe[video]'``).
   Phases 1..7 become classes 0..6 (``AUTOLAPARO_PHASES``). Official split by video: 1-10 train, 11-14 val,
   15-21 test (``videos={train: [...], val: [...], test: [...]}`` to change it). The video is the group.
 * ``endovis2018:<root>`` -- EndoVis 2018 robotic scene segmentation: ``<root>/{train,test}/seq_<n>/left_frames/
