@@ -106,3 +106,14 @@ def test_patch14_decoders_on_hippocampus(shared_data: Path, tmp_path: Path) -> N
 
         mask = np.asarray(nib.load(str(out[0])).dataobj)
         assert mask.ndim == 3 and set(np.unique(mask)) <= {0, 1, 2}
+
+
+def test_report_labels_runs_that_used_the_image_stem() -> None:
+    from medprobe.report.analyze import collect
+
+    base = {"task": "hippo", "task_type": "segmentation", "encoder": "none", "pretrained": False,
+            "metrics": {"dice": [0.5, 0.4, 0.6]}}
+    runs = [{**base, "run_id": "a", "config_hash": "a", "head": "decoder3d", "head_params": {"use_image": True}},
+            {**base, "run_id": "b", "config_hash": "b", "head": "decoder3d", "head_params": {"use_image": False}},
+            {**base, "run_id": "c", "config_hash": "c", "head": "linear", "head_params": {"dropout": 0.0}}]
+    assert [p["head"] for p in collect(runs)] == ["decoder3d + image stem", "decoder3d", "linear"]

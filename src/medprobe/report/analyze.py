@@ -100,6 +100,11 @@ def method_label(encoder: str, pretrained: bool) -> str:
     return encoder if pretrained else f"{encoder} (untrained)"
 
 
+def head_label(head: str, head_params: Any) -> str:
+    """The head's name; a decoder that also saw the raw image (``use_image``) is labelled ``+ image stem``."""
+    return f"{head} + image stem" if isinstance(head_params, Mapping) and head_params.get("use_image") else head
+
+
 def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One flat point per run (latest run per config hash): task, encoder, method, resolution, layer, head,
     budget, seed, metrics, compute, cache key, ..."""
@@ -135,7 +140,8 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "run_id": r["run_id"], "created": r.get("created"), "task": r["task"], "task_type": r["task_type"],
             "dataset": r.get("dataset"), "encoder": r["encoder"], "weights": r.get("weights"), "pretrained": pre,
-            "method": method_label(r["encoder"], pre), "head": r["head"], "resolution": res_v, "layer": layer,
+            "method": method_label(r["encoder"], pre), "head": head_label(r["head"], r.get("head_params")),
+            "resolution": res_v, "layer": layer,
             "layer_tag": layer_tag, "depth": depth, "budget": split.get("budget", cfg.get("budget")),
             "budget_label": _budget_label(split.get("budget", cfg.get("budget"))), "n_train": split.get("n_train"),
             "test_ids_hash": split.get("test_ids_hash"), "seed": r.get("seed"), "metrics": dict(r.get("metrics") or {}),
