@@ -128,21 +128,24 @@ def read_files(files: Sequence[Path]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_exact(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str | Path, what: str) -> None:
+def load_exact(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str | Path, what: str,
+               name_of: Callable[[str], str] | None = None) -> None:
     """Load ``sd`` into ``module`` requiring the same keys and shapes; else one line naming the first offending
-    key (missing tensors first, then unexpected ones, then shape mismatches) and how many there are."""
+    key (missing tensors first, then unexpected ones, then shape mismatches) and how many there are.
+    ``name_of`` gives a module key's name in the file's layout (messages name what the file holds or lacks)."""
+    name = name_of or (lambda k: k)
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     bad = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     counts = f"({len(missing)} missing, {len(unexpected)} unexpected, {len(bad)} mis-shaped)"
     if missing:
-        raise WeightsError(f"missing tensor {missing[0]!r} for {what} {counts}", source)
+        raise WeightsError(f"missing tensor {name(missing[0])!r} for {what} {counts}", source)
     if unexpected:
         raise WeightsError(f"unexpected tensor {unexpected[0]!r} for {what} {counts}", source)
     if bad:
         k = bad[0]
-        raise WeightsError(f"tensor {k!r} has shape {tuple(sd[k].shape)}, {what} needs {tuple(own[k].shape)} "
+        raise WeightsError(f"tensor {name(k)!r} has shape {tuple(sd[k].shape)}, {what} needs {tuple(own[k].shape)} "
                            f"{counts}", source)
     module.load_state_dict(dict(sd), strict=True)
 
@@ -193,13 +196,25 @@ def _run_layer(layer: torch.nn.Module, hs: torch.Tensor, kw: Mapping[str, Any]) 
 # ---------------------------------------------------------------- architectures
 
 
+Converted = tuple[dict[str, torch.Tensor], Callable[[str], str]]
+
+
+def _same(k: str) -> str:
+    return k
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    return lambda k: prefix + k
+
+
 @dataclass(frozen=True)
 class ClipArch:
     """How one CLIP-family tower is built, loaded and run."""
 
     name: str
     build: Callable[[EncoderSpec], torch.nn.Module]  # random-init network of a spec
-    convert: Callable[[dict[str, torch.Tensor], torch.nn.Module, str | Path], dict[str, torch.Tensor]]
+    # the file's state dict -> (the target's state dict, a target key's name in the file's layout)
+    convert: Callable[[dict[str, torch.Tensor], torch.nn.Module, str | Path], Converted]
     target: Callable[[torch.nn.Module], torch.nn.Module]  # the module the converted state dict loads into
     encoder: Callable[[EncoderSpec, torch.nn.Module], Encoder]
     layouts: str  # the checkpoint layouts it reads (messages)
@@ -323,13 +338,26 @@ def _hf_vision(sd: dict[str, torch.Tensor], source: str | Path, layout: str) -> 
     return out
 
 
-def _clip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> dict[str, torch.Tensor]:
+def _openai_name(k: str) -> str:
+    """A transformers CLIP vision key's name in OpenAI's layout."""
+    top = {v: n for n, v in _OPENAI_TOP.items()}
+    if k in top:
+        return "visual." + top[k]
+    if m := re.match(r"^encoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$", k):
+        return f"visual.transformer.resblocks.{m.group(1)}.attn.in_proj_{m.group(2)}"
+    if m := re.match(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", k):
+        back = {v: n for n, v in _OPENAI_BLOCK.items()}
+        return f"visual.transformer.resblocks.{m.group(1)}.{back.get(m.group(2), m.group(2))}.{m.group(3)}"
+    return k
+
+
+def _clip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> Converted:
     hf = _hf_vision(sd, source, "transformers CLIP")
     if hf is not None:
-        return hf
+        return hf, _prefixed("vision_model.")
     if "visual.conv1.weight" not in sd:
         if "embeddings.patch_embedding.weight" in sd:  # a bare transformers vision tower
-            return dict(sd)
+            return dict(sd), _same
         first = next(iter(sd), "<none>")
         raise WeightsError(f"not a CLIP checkpoint: no 'visual.conv1.weight' (OpenAI / open_clip layout) nor "
                            f"'vision_model.*' (transformers layout); first key {first!r}", source)
@@ -349,7 +377,7 @@ def _clip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str
             out[f"encoder.layers.{i}.{_OPENAI_BLOCK[mod]}.{kind}"] = v
         else:
             out["visual." + k] = v  # unknown: reported as unexpected under its file name
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.contiguous() for k, v in out.items()}, _openai_name
 
 
 # ---- SigLIP 2 (transformers SiglipVisionModel)
@@ -394,13 +422,12 @@ class SiglipEncoder(_TowerEncoder):
         return out
 
 
-def _siglip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path
-                    ) -> dict[str, torch.Tensor]:
+def _siglip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> Converted:
     hf = _hf_vision(sd, source, "transformers SigLIP")
     if hf is not None:
-        return hf
+        return hf, _prefixed("vision_model.")
     if "embeddings.patch_embedding.weight" in sd:
-        return dict(sd)
+        return dict(sd), _same
     first = next(iter(sd), "<none>")
     raise WeightsError(f"not a SigLIP checkpoint in transformers layout (google/siglip2-*: 'vision_model.*'); "
                        f"first key {first!r}", source)
@@ -487,9 +514,20 @@ _TIMM_TOP = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.p
              "norm.bias")
 
 
-def _biomedclip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path
-                        ) -> dict[str, torch.Tensor]:
+def _timm_vit_name(k: str) -> str:
+    """A :class:`TimmStyleViT` key's name in timm's layout."""
+    if m := re.match(r"^blocks\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$", k):
+        return f"blocks.{m.group(1)}.attn.qkv.{m.group(2)}"
+    if m := re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", k):
+        back = {v: n for n, v in _TIMM_BLOCK.items()}
+        return f"blocks.{m.group(1)}.{back.get(m.group(2), m.group(2))}.{m.group(3)}"
+    return k
+
+
+def _biomedclip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> Converted:
+    prefix = ""
     if any(k.startswith("visual.trunk.") for k in sd):
+        prefix = "visual.trunk."
         # open_clip layout: the trunk is the image tower; its projection head, the text tower and logit scale go
         visual = split_dropped(sd, "visual.", lambda k: k.startswith(("text.", "logit_scale", "logit_bias")),
                                source, "open_clip (BiomedCLIP)")
@@ -511,8 +549,8 @@ def _biomedclip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, sourc
         elif (m := _TIMM_BLOCK_KEY.match(k)) and m.group(2) in _TIMM_BLOCK:
             out[f"blocks.{m.group(1)}.{_TIMM_BLOCK[m.group(2)]}.{m.group(3)}"] = v
         else:
-            out["visual.trunk." + k] = v  # unknown: reported as unexpected
-    return {k: v.contiguous() for k, v in out.items()}
+            out[prefix + k] = v  # unknown: reported as unexpected under its file name
+    return {k: v.contiguous() for k, v in out.items()}, lambda k: prefix + _timm_vit_name(k)
 
 
 # ---- Perception Encoder core (timm Eva)
@@ -557,14 +595,17 @@ class PECoreEncoder(_TowerEncoder):
         return out
 
 
-def _pe_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> dict[str, torch.Tensor]:
+def _pe_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str | Path) -> Converted:
     from medprobe.encoders.extras import import_extra
+
+    name_of: Callable[[str], str] = _same
 
     text = ("text.", "logit_scale", "logit_bias", "token_embedding.", "positional_embedding", "transformer.",
             "ln_final.", "text_projection", "attn_mask")
     if any(k.startswith("visual.trunk.") for k in sd):
         visual = split_dropped(sd, "visual.", lambda k: k.startswith(text), source, "open_clip (PE core)")
         sd = split_dropped(visual, "trunk.", lambda k: False, source, "open_clip (PE core)")
+        name_of = _prefixed("visual.trunk.")
     elif "visual.conv1.weight" in sd:  # Meta's layout: timm's converter maps it (text side dropped here)
         split_dropped(sd, "visual.", lambda k: k.startswith(text), source, "Meta PE")
     elif not ("patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd):
@@ -573,7 +614,7 @@ def _pe_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str |
                            f"'visual.conv1.weight' (Meta) nor timm Eva keys; first key {first!r}", source)
     eva = import_extra("timm", "Perception Encoder").models.eva
     out: dict[str, torch.Tensor] = eva.checkpoint_filter_fn(sd, net)
-    return out
+    return out, name_of
 
 
 # ---------------------------------------------------------------- the families: build, identity, cost
@@ -612,8 +653,8 @@ def _build(arch: ClipArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
     sd = read_files(files)
     wid = files_weights_id(files)
     net = arch.build(spec)  # random values, all overwritten: the exact load below requires every tensor
-    sd = arch.convert(sd, net, source)
-    load_exact(arch.target(net), sd, source, f"{spec.name} ({arch.layouts})")
+    sd, name_of = arch.convert(sd, net, source)
+    load_exact(arch.target(net), sd, source, f"{spec.name} ({arch.layouts})", name_of)
     enc = arch.encoder(spec, net)
     enc.weights_id, enc.pretrained = wid, True
     return enc
