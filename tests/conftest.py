@@ -73,3 +73,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
     outcome = yield
     _fail_missing_module(outcome.get_result())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """transformers imports any installed torchvision: make it importable first (see medprobe.encoders.extras),
+    so tests that import a transformers model class before medprobe.encoders work in any order."""
+    from medprobe.encoders.extras import ensure_torchvision
+
+    ensure_torchvision()

@@ -8,13 +8,17 @@ from typing import Any
 
 import torch
 
-from medprobe.encoders import hf_vit as _hf_vit  # noqa: F401  (registers the dinov3 / dinov2 / dinov2_reg families)
-from medprobe.encoders import identity as _identity  # noqa: F401  (registers the none family)
-from medprobe.encoders import onnx_encoder as _onnx_encoder  # noqa: F401  (registers the onnx family)
-from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput, resolve_layers
-from medprobe.encoders.families import EncoderFamily, encoder_families, get_family, register_family
-from medprobe.encoders.registry import EncoderSpec, get_spec, list_specs, register
-from medprobe.encoders.weights import parse_weights_arg
+from medprobe.encoders.extras import ensure_torchvision
+
+ensure_torchvision()  # before any transformers model class is imported (see medprobe.encoders.extras)
+
+from medprobe.encoders import hf_vit as _hf_vit  # noqa: E402, F401  (registers the dinov3 / dinov2 / dinov2_reg families)
+from medprobe.encoders import identity as _identity  # noqa: E402, F401  (registers the none family)
+from medprobe.encoders import onnx_encoder as _onnx_encoder  # noqa: E402, F401  (registers the onnx family)
+from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput, resolve_layers  # noqa: E402
+from medprobe.encoders.families import EncoderFamily, encoder_families, get_family, register_family  # noqa: E402
+from medprobe.encoders.registry import EncoderSpec, get_spec, list_specs, register  # noqa: E402
+from medprobe.encoders.weights import parse_weights_arg  # noqa: E402
 
 
 def create_encoder(name: str, weights: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu",

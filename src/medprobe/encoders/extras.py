@@ -14,6 +14,7 @@ again. Where torchvision's ops load, nothing is changed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from types import ModuleType
 from typing import Any
@@ -52,6 +53,17 @@ def import_torchvision() -> ModuleType:
     return importlib.import_module("torchvision")
 
 
+def ensure_torchvision() -> None:
+    """Make an installed torchvision importable before transformers looks for it (no-op when absent or loaded).
+
+    transformers imports torchvision whenever it is installed; a torchvision whose compiled ops do not match
+    torch would make every transformers model class fail to import ("Could not import module ...").
+    """
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    import_torchvision()
+
+
 def import_extra(name: str, needed_for: str = "") -> ModuleType:
     """Import an optional package by module name; missing -> one line naming ``pip install medprobe[extra]``."""
     try:
@@ -65,4 +77,4 @@ def import_extra(name: str, needed_for: str = "") -> ModuleType:
                           f"(missing module {e.name!r})") from None
 
 
-__all__ = ["EXTRA_OF", "import_extra", "import_torchvision"]
+__all__ = ["EXTRA_OF", "ensure_torchvision", "import_extra", "import_torchvision"]
