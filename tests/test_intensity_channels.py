@@ -76,6 +76,7 @@ def test_auto_resolves_per_channel_from_names() -> None:
     assert channel_intensities("auto", 4, ["FLAIR", "T1w", "t1gd", "T2w"], "mri").count("mri:percentile") == 4
     assert channel_intensities("auto", 2, None, "petct") == "minmax|minmax"  # unnamed: each its own min-max
     assert channel_intensities("minmax", 3) == "minmax|minmax|minmax"
+    assert channel_intensities("auto", 2, ["CT", "PT"], "petct") == "ct:soft_tissue|pet:suv:0,10"  # HECKTOR names
     assert channel_intensities("ct:bone|auto", 2, ["CT", "PET"]) == "ct:bone|pet:suv:0,10"
     with pytest.raises(ConfigError, match="2 per-channel options .* for 3-channel input"):
         channel_intensities("minmax|minmax", 3)

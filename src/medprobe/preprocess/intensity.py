@@ -50,9 +50,10 @@ def split_channels(spec: str) -> list[str]:
 
 
 def channel_kind(name: str) -> str | None:
-    """``ct``, ``pet`` or ``mri`` from a channel name (``CT``, ``PET``, ``T2``, ``FLAIR``, ``ADC`` ...), else None."""
+    """``ct``, ``pet`` or ``mri`` from a channel name (``CT``, ``PET``/``PT``, ``T2``, ``FLAIR``, ``ADC`` ...), else
+    None."""
     n = str(name).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
-    if "pet" in n or n == "suv":
+    if "pet" in n or n in ("pt", "suv"):  # PT: the DICOM modality code of PET (HECKTOR's channel name)
         return "pet"
     if n == "ct" or n.startswith("ct") or n == "hu":
         return "ct"
