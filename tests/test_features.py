@@ -344,3 +344,17 @@ def test_torchrun_two_processes_equal_one(baseline: FeatureStore, tmp_path: Path
     dist_arrays, one = arrays(FeatureStore(entry)), arrays(baseline)
     for k in one:
         assert np.abs(dist_arrays[k] - one[k]).max() <= 1e-5, k
+
+
+def test_multistage_entry_records_each_layer(toy: ArrayDataset, tmp_path: Path) -> None:
+    """A CNN's stages differ in channels and stride: the manifest records each, and verify accepts them."""
+    from medprobe.features.cache import verify_entry
+
+    cnn = create_encoder("resnet50")
+    store = extract(toy, cnn, replace(PRE, resolution=(64, 64)), replace(CFG, layers=(0, 3)), cache_dir=tmp_path,
+                    device="cpu")
+    assert store is not None
+    assert (store.dim_of(0), store.dim_of(3)) == (256, 2048)
+    assert (store.grid_of(0), store.grid_of(3)) == ((16, 16), (2, 2))
+    assert store.rows("patch", 0).shape == (8, 256, 16, 16) and store.rows("cls", 3).shape == (8, 2048)
+    assert verify_entry(store.path) == []

@@ -181,6 +181,14 @@ class FeatureStore:
     def grid(self) -> tuple[int, int]:
         return tuple(self.manifest["grid"])  # type: ignore[return-value]
 
+    def dim_of(self, layer: int) -> int:
+        """Channels of one tapped layer (CNN stages and SAM's neck differ from the last layer's ``dim``)."""
+        return int(self.manifest.get("dims", {}).get(str(layer), self.dim))
+
+    def grid_of(self, layer: int) -> tuple[int, ...]:
+        """Patch grid of one tapped layer (CNN stages have one stride each)."""
+        return tuple(self.manifest.get("grids", {}).get(str(layer), self.manifest["grid"]))
+
     def __repr__(self) -> str:
         return (f"FeatureStore({self.path.name}: {self.n_items} items, {int(self.offsets[-1])} rows, "
                 f"layers {self.layers})")
@@ -222,7 +230,7 @@ class FeatureStore:
         self._check(token, layer)
         parts = [np.asarray(self._shard(token, layer, k), dtype=dtype) for k in range(len(self._shard_items))
                  if self._shard_items[k][1] > self._shard_items[k][0]]
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype)
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim_of(layer)), dtype)
 
     def pooled(self, token: str = "cls", layer: int | None = None, method: str = "mean") -> np.ndarray:
         """One vector per item: rows pooled over slices (identity for 2D). ``(N, C)`` float32."""
@@ -296,8 +304,9 @@ def verify_entry(entry: str | Path) -> list[str]:
                 except (OSError, ValueError) as e:
                     problems.append(f"{f}: unreadable ({type(e).__name__})")
                     continue
-                if a.shape[0] != s["rows"] or a.shape[1] != store.dim:
-                    problems.append(f"{f}: shape {a.shape} does not match manifest ({s['rows']} rows, dim {store.dim})")
+                if a.shape[0] != s["rows"] or a.shape[1] != store.dim_of(layer):
+                    problems.append(f"{f}: shape {a.shape} does not match manifest ({s['rows']} rows, "
+                                    f"dim {store.dim_of(layer)})")
                 elif not np.isfinite(np.asarray(a[: min(len(a), 4096)], dtype=np.float32)).all():
                     problems.append(f"{f}: non-finite values")
         _ = k

@@ -383,9 +383,12 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
     if all(shard_done(entry, k) for k in range(len(plan))):
         if rank == 0 or shard is not None:
             if not (entry / "manifest.json").is_file():
-                grid = _grid_of(entry, plan, layers)
+                shapes = {layer: _grid_of(entry, plan, [layer]) for layer in layers}
+                grid = shapes[layers[-1]]
                 write_manifest(entry, spec, plan, {
                     "ids": dataset.ids(), "dim": grid[0], "grid": list(grid[1:]),
+                    "dims": {str(la): g[0] for la, g in shapes.items()},
+                    "grids": {str(la): list(g[1:]) for la, g in shapes.items()},
                     "encoder_info": encoder.describe(), "extract_config": asdict(cfg),
                     "shard_items": shard_items, "device": str(dev), "seconds_last_run": elapsed,
                     "world": world, "torch": torch.__version__,
