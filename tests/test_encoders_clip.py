@@ -10,7 +10,11 @@ References, per family:
 * ``biomedclip``: timm's ``VisionTransformer`` (open_clip's trunk; ``dynamic_img_size`` resamples the
   positions) with its weights written as open_clip writes BiomedCLIP (``visual.trunk.*``, ``visual.head.proj``,
   ``text.*``);
-* ``pe_core``: timm's ``Eva`` PE-core model written as open_clip's ``PE-Core-*`` checkpoints (``visual.trunk.*``).
+* ``pe_core``: timm's ``Eva`` PE-core model written as open_clip's ``PE-Core-*`` checkpoints (``visual.trunk.*``)
+  and as Meta's ``PE-Core-*.pt`` (``visual.conv1.weight``, ``visual.transformer.resblocks.N.*``,
+  ``visual.attn_pool.*``). Meta's own code (perception_models, not on PyPI) is not run: timm / open_clip are the
+  reference; note that it resamples absolute positions bilinearly at other sizes where timm uses antialiased
+  bicubic, so off-native PE features follow timm / open_clip.
 """
 
 from __future__ import annotations
@@ -246,6 +250,59 @@ def test_pe_core_open_clip_layout_equals_timm(tiny: dict[str, EncoderSpec], tmp_
         assert maxdiff(ours.cls[1], pooled) <= TOL, (h, w)
         assert maxdiff(ours.patch[1], grid(feats[:, 1:], h, w)) <= TOL
         assert maxdiff(ours.patch[0], g0) <= TOL and maxdiff(ours.cls[0], pooled0) <= TOL
+
+
+def _meta_pe_layout(model: Any) -> dict[str, torch.Tensor]:
+    """A timm PE-core model's weights in Meta's perception_models layout (``PE-Core-*.pt``: OpenAI-style names,
+    ``visual.attn_pool.*`` with a fused in-projection, ``visual.proj``) plus a text side."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        if k == "cls_token":
+            out["visual.class_embedding"] = v.reshape(-1)
+        elif k == "pos_embed":
+            out["visual.positional_embedding"] = v[0]
+        elif k == "head.weight":
+            out["visual.proj"] = v.t().contiguous()
+        elif k.startswith(("attn_pool.q.", "attn_pool.kv.", "head.bias")):
+            continue
+        else:
+            for a, b in (("patch_embed.proj", "conv1"), ("norm_pre", "ln_pre"), ("blocks.", "transformer.resblocks."),
+                         ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"),
+                         ("attn.proj", "attn.out_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+                         ("attn_pool.latent", "attn_pool.probe"), ("attn_pool.proj", "attn_pool.attn.out_proj"),
+                         ("attn_pool.norm", "attn_pool.layernorm")):
+                k = k.replace(a, b)
+            out["visual." + ("ln_post" + k[4:] if k.startswith("norm.") else k)] = v
+    sd = model.state_dict()
+    for kind in ("weight", "bias"):
+        fused = torch.cat([sd[f"attn_pool.q.{kind}"], sd[f"attn_pool.kv.{kind}"]])
+        out[f"visual.attn_pool.attn.in_proj_{kind}"] = fused
+    out["token_embedding.weight"] = torch.zeros(10, 32)
+    out["logit_scale"] = torch.tensor(4.6)
+    return out
+
+
+def test_pe_core_meta_layout_equals_timm(tiny: dict[str, EncoderSpec], tmp_path: Path) -> None:
+    model = _pe_model(11)
+    with torch.no_grad():
+        model.head.bias.zero_()  # Meta's projection has no bias (timm's converter makes a zero one)
+    sd = _meta_pe_layout(model)
+    assert "visual.transformer.resblocks.1.attn.in_proj_weight" in sd and "visual.attn_pool.probe" in sd
+    path = tmp_path / "PE-Core-tiny.pt"
+    torch.save(sd, path)
+    enc = create_encoder("t-pe", str(path))
+    for x in images(6):
+        h, w = x.shape[-2:]
+        with torch.no_grad():
+            ours = enc.forward_features(x, (1,))
+            feats = model.forward_features(x)
+        assert maxdiff(ours.cls[1], model.forward_head(feats, pre_logits=True)) <= TOL, (h, w)
+        assert maxdiff(ours.patch[1], grid(feats[:, 1:], h, w)) <= TOL
+    bad = {**sd, "visual.rope_extra": torch.zeros(2)}
+    torch.save(bad, path)
+    with pytest.raises(WeightsError, match="unexpected tensor") as e:
+        create_encoder("t-pe", str(path))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
 def _one_line(e: pytest.ExceptionInfo[WeightsError], path: Path, key: str) -> None:
