@@ -13,8 +13,8 @@ References, per family:
 * ``pe_core``: timm's ``Eva`` PE-core model written as open_clip's ``PE-Core-*`` checkpoints (``visual.trunk.*``)
   and as Meta's ``PE-Core-*.pt`` (``visual.conv1.weight``, ``visual.transformer.resblocks.N.*``,
   ``visual.attn_pool.*``). Meta's own code (perception_models, not on PyPI) is not run: timm / open_clip are the
-  reference; note that it resamples absolute positions bilinearly at other sizes where timm uses antialiased
-  bicubic, so off-native PE features follow timm / open_clip.
+  reference. Copies of Meta's pe.py published in vLLM / sglang resample the absolute positions bilinearly at other
+  sizes where timm uses antialiased bicubic: off-native PE features follow timm / open_clip.
 """
 
 from __future__ import annotations
