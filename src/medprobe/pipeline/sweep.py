@@ -10,6 +10,7 @@ YAML layout::
     grid:
       encoder: [dinov3-vits16, dinov3-vitb16]
       weights: {dinov3-vits16: ~/w/dinov3_vits16_pretrain_lvd1689m-08c60483.pth}  # missing -> random
+      encoder_options: {onnx: {onnx_output: /backbone/norm/Add_1_output_0}}  # per encoder (else none)
       resolution: [224, 512]       # or native
       layer: all                   # or [5, 11]; one extraction serves every layer (features.select)
       head: [logreg, knn]
@@ -40,7 +41,7 @@ from medprobe.utils import hash_obj
 
 log = logging.getLogger("medprobe.sweep")
 
-AXES = ("encoder", "weights", "resolution", "layer", "head", "budget", "seed", "fold")
+AXES = ("encoder", "weights", "encoder_options", "resolution", "layer", "head", "budget", "seed", "fold")
 _SWEEP_KEYS = ("base", "description", "grid", "name", "tasks")
 
 
@@ -182,6 +183,9 @@ def sweep_from_dict(d: dict[str, Any], name: str = "sweep", base_dir: str | Path
             raise unknown_key("grid", str(k), AXES, where)
     if any("weights" in gr and not isinstance(gr["weights"], dict) for gr in (grid, *task_grids.values())):
         raise ConfigError("grid.weights must map encoder name -> weights path", where)
+    if any("encoder_options" in gr and not (isinstance(gr["encoder_options"], dict) and all(
+            isinstance(v, dict) for v in gr["encoder_options"].values())) for gr in (grid, *task_grids.values())):
+        raise ConfigError("grid.encoder_options must map encoder name -> {option: value}", where)
     return Sweep(name=str(d.get("name") or name), tasks=specs, grid=grid, source=source, task_grids=task_grids,
                  skipped_tasks=skipped)
 
@@ -217,8 +221,11 @@ def expand(sweep: Sweep) -> list[Cell]:
     for task in sweep.tasks:
         g = sweep.grid_for(task.name)
         weights = dict(g.get("weights") or {})
+        enc_options = dict(g.get("encoder_options") or {})
         for enc in _axis(g, "encoder", task.encoder):
             w = weights.get(enc, task.weights if enc == task.encoder else None)
+            # like weights: the grid's options of this encoder, else the task's own options for its own encoder
+            opts = dict(enc_options.get(enc, task.encoder_options if enc == task.encoder else {}))
             if isinstance(w, str) and w.strip().lower() in ("", "random", "none"):
                 w = None
             w = str(Path(w).expanduser()) if isinstance(w, str) and ("/" in w or w.startswith("~")) else w
@@ -242,7 +249,7 @@ def expand(sweep: Sweep) -> list[Cell]:
                             for seed in _axis(g, "seed", task.seed):
                                 for head in (_axis(g, "head", None) if g.get("head") is not None else task.heads):
                                     cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget, seed,
-                                                       head, len(cells) + 1, fold=fold))
+                                                       head, len(cells) + 1, fold=fold, encoder_options=opts))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid produces duplicate cells (repeated axis values?)", sweep.source or sweep.name)
@@ -271,7 +278,8 @@ def _folds(task: TaskSpec, axis: Any, where: str) -> list[int | None]:
 
 
 def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer: int | None, layer_spec: Any,
-          budget: Any, seed: Any, head: str, index: int, fold: int | None = None) -> Cell:
+          budget: Any, seed: Any, head: str, index: int, fold: int | None = None,
+          encoder_options: dict[str, Any] | None = None) -> Cell:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
     if fold is not None:
@@ -292,7 +300,10 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
                     "Ldefault" if layer is None else f"L{layer}", head, f"b{_fmt_budget(budget)}", f"s{seed}"])
     over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
     try:
-        spec = parse_task(merge_raw(task.to_dict(), over), source=where)
+        base = task.to_dict()
+        if encoder_options is not None:  # replaced, not merged: another encoder's options must not leak in
+            base["encoder_options"] = dict(encoder_options)
+        spec = parse_task(merge_raw(base, over), source=where)
     except ConfigError as e:
         raise ConfigError(f"cell {key}: {e.problem}", where) from None
     axes = {"task": task.name, "encoder": enc, "resolution": res_label, "layer": layer, "head": head,
