@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from medprobe.encoders import EncoderSpec, create_encoder, encoder_info, get_family, get_spec, register
 from medprobe.encoders import flops as flops_mod
-from medprobe.encoders._timm_layout import TimmViT, build_model, timm_keys, timm_params
+from medprobe.encoders._timm_layout import TimmViT, build_model, import_transformers, timm_keys, timm_params
 from medprobe.encoders.flops import spec_gflops
 from medprobe.encoders.pathology import ConchEncoder, conch_params
 from medprobe.encoders.registry import unregister
@@ -255,7 +256,7 @@ def test_full_size_layouts_and_params_match_the_authors_models() -> None:
     assert (spec.native_resolution, spec.mean) == (448, (0.48145466, 0.4578275, 0.40821073))
 
     phikon = get_spec("phikon-v2")
-    tf = pytest.importorskip("transformers")
+    tf = import_transformers()
     with torch.device("meta"):
         m = tf.Dinov2Model(tf.Dinov2Config(**phikon.hf_config))
     n = sum(p.numel() for k, p in m.named_parameters() if "mask_token" not in k)
@@ -306,14 +307,14 @@ def test_conch_equals_published_forward(tiny_specs: dict[str, EncoderSpec], tmp_
 
 
 def test_phikon_v2_folder_equals_transformers(tmp_path: Path) -> None:
-    tf = pytest.importorskip("transformers")
+    tf = import_transformers()
     cfg = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4, use_swiglu_ffn=False,
                patch_size=16, image_size=64, layer_norm_eps=1e-6, layerscale_value=1e-5)
     torch.manual_seed(3)
     ref = randomize(tf.Dinov2Model(tf.Dinov2Config(**cfg)), seed=3)
     folder = tmp_path / "phikon-v2"
     ref.save_pretrained(folder, safe_serialization=True)  # owkin/phikon-v2: config.json + model.safetensors
-    spec = replace_spec(get_spec("phikon-v2"), name="phikon-v2-tiny", width=64, depth=2, hf_config=cfg)
+    spec = replace(get_spec("phikon-v2"), name="phikon-v2-tiny", width=64, depth=2, hf_config=cfg)
     register(spec)
     try:
         enc = create_encoder("phikon-v2-tiny", weights=str(folder))
@@ -327,12 +328,6 @@ def test_phikon_v2_folder_equals_transformers(tmp_path: Path) -> None:
             assert _maxdiff(ours.patch[1], _grid(last, 1, h // 16, w // 16)) <= TOL
     finally:
         unregister("phikon-v2-tiny")
-
-
-def replace_spec(spec: EncoderSpec, **kw: Any) -> EncoderSpec:
-    from dataclasses import replace
-
-    return replace(spec, **kw)
 
 
 # ---------------------------------------------------------------- bad files, weight sources, identity
