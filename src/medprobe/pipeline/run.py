@@ -238,6 +238,16 @@ def preprocessing_done(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]
     return pre, effects
 
 
+def feature_contract(spec: Any) -> dict[str, Any]:
+    """What the features of this encoder are (docs/encoders.md): its family's contract and the spec's geometry."""
+    from medprobe.encoders import get_family
+
+    fam = get_family(spec.family)
+    return {"family": spec.family, "cls": fam.cls_feature, "patch": fam.patch_feature, "taps": fam.taps,
+            "patch_size": spec.patch_size, "native_resolution": spec.native_resolution,
+            "mean": list(spec.mean), "std": list(spec.std), "extra": fam.extra}
+
+
 def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict[str, Any],
                  t_total: float, head_cls: Any = None) -> dict[str, Any]:
     """The one result record: what ran, on what, with which resolved settings (each the value in effect, with
@@ -251,6 +261,7 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
         "config": {**spec.to_dict(), "head": res.head, "family": family.name},
         "config_hash": ctx.user_spec.config_hash(res.head),
         "encoder": enc.spec.name, "weights": enc.weights_id, "pretrained": enc.pretrained,
+        "encoder_family": enc.spec.family, "feature_contract": feature_contract(enc.spec),
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
         "split": {"spec": spec.to_dict()["split"], **split_done, "n_train": len(ctx.train), "n_val": len(ctx.val),
                   "n_test": len(ctx.test), "budget": spec.budget,

@@ -41,6 +41,8 @@ def _tuple(v: Any) -> Any:
 def run_row(run: Mapping[str, Any], split: str = "test") -> dict[str, Any]:
     """One stored run (as :meth:`ResultsDB.runs` returns it) as a flat row."""
     row: dict[str, Any] = {k: _tuple(run.get(k)) for k in RUN_COLUMNS}
+    extra = run.get("extra") or {}
+    row["encoder_family"] = extra.get("encoder_family")  # None for runs recorded before families were stored
     for sp, metrics in run.get("metrics_all", {}).items():
         pre = "" if sp == split else f"{sp}/"
         for name, (value, low, high) in metrics.items():
