@@ -85,6 +85,7 @@ def _slide_identity(item: Item) -> dict[str, Any]:
     if mpp is None:
         mpp = getattr(item.image, "mpp", None)
     ident["mpp"] = None if mpp is None else float(mpp)
+    ident["reader"] = f"{type(item.image).__module__}.{type(item.image).__qualname__}"  # a reader changing pixels
     return ident
 
 
@@ -103,6 +104,16 @@ def bag_spec(spec: dict[str, Any], tiling: Any, tissue: Any) -> dict[str, Any]:
     """The key spec of a dataset's bag index: the engine's spec plus the slide options."""
     return {**spec, "unit": "tile", "slide_format": SLIDE_FORMAT, "tiling": tiling.to_dict(),
             "tissue": tissue.to_dict()}
+
+
+def _specs(dataset: Dataset, spec: dict[str, Any], tiling: Any, tissue: Any
+           ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """(bag index spec, per-slide entry specs, per-slide keys); the index spec names its slides' keys, so a
+    dataset whose slides read differently (another file, pixel size or reader) never reuses an index."""
+    base = _base_spec(spec)
+    slide_specs = [slide_entry_spec(base, dataset.load(i), tiling, tissue) for i in range(len(dataset))]
+    keys = [cache_key(s) for s in slide_specs]
+    return {**bag_spec(spec, tiling, tissue), "slides": keys}, slide_specs, keys
 
 
 # ------------------------------------------------------------------------------------------ tile reading
@@ -342,7 +353,7 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
     dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
     check_memory(encoder, pre.resolution, cfg.batch_size, dev)  # type: ignore[arg-type]
-    spec = bag_spec(entry_spec(dataset, encoder, pre, cfg, dev), tiling, tissue)
+    spec, slide_specs, keys = _specs(dataset, entry_spec(dataset, encoder, pre, cfg, dev), tiling, tissue)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     index = root / cache_key(spec)
     if (index / "manifest.json").is_file():
@@ -358,11 +369,7 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
         if not 0 <= rank < world:
             raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
 
-    base = _base_spec(spec)
-    base = {k: v for k, v in base.items() if k not in ("unit", "slide_format", "tiling", "tissue")}
     n = len(dataset)
-    slide_specs = [slide_entry_spec(base, dataset.load(i), tiling, tissue) for i in range(n)]
-    keys = [cache_key(s) for s in slide_specs]
     ids = dataset.ids()
     mine = [i for i in range(n) if i % world == rank and not _usable(root / keys[i])]
     layers = spec["layers"]
@@ -499,7 +506,7 @@ def lookup_slides(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig |
     cfg = _vector_tokens(config or ExtractConfig(), dataset)
     tiling, tissue = slide_options(dataset, tiling, tissue)
     pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
-    spec = bag_spec(entry_spec(dataset, encoder, pre, cfg, torch.device(device)), tiling, tissue)
+    spec, _, _ = _specs(dataset, entry_spec(dataset, encoder, pre, cfg, torch.device(device)), tiling, tissue)
     index = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / cache_key(spec)
     if not (index / "manifest.json").is_file():
         return None

@@ -176,7 +176,7 @@ class _TorchBagHead(Head):
         raise NotImplementedError
 
     def _prep(self, bags: list[np.ndarray]) -> list[torch.Tensor]:
-        return [(torch.as_tensor(np.asarray(b, dtype=np.float32)) - self.mean_) / self.std_ for b in bags]
+        return [(torch.from_numpy(np.array(b, dtype=np.float32)) - self.mean_) / self.std_ for b in bags]
 
     @staticmethod
     def _pad(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from medprobe.errors import ConfigError, DataError
 from medprobe.metrics.bootstrap import bootstrap_weighted
 from medprobe.metrics.classification import check_keys, compute, prepare
 from medprobe.numerics import roc_auc
-from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, feature_bags, register_family
+from medprobe.pipeline.family import _TOKENS, HeadResult, RunContext, TaskFamily, register_family
 from medprobe.utils import atomic_write_json
 
 DEFAULT_SEEDS = 5  # the study trained its slide heads with 5 seeds
@@ -107,6 +107,17 @@ def evaluate_bags(head_cls: type[Any], params: dict[str, Any], bags: Sequence[np
             "params": head.get_params() if head is not None else {}}
 
 
+def slide_bags(ctx: RunContext) -> list[np.ndarray]:
+    """Per slide its (N_i, C) tile vectors: chosen token(s) x block(s), read slide by slide from the memory-mapped
+    entries (no copy of the whole dataset's rows is made here)."""
+    toks = _TOKENS[ctx.spec.features.token]
+    out = []
+    for i in range(ctx.store.n_items):
+        parts = [np.asarray(ctx.store.item(i, t, layer)) for layer in ctx.layers for t in toks]
+        out.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+    return out
+
+
 def _parse_options(cls: type, raw: Any, path: str, source: str | None) -> Any:
     from medprobe.schema import parse_section
 
@@ -158,7 +169,7 @@ class SlidesFamily(TaskFamily):
         n_classes = ds.task.n_classes or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
         if task != "multilabel" and (y.min() < 0 or y.max() >= max(n_classes, 2)):
             raise ConfigError(f"labels outside 0..{n_classes - 1} for a {task} task", ds.name)
-        bags = feature_bags(ctx)
+        bags = slide_bags(ctx)
         for b in bags:
             if len(b) and not np.isfinite(b).all():
                 raise DataError("tile features are NaN or infinite (try features.amp: off, or clear the cache "
