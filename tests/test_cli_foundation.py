@@ -112,10 +112,17 @@ def test_image_smaller_than_a_patch(tmp_path: Path, capsys: pytest.CaptureFixtur
     tiny = data / "b" / "9.png"
     write_png(tiny, np.full((8, 8), 100, np.uint8))
     cache = tmp_path / "cache"
+    # a source smaller than a patch is resized up to the encoder's input like any other (MedMNIST-style)
     rc, _, err = run_cli(capsys, *extract_args(f"folder:{data}", cache, "--encoder", "dinov3-vits16"))
+    assert rc == 0, err
+    # an encoder input smaller than one patch is refused in one line
+    cache2 = tmp_path / "cache2"
+    args = extract_args(f"folder:{data}", cache2, "--encoder", "dinov3-vits16")
+    args[args.index("--resolution") + 1] = "8"
+    rc, _, err = run_cli(capsys, *args)
     assert rc == 2
-    assert_one_error_line(err, str(tiny), "8x8", "16-px patch")
-    assert_no_entry(capsys, cache)
+    assert_one_error_line(err, "8x8", "patch size 16")  # checked before any image is read
+    assert_no_entry(capsys, cache2)
 
 
 def test_unknown_encoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from medprobe.cli import common
-from medprobe.errors import ConfigError
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
@@ -87,12 +86,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["verify_weights"] = False
     if args.head:
         over["heads"] = args.head
-    enc_opts = {}
-    for kv in args.encoder_option:
-        if "=" not in kv:
-            raise ConfigError(f"--encoder-option must be KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        enc_opts[k.strip()] = common._value(v)
+    enc_opts = common.encoder_options(args.encoder_option)
     if enc_opts:
         over["encoder_options"] = enc_opts
     data = common.dataset_options(args)

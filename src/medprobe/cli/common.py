@@ -21,6 +21,9 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     g.add_argument("--onnx-output", default=None,
                    help="ONNX encoders: the output tensor holding the backbone tokens, e.g. last_hidden_state")
+    g.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="encoder family option (repeatable), e.g. --encoder-option onnx_prefix_tokens=5 "
+                   "--encoder-option onnx_patch=14 ('medprobe models --contracts' lists the families)")
 
 
 def add_preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -107,8 +110,21 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
 def build_encoder(args: argparse.Namespace, device: Any) -> Any:
     from medprobe.encoders import create_encoder
 
-    return create_encoder(args.encoder, weights=args.weights, device=device, verify=not args.no_verify,
-                          onnx_output=getattr(args, "onnx_output", None))
+    options = encoder_options(getattr(args, "encoder_option", []))
+    if getattr(args, "onnx_output", None):
+        options["onnx_output"] = args.onnx_output
+    return create_encoder(args.encoder, weights=args.weights, device=device, verify=not args.no_verify, **options)
+
+
+def encoder_options(pairs: list[str]) -> dict[str, Any]:
+    """``--encoder-option KEY=VALUE`` pairs as a mapping (values parsed like YAML scalars)."""
+    opts: dict[str, Any] = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ConfigError(f"--encoder-option must be KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k.strip()] = _value(v)
+    return opts
 
 
 def build_preprocess(args: argparse.Namespace) -> Any:

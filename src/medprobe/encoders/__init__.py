@@ -35,8 +35,10 @@ def create_encoder(name: str, weights: str | os.PathLike[str] | None = None, *, 
     spec = get_spec(name)
     family = get_family(spec.family)
     given = family.check_options(spec, options)
+    spec = family.adapt_spec(spec, given)
     ref = parse_weights_arg(weights, spec, seed=seed, verify=verify)
     enc = family.build(spec, ref, given)
+    enc.options = dict(given)  # what the features depend on beyond name and weights (in the cache key)
     enc = enc.to(device=device)
     if dtype is not None:
         enc = enc.to(dtype=dtype)
@@ -45,12 +47,18 @@ def create_encoder(name: str, weights: str | os.PathLike[str] | None = None, *, 
 
 
 def encoder_info(name: str, weights: str | os.PathLike[str] | None = None, *, seed: int = 0,
-                 verify: bool = True) -> EncoderInfo | None:
+                 verify: bool = True, **options: Any) -> EncoderInfo | None:
     """The encoder's identity for cache look-ups without building it; ``None`` when that needs the model
-    (hub ids, whose revision is only known once loaded)."""
+    (hub ids, whose revision is only known once loaded). ``options`` as for :func:`create_encoder`."""
     spec = get_spec(name)
+    family = get_family(spec.family)
+    given = family.check_options(spec, options)
+    spec = family.adapt_spec(spec, given)
     ref = parse_weights_arg(weights, spec, seed=seed, verify=verify)
-    return get_family(spec.family).identity(spec, ref)
+    info = family.identity(spec, ref)
+    if info is not None:
+        info.options = dict(given)
+    return info
 
 
 def weights_available(spec: EncoderSpec, search_dirs: list[Path] | None = None) -> list[Path]:

@@ -72,6 +72,7 @@ class Encoder(torch.nn.Module):
     weights_id: str = "random:seed=0"
     pretrained: bool = False
     fixed_resolution: int | None = None  # set when the backbone only accepts one input size
+    options: dict[str, Any] = {}  # the family build options it was made with (set by create_encoder)
 
     @property
     def depth(self) -> int:
@@ -120,6 +121,7 @@ class EncoderInfo:
                  fixed_resolution: int | None = None) -> None:
         self.spec, self.weights_id, self.pretrained = spec, weights_id, pretrained
         self.fixed_resolution = fixed_resolution
+        self.options: dict[str, Any] = {}
 
     @property
     def depth(self) -> int:

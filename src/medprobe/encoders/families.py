@@ -53,6 +53,11 @@ def no_local_weights(spec: EncoderSpec) -> list[Path]:
     return []
 
 
+def same_spec(spec: EncoderSpec, options: Mapping[str, Any]) -> EncoderSpec:
+    """The spec unchanged: the family's options do not change its geometry."""
+    return spec
+
+
 @dataclass(frozen=True)
 class EncoderFamily:
     """One kind of backbone.
@@ -69,6 +74,8 @@ class EncoderFamily:
     Declared facts: ``needs_weights`` (False: nothing to load, e.g. the image-only baseline);
     ``blockless`` (one output layer, no blocks to tap: layer selections resolve to it);
     ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it);
+    ``adapt_spec(spec, options)``: the spec those options imply (e.g. an ONNX graph's patch size), applied
+    before ``build`` and ``identity``;
     ``autocast`` (False: the network runs outside torch autocast, e.g. an ONNX graph in fp32, so ``amp`` cannot
     change a feature value: it stays out of the cache key and the record says fp32).
     Feature contract: ``cls_feature``, ``patch_feature``, ``taps`` (plain-language facts shown by
@@ -84,6 +91,7 @@ class EncoderFamily:
     autocast: bool = True
     options: tuple[str, ...] = ()
     local_weights: LocalWeightsFn = no_local_weights
+    adapt_spec: Callable[[EncoderSpec, Mapping[str, Any]], EncoderSpec] = same_spec
     description: str = ""
     # the feature contract (docs/encoders.md, `medprobe models`): what "cls" is, what "patch" is and its
     # stride, which layers/stages can be tapped, and the pip extra the family needs ("" = core install)

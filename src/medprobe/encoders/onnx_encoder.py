@@ -1,14 +1,15 @@
 """A generic ONNX vision backbone: any ``.onnx`` file, cut at a named token tensor, run by onnxruntime.
 
 Registers the encoder family ``onnx`` (blockless: one output layer; options ``onnx_output``,
-``onnx_input``, ``onnx_prefix_tokens``; costs are not counted; ``autocast=False``: onnxruntime runs the graph
-in fp32 whatever ``features.amp`` says).
+``onnx_input``, ``onnx_prefix_tokens``, ``onnx_patch``; costs are not counted; ``autocast=False``: onnxruntime
+runs the graph in fp32 whatever ``features.amp`` says).
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,9 +191,23 @@ def _local_weights(spec: EncoderSpec) -> list[Path]:
         return []
 
 
+def _adapt_spec(spec: EncoderSpec, options: Mapping[str, Any]) -> EncoderSpec:
+    """``onnx_patch``: the graph's patch size (token stride), for graphs the registry entry does not describe."""
+    patch = options.get("onnx_patch")
+    if patch is None:
+        return spec
+    try:
+        p = int(patch)
+    except (TypeError, ValueError):
+        p = 0
+    if p < 1 or str(patch).strip() != str(p):
+        raise ConfigError(f"onnx_patch must be a positive integer (the graph's patch size), got {patch!r}")
+    return replace(spec, patch_size=p)
+
+
 register_family(EncoderFamily(
-    name="onnx", build=_build, identity=_identity, blockless=True, autocast=False,
-    options=("onnx_output", "onnx_input", "onnx_prefix_tokens"), local_weights=_local_weights,
+    name="onnx", build=_build, identity=_identity, blockless=True, autocast=False, adapt_spec=_adapt_spec,
+    options=("onnx_output", "onnx_input", "onnx_prefix_tokens", "onnx_patch"), local_weights=_local_weights,
     description="any .onnx vision backbone cut at a named token tensor (onnxruntime)",
     cls_feature="token 0 of the chosen output tensor (onnx_output), as the graph computes it",
     patch_feature="the tokens after onnx_prefix_tokens, reshaped to the patch grid; stride = the graph's patch",

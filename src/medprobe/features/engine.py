@@ -112,7 +112,7 @@ def entry_spec(dataset: Dataset, encoder: Any, pre: PreprocessConfig, cfg: Extra
     """Everything that changes a feature value (hashed into the cache key); ``amp`` is the effective autocast
     (:func:`effective_amp`), so an option that cannot change this encoder's numbers does not split the cache."""
     ad, _ = effective_amp(cfg.amp, device, encoder)
-    return {
+    spec = {
         "encoder": encoder.spec.name,
         "weights": encoder.weights_id,
         "pretrained": encoder.pretrained,
@@ -125,6 +125,10 @@ def entry_spec(dataset: Dataset, encoder: Any, pre: PreprocessConfig, cfg: Extra
         "dataset": dataset.fingerprint(),
         "items": hash_obj(dataset.ids(), n=16),
     }
+    options = getattr(encoder, "options", None)
+    if options:  # family build options (e.g. an ONNX graph's output tensor) change the features
+        spec["encoder_options"] = {k: options[k] for k in sorted(options)}
+    return spec
 
 
 def resolve_preprocess(pre: PreprocessConfig, dataset: Dataset, encoder: Any) -> PreprocessConfig:

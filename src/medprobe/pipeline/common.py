@@ -117,7 +117,8 @@ def build_encoder(spec: TaskSpec, device: torch.device) -> Encoder:
 
 def encoder_identity(spec: TaskSpec) -> Any:
     """The encoder's identity (:class:`EncoderInfo`) without building it, or None when only loading tells."""
-    return encoder_info(spec.encoder, spec.weights, seed=_weights_seed(spec), verify=spec.verify_weights)
+    return encoder_info(spec.encoder, spec.weights, seed=_weights_seed(spec), verify=spec.verify_weights,
+                        **spec.encoder_options)
 
 
 def pick_device(name: str | None) -> torch.device:

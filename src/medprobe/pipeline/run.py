@@ -137,8 +137,9 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     if extraction["timing"]["cached"]:
         log.info("features reused from cache %s: extraction skipped", extraction["cache_key"])
     notes = {**notes, "audit": settle_audit(found, ds, splits, spec, store, enc.pretrained)}
-    if getattr(store, "volume", None):  # a 3D encoder's input geometry and feature contract (features.volume)
-        notes["volume_input"] = store.volume
+    volume = getattr(store, "volume", None)
+    if volume:  # a 3D encoder's input geometry and feature contract (features.volume)
+        notes["volume_input"] = volume
     extraction = {**extraction, "split": split_info, "inputs": input_facts(ds, found)}
     ctx = RunContext(spec=spec, user_spec=user_spec, dataset=ds, splits=splits, device=device, encoder=enc,
                      store=store, preprocess=store.preprocess, layers=feature_layers(store, spec),

