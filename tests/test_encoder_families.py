@@ -198,7 +198,7 @@ def test_builtin_families_declare_their_facts() -> None:
         assert fam.needs_weights and not fam.blockless and fam.options == ()
     onnx = get_family("onnx")
     assert onnx.needs_weights and onnx.blockless
-    assert onnx.options == ("onnx_output", "onnx_input", "onnx_prefix_tokens")
+    assert onnx.options == ("onnx_output", "onnx_input", "onnx_prefix_tokens", "onnx_patch")
     none = get_family("none")
     assert not none.needs_weights and none.blockless and none.options == ()
     assert none.gflops(get_spec("none"), (32, 32), None) is None
