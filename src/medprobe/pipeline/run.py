@@ -121,6 +121,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
         heads = [(n, c) for n, c in heads if n not in {r["head"] for r in stored}]
         if not heads:
             return stored
+    _check_volume_encoder(spec, family)
     device = pick_device(spec.device)
     info = encoder_identity(spec)
     if info is None:  # identity known only once loaded (hub ids): build now, extraction reuses it
@@ -237,6 +238,17 @@ def preprocessing_done(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]
     if "antialias" in effects:
         pre["antialias"] = effects["antialias"]["effective"]
     return pre, effects
+
+
+def _check_volume_encoder(spec: TaskSpec, family: TaskFamily) -> None:
+    """A 3D volume encoder gives one feature vector (and a 3D grid) per volume: families that need 2D patch
+    grids per slice (segmentation decoders, instances, registration) cannot use it."""
+    from medprobe.encoders import get_family, get_spec
+
+    enc_family = get_spec(spec.encoder).family
+    if get_family(enc_family).volumetric and "patch" in family.tokens:
+        raise ConfigError(f"encoder {spec.encoder} is a 3D volume encoder ({enc_family}): the {family.name} "
+                          "family needs 2D patch grids; use it for classification or regression tasks", spec.name)
 
 
 def feature_contract(spec: Any) -> dict[str, Any]:
