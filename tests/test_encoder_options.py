@@ -73,3 +73,14 @@ def test_doctor_names_the_extra_of_each_family(capsys: pytest.CaptureFixture[str
             line = next(s for s in out.splitlines() if f"[{extra}] extra" in s)
             assert name in line
     assert "timm encoders" not in out
+
+
+def test_docs_contract_table_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/encoders.md holds exactly what `medprobe models --contracts --markdown` prints (every family)."""
+    from medprobe.cli.main import main
+
+    assert main(["models", "--contracts", "--markdown"]) == 0
+    live = capsys.readouterr().out.strip()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- contract-table:start -->")[1].split("<!-- contract-table:end -->")[0].strip()
+    assert table == live, "regenerate the table: medprobe models --contracts --markdown"
