@@ -52,7 +52,8 @@ def test_coverage_table_by_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "Not a study task: pneumonia-toy" in out
     assert "cells: 1 reproducible (data + weights), 1 runnable only as UNTRAINED pipeline checks, 2 without data" \
         in out
-    assert "not in this sweep (camelyon16)" in out
+    wsi = next(x for x in lines if "not in this sweep (" in x and "camelyon16" in x)  # the whole-slide table
+    assert "bcnb-er" in wsi and "camelyon16-to-17" in wsi
     assert "would run 2 of 2 runnable cell(s):" in out and "edd2020/dinov3-vitb16" in out
     assert main(["study", "--sweep", str(y), "--data-root", str(tmp_path / "data"), "--dry-run", "--trained-only",
                  "--db", str(tmp_path / "db")]) == 0

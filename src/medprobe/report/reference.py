@@ -81,9 +81,14 @@ _TABLE: list[Ref] = [
         "CT-CLIP 0.731, CT-Net 0.629", "slice mean-pooled, linear"),
     Ref("ct-rate", "cls3d", ("ctrate",), "auc", _D["auc"], "knn", False, True, (0.716, 0.737, 0.709),
         "CT-CLIP 0.731", "k-NN"),
-    # whole slides: the WSI rows of the sweep are added by the whole-slide work (issue 11); the reference is here
+    # whole slides (ABMIL): Camelyon16, Camelyon17 as its unseen-centre test, BCNB's five biomarkers
     Ref("camelyon16", "wsi", (), "auc", _D["auc"], "abmil", False, True, (0.840, 0.805, None),
         "UNI 0.965, ResNet-50 0.842", "ABMIL"),
+    Ref("camelyon16-to-17", "wsi", ("camelyon17",), "auc", _D["auc"], "abmil", False, True, _NONE, "-",
+        "trained on CAMELYON16, tested on CAMELYON17's unseen centres, ABMIL (value not transcribed)"),
+    *[Ref(f"bcnb-{t}", "wsi", (f"bcnb{t}",), "auc", _D["auc"], "abmil", False, True, _NONE, "-",
+          f"BCNB {t.upper()} status, patient-level 5-fold CV, ABMIL (value not transcribed)")
+      for t in ("aln", "er", "pr", "her2", "ki67")],
     Ref("endovis2018", "seg2d", ("endovis", "endovis18"), "binary_iou", _D["binary_iou"], None, True, True,
         (86.05, 89.04, 92.19), "SAM 2 box 90.18", "binary IoU"),
     Ref("endovis2018", "seg2d", ("endovis", "endovis18"), "instrument_iou", _D["instrument_iou"], None, True, True,
