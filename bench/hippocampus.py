@@ -2,8 +2,11 @@
 
     python bench/hippocampus.py [--task tasks/hippocampus-fold0.yaml] [--results /tmp/hippo-results]
                                 [--cache /tmp/hippo-cache] [--limit N] [--epochs E] [--encoders dinov3-vits16,none]
+                                [--image-stem off,on]
 
-Prints Dice per class (Anterior, Posterior) with 95% bootstrap CIs, HD95 and ASD in mm and the wall times.
+Prints Dice per class (Anterior, Posterior) with 95% bootstrap CIs, HD95 and ASD in mm and the wall times, for
+each encoder and each decoder setting: feature-only (``off``, the default and the study's) and with the
+decoder's raw-image stem (``on``: ``use_image: true``).
 """
 
 from __future__ import annotations
@@ -27,26 +30,27 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N cases only (CI-sized run)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--encoders", default="dinov3-vits16,none")
+    ap.add_argument("--image-stem", default="off,on", help="decoder settings: off (feature-only), on, or both")
     a = ap.parse_args()
     db = ResultsDB(a.results)
     summary = []
     for enc in a.encoders.split(","):
-        spec = load_task(a.task, encoder=enc, cache_dir=a.cache)
-        if a.limit:
-            spec = spec.with_overrides(data={"limit": a.limit})
-        if a.epochs:
-            spec = spec.with_overrides(head_params={h: {**spec.head_params.get(h, {}), "epochs": a.epochs}
-                                                    for h in spec.heads})
-        t0 = time.perf_counter()
-        rows = run_segmentation(spec, db=db, verbose=True)
-        summary.append((enc, rows, time.perf_counter() - t0))
+        for stem in a.image_stem.split(","):
+            spec = load_task(a.task, encoder=enc, cache_dir=a.cache)
+            if a.limit:
+                spec = spec.with_overrides(data={"limit": a.limit})
+            hp = {"use_image": stem.strip() == "on", **({"epochs": a.epochs} if a.epochs else {})}
+            spec = spec.with_overrides(head_params={h: {**spec.head_params.get(h, {}), **hp} for h in spec.heads})
+            t0 = time.perf_counter()
+            rows = run_segmentation(spec, db=db, verbose=True)
+            summary.append((f"{enc} stem={stem.strip()}", rows, time.perf_counter() - t0))
     print("\n== summary (fold 0; mean [95% CI] over test cases) ==")
     for enc, rows, dt in summary:
         for r in rows:
             m, t = r["metrics"], r["record"]["timings"]
             cells = [f"Dice {k.split('/')[1]} {m[k][0]:.3f} [{m[k][1]:.3f}, {m[k][2]:.3f}]"
                      for k in m if k.startswith("dice/")]
-            print(f"{enc:>14} {r['head']}: " + "; ".join(cells)
+            print(f"{enc:>22} {r['head']}: " + "; ".join(cells)
                   + f"; mean Dice {m['dice'][0]:.3f}"
                   + f"; HD95 {m['hd95'][0]:.2f} mm [{m['hd95'][1]:.2f}, {m['hd95'][2]:.2f}]"
                   + f"; ASD {m['asd'][0]:.2f} mm [{m['asd'][1]:.2f}, {m['asd'][2]:.2f}]"
