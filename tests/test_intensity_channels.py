@@ -171,3 +171,17 @@ def test_petct_input_ablation_runs_ct_pet_and_both(petct_kind: str, tmp_path: Pa
     for r in rows.values():
         assert np.isfinite(r["metrics"]["dice"][0])
         assert r["record"]["head_params"]["use_image"] is False
+
+
+def test_petct_ablation_as_sweep_entries() -> None:
+    """The shipped PET/CT task files, three sweep entries differing only in data.inputs: three cells."""
+    from medprobe.pipeline.sweep import expand, sweep_from_dict
+
+    repo = Path(__file__).resolve().parents[1]
+    for task in ("seg-autopet-petct", "seg-hecktor-petct"):
+        entries = [{"task": str(repo / "tasks" / f"{task}.yaml"), "name": f"{task}-{i}", "data": {"inputs": i}}
+                   for i in ("CT", "PET", "CT+PET")]
+        cells = expand(sweep_from_dict({"tasks": entries}, name="ablation"))
+        assert [c.spec.data for c in cells] == [{"skip_invalid": True, "inputs": i} for i in ("CT", "PET", "CT+PET")]
+        assert {c.spec.preprocess.intensity for c in cells} == {"auto"} and {c.head for c in cells} == {"decoder3d"}
+        assert len({c.config_hash for c in cells}) == 3
