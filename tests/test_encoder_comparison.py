@@ -1,7 +1,8 @@
 """The study's comparison: several encoder families on one sweep axis, side by side in the report.
 
-Random-init encoders of five families (DINOv3 ViT, ResNet-50, CLIP, SigLIP 2, CONCH's pathology ViT) on the
-real PneumoniaMNIST file, logreg + k-NN; every row records its family, weights id and feature contract.
+Random-init encoders of ten families (DINOv3 ViT and ConvNeXt, ResNet-50, CLIP, SigLIP 2, BiomedCLIP, PE core,
+CONCH, SAM, MAE) on the real PneumoniaMNIST file, logreg + k-NN; every row records its family, weights id and
+feature contract.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import yaml
 from medprobe.pipeline.sweep import load_sweep, run_sweep
 from medprobe.results import ResultsDB
 
-ENCODERS = ["dinov3-vits16", "resnet50", "clip-vit-b16", "siglip2-vitb16", "conch"]
+# one encoder of each 2D family of the study's comparison (3D volume encoders: tests/test_encoders_volume3d.py)
+ENCODERS = ["dinov3-vits16", "resnet50", "dinov3-convnext-tiny", "clip-vit-b16", "siglip2-vitb16", "biomedclip",
+            "pe-core-b16", "conch", "sam-vit-b", "mae-vitb16"]
 
 
 @pytest.mark.shared_data
