@@ -121,6 +121,12 @@ def test_inputs_select_channels_by_name_or_index() -> None:
     assert np.array_equal(pet.load(0).image, img[..., 1])
     both = select_inputs(base, "1+0")
     assert both.modality == "petct" and np.array_equal(both.load(0).image, img[..., ::-1])
+    # names are found through a Subset (what data.skip_invalid leaves when it drops cases)
+    from medprobe.data.base import Subset
+    from medprobe.preprocess.channels import channel_names
+
+    sub = Subset(base, [0], tag="valid")
+    assert channel_names(sub) == ["CT", "PET"] and np.array_equal(select_inputs(sub, "CT").load(0).image, img[..., 0])
     with pytest.raises(ConfigError, match=r"no channel named 'MR' \(0=CT, 1=PET\)"):
         select_inputs(base, "MR")
     with pytest.raises(ConfigError, match="channel 2 out of range"):

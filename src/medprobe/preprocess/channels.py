@@ -117,15 +117,27 @@ class ChannelSelection(Dataset):
         return item
 
 
+def channel_names(ds: Any) -> list[str] | None:
+    """The dataset's channel names (``channel_names``, looked up through wrappers such as a ``Subset``'s
+    ``base``), or None when it names none."""
+    seen = 0
+    while ds is not None and seen < 16:
+        names = getattr(ds, "channel_names", None)
+        if names:
+            return [str(n) for n in names]
+        ds, seen = getattr(ds, "base", None), seen + 1
+    return None
+
+
 def select_inputs(ds: Dataset, inputs: Any, where: str | None = None) -> Dataset:
     """``ds`` restricted to the channels ``inputs`` names (``all``/None: ``ds`` itself)."""
     sel = parse_inputs(inputs)
     if sel is None:
         return ds
-    names = list(getattr(ds, "channel_names", None) or [])
+    names = channel_names(ds) or []
     n = len(names) if names else ds.load(0).n_channels
     idx = resolve_inputs(sel, names, n, where or ds.name)
     return ChannelSelection(ds, idx, names or None)
 
 
-__all__ = ["ChannelSelection", "parse_inputs", "resolve_inputs", "select_inputs"]
+__all__ = ["ChannelSelection", "channel_names", "parse_inputs", "resolve_inputs", "select_inputs"]

@@ -202,9 +202,10 @@ class SegmentationFamily(TaskFamily):
             if n > 1:
                 spec = spec.with_overrides(preprocess={"channels": "per_channel"})
         if spec.preprocess.channels == "per_channel":
+            from medprobe.preprocess.channels import channel_names
             from medprobe.preprocess.intensity import channel_intensities
 
-            names = getattr(ds, "channel_names", None) or None
+            names = channel_names(ds)  # also through a Subset (skip_invalid)
             n = len(names) if names else ds.load(0).n_channels
             if n > 1:
                 per = channel_intensities(spec.preprocess.intensity, n, names, ds.modality)
