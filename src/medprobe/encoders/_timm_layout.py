@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from medprobe.encoders.base import Encoder, EncoderOutput
+from medprobe.encoders.hf_vit import find_blocks
 from medprobe.encoders.registry import EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
 
@@ -282,19 +283,6 @@ def resample_pos(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) 
     return grid.permute(0, 2, 3, 1).reshape(1, -1, c).to(pos.dtype)
 
 
-def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    for path in ("encoder.layer", "layers", "encoder.layers", "layer"):
-        obj: Any = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise TypeError(f"cannot find the transformer blocks of {type(model).__name__}")
-
-
 class TimmLayoutViT(Encoder):
     """A frozen timm-layout ViT on a transformers model: timm's embedding rule, transformers' blocks.
 
@@ -306,7 +294,7 @@ class TimmLayoutViT(Encoder):
         super().__init__()
         self.spec, self.arch = spec, arch
         self.model: Any = model.eval().requires_grad_(False)
-        self.blocks = _blocks(model)
+        self.blocks = find_blocks(model)
         self.n_prefix = 1 + arch.reg_tokens
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:

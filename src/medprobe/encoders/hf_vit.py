@@ -66,9 +66,9 @@ def build_hf_model(spec: EncoderSpec, attn_implementation: str = "sdpa") -> torc
     return model
 
 
-def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of transformer blocks, whatever the transformers version nests it under."""
-    for path in ("model.layer", "layer", "encoder.layer"):
+def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks, whatever the transformers model class / version nests it under."""
+    for path in ("model.layer", "layer", "encoder.layer", "layers", "encoder.layers"):
         obj: Any = model
         try:
             for part in path.split("."):
@@ -89,7 +89,7 @@ class HFViTEncoder(Encoder):
         self.arch = arch or arch_of(spec)
         # transformers models: attributes (config, embeddings, ...) are typed loosely in torch's stubs
         self.model: Any = model.eval().requires_grad_(False)
-        self.blocks = _blocks(model)
+        self.blocks = find_blocks(model)
         cfg: Any = self.model.config
         self.n_prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
         self._depth = len(self.blocks)
