@@ -291,6 +291,7 @@ def verify_entry(entry: str | Path) -> list[str]:
             problems.append(f"{entry}: no checksums recorded (made by an older medprobe): contents not checked")
     except CorruptEntry as e:
         problems.append(str(e))
+    vec_dims: dict[tuple[str, int], int] = {}
     for k, s in enumerate(store.manifest["shards"]):
         d = entry / s["dir"]
         if not (d / "done.json").is_file():
@@ -304,9 +305,13 @@ def verify_entry(entry: str | Path) -> list[str]:
                 except (OSError, ValueError) as e:
                     problems.append(f"{f}: unreadable ({type(e).__name__})")
                     continue
-                if a.shape[0] != s["rows"] or a.shape[1] != store.dim_of(layer):
+                # patch grids have the layer's channels; cls / mean vectors keep one width across shards (a cls
+                # vector may be wider than the grid: encoder none's is the flattened pixel grid)
+                want = store.dim_of(layer) if t == "patch" else \
+                    vec_dims.setdefault((t, layer), a.shape[1] if a.ndim == 2 else -1)
+                if a.shape[0] != s["rows"] or a.ndim < 2 or a.shape[1] != want:
                     problems.append(f"{f}: shape {a.shape} does not match manifest ({s['rows']} rows, "
-                                    f"dim {store.dim_of(layer)})")
+                                    f"dim {want})")
                 elif not np.isfinite(np.asarray(a[: min(len(a), 4096)], dtype=np.float32)).all():
                     problems.append(f"{f}: non-finite values")
         _ = k
