@@ -76,6 +76,8 @@ class LinearHead(Head):
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}", self._where())
         study = self.preset == "study"
         if self.task == "regression":
+            if self.loss not in (None, "mse"):
+                raise ConfigError(f"regression uses loss 'mse', got {self.loss!r}", self._where())
             loss = "mse"
         elif self.task == "multilabel":
             if self.loss not in (None, "bce"):
