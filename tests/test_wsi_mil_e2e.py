@@ -182,3 +182,25 @@ def test_slides_task_runs_end_to_end_and_reports(tiles: dict, capsys: pytest.Cap
     text = html.read_text(encoding="utf-8")
     assert "Slides: MIL heads, attention and tissue" in text and "Tiles per test slide" in text
     assert text.count("data:image/png") >= 2  # heat-maps over the thumbnails
+
+
+def test_external_slide_test_set(tiles: dict) -> None:
+    """Train on one slide set, test on another (the CAMELYON16 -> 17 layout of tasks/camelyon16-to-17.yaml)."""
+    from medprobe.pipeline import parse_task, run_task
+    from medprobe.results import ResultsDB
+
+    cache, tmp = (Path(str(v[0])) for v in tiles[("cache", False)])
+    opts = {"label_columns": "label", "id_column": "id", "mpp_column": "mpp", "split_column": "split",
+            "classes": ["cmu", "tcga"], "task": "binary"}
+    spec = parse_task({"name": "wsi-external", "kind": "slides", "dataset": "external:",
+                       "data": {"train": {"dataset": f"slides:{_csv(tmp, copies=4)}", **opts},
+                                "test": {"dataset": f"slides:{_csv(tmp, copies=1)}", **opts},
+                                "val_fraction": 0.0, "tissue": {"thumb_mpp": 8.0}},
+                       "encoder": PRETRAINED, "features": {"token": "mean", "progress": False},
+                       "heads": ["abmil"], "cache_dir": str(cache), "metrics": {"bootstrap": 20},
+                       "head_params": {"abmil": {"epochs": 5, "hidden": 32, "attn_dim": 16, "seeds": 2}}})
+    rows = run_task(spec, db=ResultsDB(tmp / "ext" / "results.db"), verbose=False)
+    rec = rows[0]["record"]
+    assert rec["dataset"].endswith("->slides-1") and rec["split"]["n_train"] == 6 and rec["split"]["n_test"] == 2
+    assert list(rows[0]["result"].predictions["ids"]) == ["test:cmu-0", "test:tcga-0"]
+    assert rows[0]["metrics"]["auc"][0] == 1.0  # the carcinoma slide ranked above the normal one, both seeds
