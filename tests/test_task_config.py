@@ -193,3 +193,13 @@ def test_shipped_task_yamls_all_parse() -> None:
     for p in sorted((REPO / "tasks").glob("*.yaml")):
         spec = load_task(p)
         assert spec.name == p.stem
+
+
+def test_config_hash_carries_the_defaults_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row stored under older defaults (e.g. decoders with the image stem) is not taken for a new run's."""
+    import medprobe.pipeline.task as task_mod
+
+    spec = parse_task({"heads": ["decoder2d"]})
+    now = spec.config_hash("decoder2d")
+    monkeypatch.setattr(task_mod, "DEFAULTS_EPOCH", task_mod.DEFAULTS_EPOCH - 1)
+    assert spec.config_hash("decoder2d") != now

@@ -336,11 +336,20 @@ class TaskSpec:
         d.pop("head_params", None)
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
+        d["defaults"] = DEFAULTS_EPOCH
         return hash_obj(d, n=16)
 
     @property
     def split_seed(self) -> int:
         return self.seed if self.split.seed is None else self.split.seed
+
+
+# The generation of medprobe's number-changing defaults, part of every config hash: bumped whenever a default
+# that a task does not spell out changes what it computes, so a stored row made under the old defaults is not
+# taken for the new run's result (the features cache has its own keys and is unaffected).
+#   1: milestone 1
+#   2: decoders feature-only by default (use_image false); `none` for classification = the pixel grid
+DEFAULTS_EPOCH = 2
 
 
 # ------------------------------------------------------------------------------------------ parsing
