@@ -65,7 +65,7 @@ def _outputs(db_root: Path, p: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]
 def tiles_table(info: Mapping[str, Any]) -> Table:
     """Per test slide: tiles, label, predicted score (mean over seeds)."""
     t = Table("slide-tiles", "Tiles per test slide", ["slide", "label", "score", "tiles", "tile level", "µm/px"])
-    for r in info.get("slides", []):
+    for r in info.get("items", []):
         s = r.get("score")
         score = s[-1] if isinstance(s, list) and s and not isinstance(s[0], list) else s
         plan = r.get("plan") or {}
@@ -122,7 +122,7 @@ def slide_figures(d: Path, info: Mapping[str, Any], limit: int = 4) -> list[Figu
         att = np.load(d / "attention.npz")
     except (OSError, ValueError):
         return []
-    rows = list(info.get("slides", []))
+    rows = list(info.get("items", []))
     rows.sort(key=lambda r: -float(np.max(r.get("label") or 0)))  # positive slides first, order kept within
     figs: list[Figure] = []
     for r in rows[:limit]:

@@ -251,7 +251,7 @@ class SlidesFamily(TaskFamily):
                     row[key] = name
             rows.append(row)
         np.savez_compressed(out_dir / "attention.npz", **{k.replace("/", "_"): v for k, v in arrays.items()})  # type: ignore[arg-type]
-        atomic_write_json(out_dir / "slides.json", {"head": result.head, "task": ctx.spec.name, "slides": rows})
+        atomic_write_json(out_dir / "slides.json", {"head": result.head, "task": ctx.spec.name, "items": rows})
         result.notes["outputs"] = str(out_dir)
         result.extra["outputs"] = out_dir
         result.table.append(f"attention, tissue masks and thumbnails of {len(rows)} test slides in {out_dir}")
