@@ -124,10 +124,12 @@ def test_registry_and_bad_names(tmp_path) -> None:
         create_encoder("dinov3-vits16", weights="random:seed=x")
 
 
-def test_none_encoder_pools_the_image() -> None:
+def test_none_encoder_gives_the_pixel_grid() -> None:
     enc = create_encoder("none")
     x = torch.randn(2, 3, 32, 48)
     out = enc.forward_features(x, enc.resolve_layers("last"))
     (layer,) = out.cls
+    grid = torch.nn.functional.avg_pool2d(x, 16)  # the image area-averaged to the 16-px patch grid
     assert out.patch[layer].shape == (2, 3, 2, 3)
-    torch.testing.assert_close(out.cls[layer], x.mean((2, 3)))
+    torch.testing.assert_close(out.patch[layer], grid)
+    assert out.cls[layer].shape == (2, 18)  # the grid's pixels, flattened (tests/test_none_baseline.py)

@@ -20,15 +20,10 @@ def _line(ok: bool | None, what: str, detail: str) -> None:
     print(f"[{mark}] {what:<16} {detail}")
 
 
-# pip extra -> the modules it provides (what `find_spec` must see for the extra to count as installed)
-_EXTRA_MODULES = {"timm": ("timm", "torchvision"), "openclip": ("open_clip", "torchvision"),
-                  "sam": ("segment_anything", "torchvision"), "metrics": ("monai",), "onnx": ("onnxruntime",),
-                  "wsi": ("openslide",), "volumes": ("SimpleITK",)}
-
-
 def _extras_for_families() -> None:
     """One line per optional extra that an encoder family needs: installed or not, and which families."""
     from medprobe.encoders import encoder_families, get_family
+    from medprobe.encoders.extras import missing_modules
 
     need: dict[str, list[str]] = {}
     for name in encoder_families():
@@ -36,8 +31,7 @@ def _extras_for_families() -> None:
         if extra:
             need.setdefault(extra, []).append(name)
     for extra, fams in sorted(need.items()):
-        mods = _EXTRA_MODULES.get(extra, (extra,))
-        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        missing = missing_modules(extra)
         what = f"encoder families {', '.join(fams)}"
         _line(not missing, f"[{extra}] extra",
               f"{what}" if not missing else f"not installed ({', '.join(missing)}): pip install 'medprobe[{extra}]' "

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-dir", action="append", default=[], help="folder to search for weight files "
                    "(repeatable), e.g. ~/weights (also $MEDPROBE_WEIGHTS, ~/.cache/torch/hub/checkpoints, "
                    "the HF cache)")
-    p.add_argument("--family", action="append", default=[], help="only these encoder families (repeatable)")
+    p.add_argument("--family", action="append", default=[],
+                   help="only these encoder families (repeatable), e.g. --family clip --family resnet")
     p.add_argument("--contracts", action="store_true",
                    help="print the feature contract of each family (what cls/patch mean, taps, extra) instead")
     p.add_argument("--markdown", action="store_true", help="with --contracts: a Markdown table (docs/encoders.md)")

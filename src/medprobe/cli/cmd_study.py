@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="Rows whose data is found but whose weights are not run with random weights and are "
                               "labelled UNTRAINED\n(a pipeline check, not the study's number); --trained-only "
                               "leaves them out.")
-    p.add_argument("--sweep", default=None, help=f"the study sweep (default {DEFAULT_SWEEP})")
+    p.add_argument("--sweep", default=None, help=f"the study sweep, e.g. my-study.yaml (default {DEFAULT_SWEEP})")
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
                    help="folder searched for the datasets by their usual names, e.g. /work/shared/data (repeatable;"
                         " default $MEDPROBE_DATA, ~/data)")

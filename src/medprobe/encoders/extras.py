@@ -25,6 +25,17 @@ from medprobe.errors import ConfigError
 EXTRA_OF = {"timm": "timm", "open_clip": "openclip", "segment_anything": "sam", "monai": "metrics",
             "torchvision": "timm"}
 
+# pip extra -> the modules it installs (what must be importable for the extra to count as installed)
+EXTRA_MODULES = {"timm": ("timm", "torchvision"), "openclip": ("open_clip", "torchvision"),
+                 "sam": ("segment_anything", "torchvision"), "metrics": ("monai",), "onnx": ("onnxruntime",),
+                 "wsi": ("openslide",), "volumes": ("SimpleITK",)}
+
+
+def missing_modules(extra: str) -> list[str]:
+    """The modules of a pip extra that are not installed (empty: the extra is there)."""
+    return [m for m in EXTRA_MODULES.get(extra, (extra,)) if importlib.util.find_spec(m) is None]
+
+
 _op_lib: Any = None
 
 
@@ -77,4 +88,4 @@ def import_extra(name: str, needed_for: str = "") -> ModuleType:
                           f"(missing module {e.name!r})") from None
 
 
-__all__ = ["EXTRA_OF", "ensure_torchvision", "import_extra", "import_torchvision"]
+__all__ = ["EXTRA_MODULES", "EXTRA_OF", "ensure_torchvision", "missing_modules", "import_extra", "import_torchvision"]
