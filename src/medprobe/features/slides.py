@@ -403,6 +403,8 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
                                                              "torch": torch.__version__})
                 dt = time.perf_counter() - t_start
                 prog.desc = f"{desc}: {n_tiles} tiles, {n_tiles / max(dt, 1e-9):.1f} tiles/s"
+                if getattr(prog, "_bar", None) is not None:  # a terminal: tqdm's bar shows its own description
+                    prog._bar.set_description(prog.desc, refresh=False)
                 prog.update()
     except MedprobeError:
         raise  # bad input (a broken slide): finished slides stay valid entries of their own
