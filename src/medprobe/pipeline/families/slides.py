@@ -158,7 +158,7 @@ class SlidesFamily(TaskFamily):
         return ds.labels() if ds.task.type != "multilabel" else None
 
     def head_params(self, head_cls: type[Any]) -> list[str]:
-        return sorted({*super().head_params(head_cls), "seeds"})
+        return sorted({*super().head_params(head_cls), "seeds"} - {"seed"})  # seeds run from the task's seed
 
     def prepare(self, ctx: RunContext) -> None:
         from medprobe.pipeline.families.classification import label_matrix
