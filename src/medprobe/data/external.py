@@ -44,6 +44,9 @@ class ExternalTestDataset(Dataset):
         self.train_ds, self.test_ds = train, test
         self.name = f"{train.name}->{test.name}"
         self.spatial_dims, self.modality, self.task = train.spatial_dims, train.modality, train.task
+        unit = getattr(train, "unit", None)
+        if unit is not None and getattr(test, "unit", None) == unit:  # e.g. slides: both sides are slide sets
+            self.unit = unit
         own = train.splits()
         n_tr = len(train)
         if own and own.get("train"):

@@ -61,11 +61,24 @@ def get_family(name: str) -> TaskFamily:
     return _FAMILIES[name]()
 
 
+def family_for_dataset(ds: Any, where: str | None = None) -> TaskFamily:
+    """The family serving a dataset: the one declaring its unit (``ds.unit``, e.g. whole slides), else the first
+    registered that lists its task type."""
+    _load_builtin()
+    unit = getattr(ds, "unit", None)
+    if unit is not None:
+        for cls in _FAMILIES.values():
+            if cls.dataset_unit == unit:
+                return cls()
+    return family_for_task_type(ds.task.type, where)
+
+
 def family_for_task_type(task_type: str, where: str | None = None) -> TaskFamily:
-    """The family serving a dataset task type (the first registered that lists it)."""
+    """The family serving a dataset task type (the first registered that lists it; families that declare a
+    ``dataset_unit`` serve only datasets of that unit)."""
     _load_builtin()
     for cls in _FAMILIES.values():
-        if task_type in cls.task_types:
+        if task_type in cls.task_types and cls.dataset_unit is None:
             return cls()
     raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(sorted(_FAMILIES))})",
                       where)
@@ -125,6 +138,7 @@ class TaskFamily:
     task_types: ClassVar[tuple[str, ...]] = ()  # dataset task types served
     head_inputs: ClassVar[tuple[str, ...]] = ("vector",)  # head input kinds this family can feed, preferred first
     feature_unit: ClassVar[str] = "image"
+    dataset_unit: ClassVar[str | None] = None  # datasets with this ``unit`` (e.g. "slide") come to this family
     tokens: ClassVar[tuple[str, ...]] = ("cls", "mean")  # what the engine extracts
     default_layers: ClassVar[str] = "last"  # features.layers: auto
     default_use: ClassVar[str] = "last"  # features.use: auto

@@ -30,7 +30,7 @@ from medprobe.pipeline.family import (
     HeadResult,
     RunContext,
     TaskFamily,
-    family_for_task_type,
+    family_for_dataset,
     feature_layers,
     get_family,
     print_table,
@@ -54,12 +54,7 @@ def load_dataset(spec: TaskSpec, source: str | None = None) -> tuple[Any, TaskFa
     fam_opts = _family_data_options()
     check_data_options(spec, source, extra=fam_opts)
     ds = create_dataset(spec.dataset, **{k: v for k, v in spec.data.items() if k not in fam_opts})
-    if spec.kind:
-        family = get_family(spec.kind)
-    elif getattr(ds, "unit", None) == "slide":  # whole slides: tile bags + slide-level heads
-        family = get_family("slides")
-    else:
-        family = family_for_task_type(ds.task.type, spec.dataset)
+    family = get_family(spec.kind) if spec.kind else family_for_dataset(ds, spec.dataset)
     family.check_dataset(ds, spec)
     return ds, family
 

@@ -130,15 +130,13 @@ class SlidesFamily(TaskFamily):
     task_types = ("binary", "multiclass", "multilabel", "ordinal")
     head_inputs = ("bag",)
     feature_unit = "tile"
+    dataset_unit = "slide"
     tokens = ("cls", "mean")
     headline = ("auc", "auc_seeds", "acc", "balanced_acc", "tile_auc")
     data_options = ("tiling", "tissue")
     unit_label = "px tiles"
 
     def check_dataset(self, ds: Any, spec: Any) -> None:
-        sides = [getattr(ds, a, None) for a in ("train_ds", "test_ds")]  # ``external:`` train / test slide sets
-        if getattr(ds, "unit", None) != "slide" and all(getattr(x, "unit", None) == "slide" for x in sides):
-            ds.unit = "slide"
         if getattr(ds, "unit", None) != "slide":
             raise ConfigError(f"the slides family takes slide datasets (camelyon16, camelyon17, bcnb, slides); "
                               f"{ds.name} holds {'3D volumes' if ds.spatial_dims == 3 else 'whole images'}",
