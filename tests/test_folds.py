@@ -49,6 +49,20 @@ def test_fold_axis_expands_to_every_fold() -> None:
     assert len(cells) == 1 and "/f0/" not in cells[0].key  # keys without the axis are unchanged
 
 
+def test_fold_axis_drives_a_datasets_own_folds() -> None:
+    """BCNB-style tasks pick their fold through data.fold: the axis sets it, and the report groups the rows."""
+    from medprobe.report.folds import fold_of
+
+    sw = sweep_from_dict({"name": "cv", "tasks": [{"task": "tasks/bcnb-er.yaml"}],
+                          "grid": {"fold": "all", "head": ["abmil"]}},
+                         source=str(Path(__file__).resolve().parents[1] / "sweeps" / "x.yaml"))
+    cells = expand(sw)
+    assert [c.spec.data["fold"] for c in cells] == [0, 1, 2, 3, 4]
+    assert all(c.spec.data["target"] == "ER" and c.spec.data["folds"] == 5 for c in cells)
+    assert len({c.config_hash for c in cells}) == 5 and cells[2].key.split("/")[3] == "f2"
+    assert [fold_of({"config": c.spec.to_dict()}) for c in cells] == [(i, 5) for i in range(5)]
+
+
 def test_t_interval_by_hand() -> None:
     m, lo, hi = t_interval([0.70, 0.74, 0.72, 0.76, 0.68])
     sd = float(np.std([0.70, 0.74, 0.72, 0.76, 0.68], ddof=1))

@@ -256,15 +256,25 @@ def expand(sweep: Sweep) -> list[Cell]:
     return cells
 
 
+def _n_folds(task: TaskSpec) -> int | None:
+    """How many folds the task has: its ``split: {folds: k}``, or a dataset's own cross-validation
+    (``data: {folds: k, fold: i}``, e.g. BCNB's patient-level 5-fold CV); None when it has none."""
+    if task.split.kind == "folds" and task.split.folds is not None:
+        return int(task.split.folds)
+    if "fold" in task.data and task.data.get("folds") is not None:
+        return int(task.data["folds"])
+    return None
+
+
 def _folds(task: TaskSpec, axis: Any, where: str) -> list[int | None]:
     """The fold axis of one task: ``all`` (every fold of its ``split: {folds: k}``), a list or one index;
     ``[None]`` (the task's own split) without the axis."""
     if axis is None:
         return [None]
-    if task.split.kind != "folds" or task.split.folds is None:
-        raise ConfigError(f"task {task.name}: grid.fold needs split: {{folds: k}} (its split is {task.split.kind})",
-                          where)
-    k = int(task.split.folds)
+    k = _n_folds(task)
+    if k is None:
+        raise ConfigError(f"task {task.name}: grid.fold needs split: {{folds: k}} or a dataset with its own folds "
+                          f"(data: {{folds: k, fold: i}}); its split is {task.split.kind}", where)
     if axis == "all" or axis == ["all"]:
         return list(range(k))
     vals = axis if isinstance(axis, (list, tuple)) else [axis]
@@ -283,7 +293,10 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
     if fold is not None:
-        over["split"] = {**task.to_dict()["split"], "fold": int(fold)}
+        if task.split.kind == "folds":
+            over["split"] = {**task.to_dict()["split"], "fold": int(fold)}
+        else:  # the dataset's own folds
+            over["data"] = {**task.data, "fold": int(fold)}
     where = sweep.source or sweep.name
     if res in (None, "native"):
         over["preprocess"] = {"resolution": None}

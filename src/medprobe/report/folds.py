@@ -24,11 +24,16 @@ FOLD_KEYS = ("task", "method", "resolution", "layer", "head", "budget_label", "s
 
 
 def fold_of(point: Mapping[str, Any]) -> tuple[int, int] | None:
-    """``(fold, k)`` of a row whose split is k-fold, else None."""
-    sp = (point.get("config") or {}).get("split") or {}
-    if sp.get("kind") != "folds" or sp.get("folds") is None:
-        return None
-    return int(sp.get("fold", 0)), int(sp["folds"])
+    """``(fold, k)`` of a row whose split is k-fold, or whose dataset has its own folds (``data: {folds: k,
+    fold: i}``, e.g. BCNB), else None."""
+    cfg = point.get("config") or {}
+    sp = cfg.get("split") or {}
+    if sp.get("kind") == "folds" and sp.get("folds") is not None:
+        return int(sp.get("fold", 0)), int(sp["folds"])
+    data = cfg.get("data") or {}
+    if data.get("folds") is not None and data.get("fold") is not None:
+        return int(data["fold"]), int(data["folds"])
+    return None
 
 
 def t_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float, float]:
