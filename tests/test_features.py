@@ -358,3 +358,31 @@ def test_multistage_entry_records_each_layer(toy: ArrayDataset, tmp_path: Path) 
     assert (store.grid_of(0), store.grid_of(3)) == ((16, 16), (2, 2))
     assert store.rows("patch", 0).shape == (8, 256, 16, 16) and store.rows("cls", 3).shape == (8, 2048)
     assert verify_entry(store.path) == []
+
+
+def test_runner_keeps_no_view_of_the_whole_batch_output() -> None:
+    """cls as token 0 of all tokens is a view: the collected rows must not keep every token of every batch alive
+    (a whole slide's tiles would then sit in memory: bench/wsi.py's peak grew with the slide)."""
+    from medprobe.encoders.base import EncoderOutput
+    from medprobe.features.engine import _Runner
+
+    class TokenView(Encoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spec = create_encoder("none").spec
+
+        def forward_features(self, x: torch.Tensor, layers: Any) -> EncoderOutput:
+            tokens = torch.randn(x.shape[0], 1 + 4, 64)  # class token + a 2 x 2 grid, as a ViT graph returns them
+            grid = tokens[:, 1:].reshape(x.shape[0], 2, 2, 64).permute(0, 3, 1, 2)
+            return EncoderOutput(cls={0: tokens[:, 0]}, patch={0: grid})
+
+    runner = _Runner(TokenView(), (0,), ("cls", "mean"), torch.device("cpu"), None, np.dtype(np.float32))
+    for _ in range(3):
+        runner.run(torch.zeros(2, 3, 32, 32))
+    for parts in runner.chunks.values():
+        for a in parts:  # each stored chunk owns exactly its own rows, not the batch's token tensor
+            owner = a.base
+            held = owner.untyped_storage().nbytes() if isinstance(owner, torch.Tensor) else a.nbytes
+            assert held == a.nbytes
+    rows = runner.take(1)
+    assert rows[("cls", 0)].shape == (6, 64) and rows[("mean", 0)].shape == (6, 64)

@@ -241,8 +241,10 @@ class _Runner:
         for layer in self.layers:
             p = out.patch[layer].float()
             for t in self.tokens:
-                v = out.cls[layer].float() if t == "cls" else p.mean((2, 3)) if t == "mean" else p
-                self.chunks[(t, layer)].append(v.cpu().numpy().astype(self.storage, copy=False))
+                v = (out.cls[layer].float() if t == "cls" else p.mean((2, 3)) if t == "mean" else p).cpu()
+                if v.untyped_storage().nbytes() > v.numel() * v.element_size():
+                    v = v.clone()  # a view (e.g. token 0 of all tokens) would keep the whole batch output alive
+                self.chunks[(t, layer)].append(v.numpy().astype(self.storage, copy=False))
 
     def take(self, views: int) -> dict[tuple[str, int], np.ndarray]:
         """Concatenate collected rows; fold V views of a slice into the channel axis."""
