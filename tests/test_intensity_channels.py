@@ -179,6 +179,27 @@ def test_petct_input_ablation_runs_ct_pet_and_both(petct_kind: str, tmp_path: Pa
         assert r["record"]["head_params"]["use_image"] is False
 
 
+def test_petct_ablation_as_a_sweep_axis() -> None:
+    """grid.inputs: one cell per input selection (its own features and hash), keyed i<inputs>."""
+    from medprobe.pipeline.sweep import expand, sweep_from_dict
+
+    repo = Path(__file__).resolve().parents[1]
+    sw = sweep_from_dict({"tasks": [{"task": str(repo / "tasks" / "seg-autopet-petct.yaml"), "name": "autopet-ii"}],
+                          "grid": {"inputs": ["CT", "PET", "CT+PET"], "head": ["decoder3d"]}}, name="ablation")
+    cells = expand(sw)
+    assert [c.spec.data["inputs"] for c in cells] == ["CT", "PET", "CT+PET"]
+    assert [c.axes["inputs"] for c in cells] == ["CT", "PET", "CT+PET"]
+    assert [c.key.split("/")[3] for c in cells] == ["iCT", "iPET", "iCT+PET"]
+    assert all(c.spec.data["skip_invalid"] is True for c in cells) and len({c.config_hash for c in cells}) == 3
+    from medprobe.report.analyze import collect
+
+    runs = [{"run_id": str(i), "task": "autopet-ii", "task_type": "segmentation", "encoder": "none",
+             "head": "decoder3d", "labels": {"inputs": c.axes["inputs"]}, "config_hash": c.config_hash}
+            for i, c in enumerate(cells)]
+    assert [p["method"] for p in collect(runs)] == ["none (untrained) [CT]", "none (untrained) [PET]",
+                                                    "none (untrained) [CT+PET]"]
+
+
 def test_petct_ablation_as_sweep_entries() -> None:
     """The shipped PET/CT task files, three sweep entries differing only in data.inputs: three cells."""
     from medprobe.pipeline.sweep import expand, sweep_from_dict

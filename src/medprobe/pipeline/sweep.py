@@ -17,8 +17,9 @@ YAML layout::
       budget: [0.1, 1.0]           # or ['1/class', '5/class']
       seed: [0, 1, 2]
       fold: all                    # k-fold CV: every fold of the task's split {folds: k} (or [0, 2])
+      inputs: [CT, PET, CT+PET]    # input ablation of multi-channel data (data.inputs, e.g. PET/CT)
 
-Cells are ordered task, encoder, resolution (outer: one extraction each) then fold, layer, budget, seed, head
+Cells are ordered task, encoder, resolution, inputs (outer: one extraction each) then fold, layer, budget, seed, head
 (inner: they reuse the cached features). The fold axis needs tasks with ``split: {folds: k}``; each fold is one
 row, and the report aggregates them (mean and CI across folds, and over the pooled test cases).
 """
@@ -41,7 +42,7 @@ from medprobe.utils import hash_obj
 
 log = logging.getLogger("medprobe.sweep")
 
-AXES = ("encoder", "weights", "encoder_options", "resolution", "layer", "head", "budget", "seed", "fold")
+AXES = ("encoder", "weights", "encoder_options", "resolution", "inputs", "layer", "head", "budget", "seed", "fold")
 _SWEEP_KEYS = ("base", "description", "grid", "name", "tasks")
 
 
@@ -243,13 +244,16 @@ def expand(sweep: Sweep) -> list[Cell]:
                 layer_spec = ",".join(str(v) for v in layers)
             folds = _folds(task, g.get("fold"), sweep.source or sweep.name)
             for res in _axis(g, "resolution", task.preprocess.resolution):
-                for fold in folds:
-                    for layer in layers:
-                        for budget in _axis(g, "budget", task.budget):
-                            for seed in _axis(g, "seed", task.seed):
-                                for head in (_axis(g, "head", None) if g.get("head") is not None else task.heads):
-                                    cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget, seed,
-                                                       head, len(cells) + 1, fold=fold, encoder_options=opts))
+                for inputs in _axis(g, "inputs", None):
+                    for fold in folds:
+                        for layer in layers:
+                            for budget in _axis(g, "budget", task.budget):
+                                for seed in _axis(g, "seed", task.seed):
+                                    for head in (_axis(g, "head", None) if g.get("head") is not None
+                                                 else task.heads):
+                                        cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget,
+                                                           seed, head, len(cells) + 1, fold=fold,
+                                                           encoder_options=opts, inputs=inputs))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid produces duplicate cells (repeated axis values?)", sweep.source or sweep.name)
@@ -289,14 +293,19 @@ def _folds(task: TaskSpec, axis: Any, where: str) -> list[int | None]:
 
 def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer: int | None, layer_spec: Any,
           budget: Any, seed: Any, head: str, index: int, fold: int | None = None,
-          encoder_options: dict[str, Any] | None = None) -> Cell:
+          encoder_options: dict[str, Any] | None = None, inputs: Any = None) -> Cell:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
+    data = dict(task.data)
     if fold is not None:
         if task.split.kind == "folds":
             over["split"] = {**task.to_dict()["split"], "fold": int(fold)}
         else:  # the dataset's own folds
-            over["data"] = {**task.data, "fold": int(fold)}
+            data["fold"] = int(fold)
+    if inputs is not None:  # input ablation (e.g. CT / PET / CT+PET): the dataset's ``inputs`` option
+        data["inputs"] = inputs
+    if data != dict(task.data):
+        over["data"] = data
     where = sweep.source or sweep.name
     if res in (None, "native"):
         over["preprocess"] = {"resolution": None}
@@ -309,7 +318,8 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
         res_label = f"{r[0]}" if r[0] == r[1] else f"{r[0]}x{r[1]}"
     if layer is not None:
         over["features"] = {"layers": layer_spec, "select": int(layer)}
-    key = "/".join([task.name, enc, f"r{res_label}", *([] if fold is None else [f"f{fold}"]),
+    in_label = [] if inputs is None else [f"i{inputs if isinstance(inputs, str) else '+'.join(map(str, inputs))}"]
+    key = "/".join([task.name, enc, f"r{res_label}", *in_label, *([] if fold is None else [f"f{fold}"]),
                     "Ldefault" if layer is None else f"L{layer}", head, f"b{_fmt_budget(budget)}", f"s{seed}"])
     over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
     try:
@@ -320,7 +330,7 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
     except ConfigError as e:
         raise ConfigError(f"cell {key}: {e.problem}", where) from None
     axes = {"task": task.name, "encoder": enc, "resolution": res_label, "layer": layer, "head": head,
-            "budget": budget, "seed": int(seed), "fold": fold}
+            "budget": budget, "seed": int(seed), "fold": fold, "inputs": inputs}
     return Cell(index=index, key=key, spec=spec, axes=axes)
 
 

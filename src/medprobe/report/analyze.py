@@ -140,7 +140,8 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "run_id": r["run_id"], "created": r.get("created"), "task": r["task"], "task_type": r["task_type"],
             "dataset": r.get("dataset"), "encoder": r["encoder"], "weights": r.get("weights"), "pretrained": pre,
-            "method": method_label(r["encoder"], pre), "head": head_label(r["head"], r.get("head_params")),
+            "method": method_label(r["encoder"], pre) + (f" [{labels['inputs']}]" if labels.get("inputs") else ""),
+            "head": head_label(r["head"], r.get("head_params")),
             "resolution": res_v, "layer": layer,
             "layer_tag": layer_tag, "depth": depth, "budget": split.get("budget", cfg.get("budget")),
             "budget_label": _budget_label(split.get("budget", cfg.get("budget"))), "n_train": split.get("n_train"),
