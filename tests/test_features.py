@@ -357,6 +357,7 @@ def test_multistage_entry_records_each_layer(toy: ArrayDataset, tmp_path: Path) 
     assert (store.dim_of(0), store.dim_of(3)) == (256, 2048)
     assert (store.grid_of(0), store.grid_of(3)) == ((16, 16), (2, 2))
     assert store.rows("patch", 0).shape == (8, 256, 16, 16) and store.rows("cls", 3).shape == (8, 2048)
+    assert store.manifest["token_dims"]["cls_L0"] == 256 and store.manifest["token_dims"]["patch_L3"] == 2048
     assert verify_entry(store.path) == []
 
 

@@ -305,9 +305,11 @@ def verify_entry(entry: str | Path) -> list[str]:
                 except (OSError, ValueError) as e:
                     problems.append(f"{f}: unreadable ({type(e).__name__})")
                     continue
-                # patch grids have the layer's channels; cls / mean vectors keep one width across shards (a cls
-                # vector may be wider than the grid: encoder none's is the flattened pixel grid)
-                want = store.dim_of(layer) if t == "patch" else \
+                # the width recorded for this array (cls / mean vectors may differ from the patch grid's channels:
+                # encoder none's cls is the flattened pixel grid); entries made before widths were recorded: patch
+                # grids have the layer's channels, vectors keep one width across shards
+                recorded = store.manifest.get("token_dims", {}).get(f.name[:-4])
+                want = int(recorded) if recorded is not None else store.dim_of(layer) if t == "patch" else \
                     vec_dims.setdefault((t, layer), a.shape[1] if a.ndim == 2 else -1)
                 if a.shape[0] != s["rows"] or a.ndim < 2 or a.shape[1] != want:
                     problems.append(f"{f}: shape {a.shape} does not match manifest ({s['rows']} rows, "

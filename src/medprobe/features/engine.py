@@ -395,6 +395,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
                     "ids": dataset.ids(), "dim": grid[0], "grid": list(grid[1:]),
                     "dims": {str(la): g[0] for la, g in shapes.items()},
                     "grids": {str(la): list(g[1:]) for la, g in shapes.items()},
+                    "token_dims": _token_dims(entry, plan, layers, cfg.tokens),
                     "encoder_info": encoder.describe(), "extract_config": asdict(cfg),
                     "shard_items": shard_items, "device": str(dev), "seconds_last_run": elapsed,
                     "world": world, "torch": torch.__version__,
@@ -403,6 +404,21 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
             torch.distributed.barrier()
         return _opened(entry, pre, cfg, reused=False)
     return None
+
+
+def _token_dims(entry: Path, plan: ShardPlan, layers: Sequence[int], tokens: Sequence[str]) -> dict[str, int]:
+    """Width of every stored array (``cls_L11`` -> 384): cls / mean vectors may differ from the patch grid's
+    channels (encoder ``none``: the flattened pixel grid), and ``cache verify`` checks each against it."""
+    out: dict[str, int] = {}
+    for k, (a, b) in enumerate(plan.bounds):
+        if b > a:
+            for t in tokens:
+                for layer in layers:
+                    f = shard_dir(entry, k) / array_name(t, layer)
+                    if f.is_file():
+                        out[f.name[:-4]] = int(np.load(f, mmap_mode="r").shape[1])
+            break
+    return out
 
 
 def _grid_of(entry: Path, plan: ShardPlan, layers: Sequence[int]) -> tuple[int, int, int]:
