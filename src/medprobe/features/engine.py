@@ -258,6 +258,19 @@ class _Runner:
         return res
 
 
+def ranks(rank: int | None, world: int | None, shard: tuple[int, int] | None) -> tuple[bool, int, int]:
+    """(torch.distributed in use, this process's rank, world size): ``shard`` (``--shard i/n``) wins, then the
+    given rank/world, then the process group (``torchrun``), else a single process."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None or world is None:
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    if shard is not None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
+    return dist, rank, world
+
+
 def _volumetric(encoder: Any) -> bool:
     """True when the encoder's family encodes whole volumes (extraction then runs medprobe.features.volume)."""
     from medprobe.encoders.families import get_family
@@ -345,13 +358,7 @@ def extract(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | N
         if store is not None:
             return store
 
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None or world is None:
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-    if shard is not None:
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
+    dist, rank, world = ranks(rank, world, shard)
 
     spec_file = entry / "spec.json"
     shard_items = cfg.shard_items or (256 if dataset.spatial_dims == 2 else 8)

@@ -345,6 +345,7 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
         check_memory,
         effective_amp,
         entry_spec,
+        ranks,
         resolve_preprocess,
     )
 
@@ -361,13 +362,7 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
         if store is not None:
             return store
 
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None or world is None:
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-    if shard is not None:
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
+    dist, rank, world = ranks(rank, world, shard)
 
     n = len(dataset)
     ids = dataset.ids()

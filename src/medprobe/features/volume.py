@@ -39,7 +39,14 @@ from medprobe.features.cache import (
     shard_done,
     write_manifest,
 )
-from medprobe.features.engine import ExtractConfig, _opened, _opened_or_dropped, effective_amp, entry_spec
+from medprobe.features.engine import (
+    ExtractConfig,
+    _opened,
+    _opened_or_dropped,
+    effective_amp,
+    entry_spec,
+    ranks,
+)
 from medprobe.preprocess import PreprocessConfig
 from medprobe.preprocess.intensity import resolve_intensity
 from medprobe.preprocess.volume import VolumeGeometry, VolumePreprocessor, volume_geometry
@@ -147,13 +154,7 @@ def extract_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig
         store = _open(entry, pre, cfg, reused=True)
         if store is not None:
             return store
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None or world is None:
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-    if shard is not None:
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {rank}/{world}")
+    dist, rank, world = ranks(rank, world, shard)
     spec_file = entry / "spec.json"
     shard_items = cfg.shard_items or 8
     if spec_file.is_file():
