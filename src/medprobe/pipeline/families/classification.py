@@ -18,6 +18,17 @@ def label_matrix(labels: list[Any], task: str) -> np.ndarray:
     return np.asarray([int(np.asarray(v).ravel()[0]) for v in labels], dtype=np.int64)
 
 
+def checked_labels(ds: Any) -> tuple[np.ndarray, int]:
+    """The dataset's labels as a matrix / vector and its number of classes; labels outside the classes are a
+    one-line ConfigError."""
+    task = ds.task.type
+    y = label_matrix(ds.labels(), task)
+    n_classes = ds.task.n_classes or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    if task != "multilabel" and (y.min() < 0 or y.max() >= max(n_classes, 2)):
+        raise ConfigError(f"labels outside 0..{n_classes - 1} for a {task} task", ds.name)
+    return y, int(n_classes)
+
+
 def point_metrics(y: np.ndarray, proba: np.ndarray, task: str, classes: Any) -> dict[str, float | None]:
     """Class-averaged point metrics (no CI) of one prediction set, for secondary settings such as other k."""
     m = classification_metrics(y, proba, task, classes=list(classes) or None)
@@ -41,12 +52,7 @@ class ClassificationFamily(TaskFamily):
                               ds.name)
 
     def prepare(self, ctx: RunContext) -> None:
-        ds = ctx.dataset
-        task = ds.task.type
-        y = label_matrix(ds.labels(), task)
-        n_classes = ds.task.n_classes or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
-        if task != "multilabel" and (y.min() < 0 or y.max() >= max(n_classes, 2)):
-            raise ConfigError(f"labels outside 0..{n_classes - 1} for a {task} task", ds.name)
+        y, n_classes = checked_labels(ctx.dataset)
         ctx.state.update(y=y, n_classes=n_classes)
 
     def _inputs(self, kind: str, ctx: RunContext) -> Any:

@@ -159,14 +159,10 @@ class SlidesFamily(TaskFamily):
         return sorted({*super().head_params(head_cls), "seeds"} - {"seed"})  # seeds run from the task's seed
 
     def prepare(self, ctx: RunContext) -> None:
-        from medprobe.pipeline.families.classification import label_matrix
+        from medprobe.pipeline.families.classification import checked_labels
 
         ds = ctx.dataset
-        task = ds.task.type
-        y = label_matrix(ds.labels(), task)
-        n_classes = ds.task.n_classes or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
-        if task != "multilabel" and (y.min() < 0 or y.max() >= max(n_classes, 2)):
-            raise ConfigError(f"labels outside 0..{n_classes - 1} for a {task} task", ds.name)
+        y, n_classes = checked_labels(ds)
         bags = slide_bags(ctx)
         for b in bags:
             if len(b) and not np.isfinite(b).all():
