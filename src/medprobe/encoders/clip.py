@@ -283,14 +283,18 @@ def _inner(model: torch.nn.Module) -> torch.nn.Module:
 # ---- OpenAI CLIP (transformers CLIPVisionModel)
 
 
-def _clip_build(spec: EncoderSpec) -> torch.nn.Module:
+def _tower(config_class: str, model_class: str, defaults: dict[str, Any], spec: EncoderSpec) -> torch.nn.Module:
+    """A transformers vision tower from the spec's architecture (``hf_config``) over the family's defaults."""
     transformers = transformers_module()
 
-    cfg = transformers.CLIPVisionConfig(**{"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-                                           **dict(spec.hf_config)})
+    cfg = getattr(transformers, config_class)(**{**defaults, **dict(spec.hf_config)})
     cfg._attn_implementation = "sdpa"
-    model: torch.nn.Module = transformers.CLIPVisionModel(cfg)
+    model: torch.nn.Module = getattr(transformers, model_class)(cfg)
     return model
+
+
+def _clip_build(spec: EncoderSpec) -> torch.nn.Module:
+    return _tower("CLIPVisionConfig", "CLIPVisionModel", {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}, spec)
 
 
 class ClipEncoder(_TowerEncoder):
@@ -384,13 +388,8 @@ def _clip_convert(sd: dict[str, torch.Tensor], net: torch.nn.Module, source: str
 
 
 def _siglip_build(spec: EncoderSpec) -> torch.nn.Module:
-    transformers = transformers_module()
-
-    cfg = transformers.SiglipVisionConfig(**{"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
-                                             **dict(spec.hf_config)})
-    cfg._attn_implementation = "sdpa"
-    model: torch.nn.Module = transformers.SiglipVisionModel(cfg)
-    return model
+    return _tower("SiglipVisionConfig", "SiglipVisionModel",
+                  {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}, spec)
 
 
 class SiglipEncoder(_TowerEncoder):
