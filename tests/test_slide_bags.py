@@ -85,6 +85,7 @@ def test_tiles_coords_and_features_match_an_independent_run(baseline: FeatureSto
         png = np.asarray(Image.open(files["tissue_png"])) > 0
         np.testing.assert_array_equal(png, mask.mask)
         assert files["thumbnail"].is_file() and files["plan"]["n_tiles"] == len(plan)
+        assert files["plan"]["size0"] == step  # the tile side the slides family labels tiles with
         # rows are the encoder's output on the tiles read by hand, in plan order
         for j in (0, len(plan) // 2, len(plan) - 1):
             from medprobe.data.base import Item

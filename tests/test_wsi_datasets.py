@@ -181,3 +181,49 @@ def test_generic_slides_csv(tmp_path: Path) -> None:
     write_text(tmp_path / "missing.csv", "path,label\ns/nothere.tif,1\n")
     with pytest.raises(DataError, match="listed files are missing"):
         create_dataset(f"slides:{tmp_path / 'missing.csv'}", label_columns="label")
+
+
+ASAP = """<?xml version="1.0"?>
+<ASAP_Annotations>
+  <Annotations>
+    <Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58">
+      <Coordinates>
+        <Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="64" Y="0" />
+        <Coordinate Order="2" X="64" Y="64" /><Coordinate Order="3" X="0" Y="64" />
+      </Coordinates>
+    </Annotation>
+    <Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">
+      <Coordinates>
+        <Coordinate Order="2" X="32" Y="32" /><Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="32" Y="0" />
+        <Coordinate Order="3" X="0" Y="32" />
+      </Coordinates>
+    </Annotation>
+  </Annotations>
+</ASAP_Annotations>
+"""
+
+
+def test_lesion_annotations_give_tile_labels(c16: Path, tmp_path: Path) -> None:
+    """ASAP polygons (tumour minus the _2 exclusion) label tiles by their centre, for CAMELYON16's tumour slides."""
+    from medprobe.data.annotations import read_asap_xml
+
+    ann = write_text(c16 / "training" / "lesion_annotations" / "tumor_001.xml", ASAP)
+    a = read_asap_xml(ann)
+    assert len(a.tumour) == 1 and len(a.exclude) == 1
+    assert a.exclude[0].tolist() == [[0, 0], [32, 0], [32, 32], [0, 32]]  # points sorted by their Order
+    # 16-px tiles: centres (8, 8) excluded, (40, 8) and (40, 40) tumour, (72, 8) outside
+    coords = np.array([[0, 0], [32, 0], [32, 32], [64, 0]])
+    assert a.tile_labels(coords, 16).tolist() == [0, 1, 1, 0]
+
+    ds = create_dataset(f"camelyon16:{c16}")
+    ids = ds.ids()
+    assert ds.meta["n_annotated_slides"] == 1
+    assert ds.tile_labels(ids.index("tumor_001"), coords, 16).tolist() == [0, 1, 1, 0]
+    assert ds.tile_labels(ids.index("normal_001"), coords, 16).tolist() == [0, 0, 0, 0]  # no lesion
+    assert ds.tile_labels(ids.index("tumor_002"), coords, 16) is None  # tumour without its outline: unknown
+    write_text(c16 / "training" / "lesion_annotations" / "tumor_001.xml", "<ASAP_Annotations><Annotations>")
+    with pytest.raises(DataError, match="tumor_001.xml.*not a readable ASAP annotation file"):
+        ds.tile_labels(ids.index("tumor_001"), coords, 16)
+    (c16 / "training" / "lesion_annotations" / "tumor_001.xml").unlink()
+    plain = create_dataset(f"camelyon16:{c16}")  # no annotation at all: tile labels unknown everywhere
+    assert all(plain.tile_labels(i, coords, 16) is None for i in range(len(plain)))

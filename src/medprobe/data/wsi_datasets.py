@@ -2,7 +2,10 @@
 
 * ``camelyon16:<root>`` -- ``training/{normal,tumor}/*.tif``, ``testing/images/test_*.tif`` and the test
   reference CSV (``Test_001,Tumor,...``); binary normal / tumor; the official split (270 train / 129 test in the
-  full set), an optional seeded validation share of the training slides.
+  full set), an optional seeded validation share of the training slides. Lesion annotations (ASAP XML,
+  ``<slide id>.xml`` in ``training/lesion_annotations``, ``lesion_annotations``, ``annotations`` or
+  ``testing/lesion_annotations``) give tile labels (``tile_labels``): the slide family then reports the attention's
+  tile-level AUC.
 * ``camelyon17:<root>`` -- ``**/patient_XXX_node_N.tif`` + ``stage_labels.csv``; the centre comes from the patient
   number (20 patients per centre); slide targets ``tumour`` (binary, same classes as CAMELYON16, so a model
   trained there tests here) or ``stage`` (negative / itc / micro / macro). By default every slide is in the
@@ -75,6 +78,7 @@ class SlideDataset(ManifestDataset):
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__(records, task=task, source=source, name=name, modality="pathology", spatial_dims=2,
                          check_files=check_files, splits=splits, meta=meta)
+        self.annotations: list[Path | None] = []  # per slide: its lesion annotation file (ASAP XML), if any
         self.mpps: list[float | None] = list(mpps) if mpps is not None else [None] * len(records)
         self.slide_meta: list[dict[str, Any]] = [dict(m) for m in slide_meta] if slide_meta is not None else \
             [{} for _ in records]
@@ -84,6 +88,18 @@ class SlideDataset(ManifestDataset):
     def paths(self) -> list[Path]:
         """The slide files, in dataset order."""
         return [r.path for r in self.records]
+
+    def tile_labels(self, i: int, coords: np.ndarray, size0: float) -> np.ndarray | None:
+        """1 per lesion tile of slide ``i`` (tile centre inside its lesion annotation), 0 otherwise; None when the
+        slide has no annotation file. Tumour slides of CAMELYON16 ship one; a normal slide has no lesion."""
+        if not any(a is not None for a in self.annotations):
+            return None  # a dataset without lesion annotations: tile labels unknown
+        path = self.annotations[i]
+        if path is None:  # annotated set: a slide without a file has no lesion if it is negative
+            return np.zeros(len(coords), np.int64) if not np.any(self.records[i].label) else None
+        from medprobe.data.annotations import read_asap_xml
+
+        return read_asap_xml(path).tile_labels(coords, size0)
 
     def load(self, i: int) -> Item:
         r = self.records[i]
@@ -213,8 +229,15 @@ def create_camelyon16(arg: str = "", root: str | Path | None = None, reference_c
             records[train_idx[j]].split = "val"
     meta = {"n_training_slides": n_train, "n_test_slides": len(records) - n_train, "val_fraction": val_fraction,
             "seed": seed, "official_counts": [270, 129]}
-    return SlideDataset(records, task=TaskInfo("binary", CAMELYON_CLASSES), source=top, name="camelyon16",
-                        mpps=[m] * len(records), check_files=check_files, meta=meta)
+    ds = SlideDataset(records, task=TaskInfo("binary", CAMELYON_CLASSES), source=top, name="camelyon16",
+                      mpps=[m] * len(records), check_files=check_files, meta=meta)
+    ann_dirs = [d for d in (top / "training" / "lesion_annotations", top / "lesion_annotations",
+                            top / "annotations", top / "testing" / "lesion_annotations",
+                            top / "testing" / "annotations") if d.is_dir()]
+    ds.annotations = [next((d / f"{r.id}.xml" for d in ann_dirs if (d / f"{r.id}.xml").is_file()), None)
+                      for r in records]
+    ds.meta["n_annotated_slides"] = sum(a is not None for a in ds.annotations)
+    return ds
 
 
 # ----------------------------------------------------------------------------------------- CAMELYON17

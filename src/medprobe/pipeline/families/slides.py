@@ -9,7 +9,8 @@ probability averaged over seeds. ``data.tiling`` and ``data.tissue`` set the til
 (:class:`~medprobe.data.tiling.TilingConfig`) and tissue-mask (:class:`~medprobe.preprocess.tissue.TissueConfig`)
 options; both are recorded with every row. Per run, ``outputs/<run_id>/slides/`` holds each test slide's tile
 coordinates, attention scores (mean over seeds), tissue mask and thumbnail, which the report draws as heat-maps.
-A dataset offering ``tile_labels(i, coords)`` (1 = lesion tile) also gets the attention's tile-level AUC.
+A dataset offering ``tile_labels(i, coords, size0)`` (1 = lesion tile; None = unknown for that slide) also gets
+the attention's tile-level AUC.
 """
 
 from __future__ import annotations
@@ -183,9 +184,13 @@ class SlidesFamily(TaskFamily):
                                         "max": int(max(n_tiles)), "total": int(sum(n_tiles))}
         tile_labels = None
         if callable(getattr(ds, "tile_labels", None)):
-            from medprobe.features.slides import slide_coords
+            from medprobe.features.slides import slide_coords, slide_files
 
-            tile_labels = [ds.tile_labels(i, slide_coords(ctx.store, i)) for i in ctx.test]
+            tile_labels = [ds.tile_labels(i, slide_coords(ctx.store, i),
+                                          float(slide_files(ctx.store, i).get("plan", {}).get("size0", 0)))
+                           for i in ctx.test]
+            if all(lab is None for lab in tile_labels):
+                tile_labels = None
         ctx.state.update(y=y, n_classes=n_classes, bags=bags, tile_labels=tile_labels)
 
     def evaluate(self, head_cls: type[Any], head_name: str, ctx: RunContext) -> HeadResult:
