@@ -32,6 +32,26 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+ASAP = """<?xml version="1.0"?>
+<ASAP_Annotations>
+  <Annotations>
+    <Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58">
+      <Coordinates>
+        <Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="64" Y="0" />
+        <Coordinate Order="2" X="64" Y="64" /><Coordinate Order="3" X="0" Y="64" />
+      </Coordinates>
+    </Annotation>
+    <Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">
+      <Coordinates>
+        <Coordinate Order="2" X="32" Y="32" /><Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="32" Y="0" />
+        <Coordinate Order="3" X="0" Y="32" />
+      </Coordinates>
+    </Annotation>
+  </Annotations>
+</ASAP_Annotations>
+"""
+
+
 def test_kinds_registered() -> None:
     assert {"camelyon16", "camelyon17", "bcnb", "slides"} <= set(dataset_kinds())
 
@@ -119,6 +139,15 @@ def test_camelyon17_centres_targets_and_external_test(c17: Path, c16: Path) -> N
     ext = create_dataset("external:", train={"dataset": f"camelyon16:{c16}"}, test={"dataset": f"camelyon17:{c17}"})
     es = ext.splits()
     assert es is not None and len(es["test"]) == 5 and len(es["train"]) + len(es.get("val", [])) == 6
+    # lesion outlines (CAMELYON17 ships them for some slides) reach the external test set's tiles
+    write_text(c17 / "lesion_annotations" / "patient_021_node_3.xml", ASAP)
+    ext = create_dataset("external:", train={"dataset": f"camelyon16:{c16}"}, test={"dataset": f"camelyon17:{c17}"})
+    coords = np.array([[0, 0], [32, 0]])
+    test_ids = [ext.ids()[i] for i in ext.splits()["test"]]  # type: ignore[index]
+    at = {name: ext.tile_labels(ext.ids().index(name), coords, 16) for name in test_ids}
+    assert at["test:patient_021_node_3"].tolist() == [0, 1]  # type: ignore[union-attr]
+    assert at["test:patient_000_node_0"].tolist() == [0, 0]  # type: ignore[union-attr]  # negative: no lesion
+    assert at["test:patient_045_node_2"] is None  # tumour slide without an outline: unknown
     with pytest.raises(ConfigError, match="target must be"):
         create_dataset(f"camelyon17:{c17}", target="pN")
     (c17 / "centre_4" / "patient_099_node_4.tif").rename(c17 / "centre_1" / "patient_099_node_4.tif")
@@ -181,26 +210,6 @@ def test_generic_slides_csv(tmp_path: Path) -> None:
     write_text(tmp_path / "missing.csv", "path,label\ns/nothere.tif,1\n")
     with pytest.raises(DataError, match="listed files are missing"):
         create_dataset(f"slides:{tmp_path / 'missing.csv'}", label_columns="label")
-
-
-ASAP = """<?xml version="1.0"?>
-<ASAP_Annotations>
-  <Annotations>
-    <Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58">
-      <Coordinates>
-        <Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="64" Y="0" />
-        <Coordinate Order="2" X="64" Y="64" /><Coordinate Order="3" X="0" Y="64" />
-      </Coordinates>
-    </Annotation>
-    <Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">
-      <Coordinates>
-        <Coordinate Order="2" X="32" Y="32" /><Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="32" Y="0" />
-        <Coordinate Order="3" X="0" Y="32" />
-      </Coordinates>
-    </Annotation>
-  </Annotations>
-</ASAP_Annotations>
-"""
 
 
 def test_lesion_annotations_give_tile_labels(c16: Path, tmp_path: Path) -> None:

@@ -97,6 +97,12 @@ class ExternalTestDataset(Dataset):
         return replace(item, id=f"{side}:{item.id}", patient=f"{side}:{item.patient or item.id}",
                        meta={**item.meta, "external_side": side})
 
+    def tile_labels(self, i: int, coords: Any, size0: float) -> Any:
+        """The lesion labels of a slide's tiles from the side it comes from (None where that side has none)."""
+        k, j = self._rows[i]
+        fn = getattr(self._part(k), "tile_labels", None)
+        return fn(j, coords, size0) if callable(fn) else None
+
     def fingerprint(self) -> str:
         from medprobe.utils import hash_obj
 

@@ -231,13 +231,17 @@ def create_camelyon16(arg: str = "", root: str | Path | None = None, reference_c
             "seed": seed, "official_counts": [270, 129]}
     ds = SlideDataset(records, task=TaskInfo("binary", CAMELYON_CLASSES), source=top, name="camelyon16",
                       mpps=[m] * len(records), check_files=check_files, meta=meta)
-    ann_dirs = [d for d in (top / "training" / "lesion_annotations", top / "lesion_annotations",
-                            top / "annotations", top / "testing" / "lesion_annotations",
-                            top / "testing" / "annotations") if d.is_dir()]
-    ds.annotations = [next((d / f"{r.id}.xml" for d in ann_dirs if (d / f"{r.id}.xml").is_file()), None)
-                      for r in records]
-    ds.meta["n_annotated_slides"] = sum(a is not None for a in ds.annotations)
+    _attach_annotations(ds, top, "training/lesion_annotations", "lesion_annotations", "annotations",
+                        "testing/lesion_annotations", "testing/annotations")
     return ds
+
+
+def _attach_annotations(ds: SlideDataset, top: Path, *folders: str) -> None:
+    """Each slide's lesion outline ``<slide id>.xml`` (ASAP) found in one of ``folders`` under ``top``."""
+    dirs = [top / f for f in folders if (top / f).is_dir()]
+    ds.annotations = [next((d / f"{r.id}.xml" for d in dirs if (d / f"{r.id}.xml").is_file()), None)
+                      for r in ds.records]
+    ds.meta["n_annotated_slides"] = sum(a is not None for a in ds.annotations)
 
 
 # ----------------------------------------------------------------------------------------- CAMELYON17
@@ -303,8 +307,10 @@ def create_camelyon17(arg: str = "", root: str | Path | None = None, labels_csv:
     task = TaskInfo("binary", CAMELYON_CLASSES) if tgt == "tumour" else TaskInfo("ordinal", C17_STAGES)
     meta = {"target": tgt, "itc_positive": bool(itc_positive), "centres": sorted({x["centre"] for x in metas}),
             "split_mode": split}
-    return SlideDataset(records, task=task, source=csv_path, name="camelyon17", mpps=[m] * len(records),
-                        slide_meta=metas, check_files=check_files, meta=meta)
+    ds = SlideDataset(records, task=task, source=csv_path, name="camelyon17", mpps=[m] * len(records),
+                      slide_meta=metas, check_files=check_files, meta=meta)
+    _attach_annotations(ds, top, "lesion_annotations", "annotations")  # 50 slides of the training centres
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------- BCNB
