@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -72,7 +73,7 @@ def parse_section(cls: type[T], raw: Any, path: str, source: str | None,
         try:
             kw[k] = norm(value, kp) if norm is not None else value
         except ConfigError as e:
-            if e.source is None and not e.problem.startswith(kp):
+            if e.source is None and not (e.problem.startswith(kp) or f"'{kp}." in e.problem):
                 raise bad_value(kp, e.problem, source) from None
             raise ConfigError(e.problem, source) from None
     try:
@@ -81,41 +82,89 @@ def parse_section(cls: type[T], raw: Any, path: str, source: str | None,
         raise ConfigError(f"{path}: {e.problem}" if path else e.problem, source) from None
 
 
+def section(cls: type[T]) -> Normaliser:
+    """Normaliser of a field holding a nested section ``cls`` (a mapping, or an instance, parsed by
+    :func:`parse_section`: unknown keys inside it name their full key path)."""
+
+    def norm(v: Any, path: str) -> T:
+        return parse_section(cls, v, path, None)
+
+    return norm
+
+
+def normalise_fields(obj: Any, prefix: str = "") -> None:
+    """Run every field's normaliser on a frozen section built directly (``Cls(key=value)``), so a section
+    built in code holds the same canonical values as one parsed from YAML (call it in ``__post_init__``)."""
+    for f in section_fields(type(obj)):
+        norm = f.metadata.get("norm")
+        if norm is not None:
+            object.__setattr__(obj, f.name, norm(getattr(obj, f.name), f"{prefix}{f.name}"))
+
+
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def as_dict(obj: Any) -> Any:
-    """Canonical plain-data form of a section (tuples become lists; nested sections recurse)."""
+    """Canonical plain-data form of a section (tuples become lists; nested sections recurse; typed values
+    such as :class:`Layers` become their canonical plain form)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: as_dict(getattr(obj, f.name)) for f in section_fields(type(obj))}
     if isinstance(obj, Mapping):
         return {str(k): as_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [as_dict(v) for v in obj]
+    if isinstance(obj, str) and type(obj) is not str:
+        return str(obj)
     return obj
 
 
 def numbers_only(obj: Any) -> Any:
-    """Like :func:`as_dict` but without the fields marked ``numbers=False`` (what a config hash covers)."""
+    """Like :func:`as_dict` but without the fields marked ``numbers=False`` (what a config hash covers).
+
+    A section class may declare ``hash_always`` (a tuple of field names): it is then hashed *sparsely*, as
+    those fields plus every other field whose value differs from its default. Writing a default out or
+    leaving it out then gives one hash, and a field added later with a default changes no stored hash."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: numbers_only(getattr(obj, f.name)) for f in section_fields(type(obj))
-                if f.metadata.get("numbers", True)}
+        always = getattr(type(obj), "hash_always", None)
+        out: dict[str, Any] = {}
+        for f in section_fields(type(obj)):
+            if not f.metadata.get("numbers", True):
+                continue
+            v = getattr(obj, f.name)
+            if always is not None and f.name not in always and v == field_default(f):
+                continue
+            out[f.name] = numbers_only(v)
+        return out
+    if isinstance(obj, Mapping):
+        return {str(k): numbers_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [numbers_only(v) for v in obj]
     return as_dict(obj)
 
 
 def describe_field(f: dataclasses.Field[Any], path: str) -> tuple[str, str, str, bool, str]:
     """``(key path, type, default, changes numbers, help)`` of one field."""
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    else:
+    default = field_default(f)
+    if default is dataclasses.MISSING:
         default = "(required)"
     return (path, f.metadata.get("type") or _type_name(f.type), _fmt(as_dict(default)),
             bool(f.metadata.get("numbers", True)), str(f.metadata.get("help", "")))
 
 
 def describe_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, bool, str]]:
-    """:func:`describe_field` for every field of section ``cls``."""
+    """:func:`describe_field` for every field of section ``cls``; a field holding a nested section (declared
+    with ``type="section"`` and a section default) lists that section's keys instead."""
     for f in section_fields(cls):
-        yield describe_field(f, f"{prefix}{f.name}")
+        default = field_default(f)
+        if f.metadata.get("type") == "section" and dataclasses.is_dataclass(default):
+            yield from describe_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            yield describe_field(f, f"{prefix}{f.name}")
 
 
 def _type_name(t: Any) -> str:
@@ -171,7 +220,7 @@ def to_float(lo: float | None = None, hi: float | None = None, open_lo: bool = F
             x = float(v)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: must be a number, got {v!r}") from None
-        if x != x or (lo is not None and (x <= lo if open_lo else x < lo)) or (hi is not None and x > hi):
+        if not math.isfinite(x) or (lo is not None and (x <= lo if open_lo else x < lo)) or (hi is not None and x > hi):
             raise ConfigError(f"{path}: must be {'>' if open_lo else '>='} {lo}" + (f" and <= {hi}" if hi else "")
                               + f", got {v!r}")
         return x
@@ -246,3 +295,69 @@ def to_triple(v: Any, path: str) -> tuple[float, float, float] | None:
     if len(vals) != 3:
         raise ConfigError(f"{path}: must be three numbers, got {v!r}")
     return (vals[0], vals[1], vals[2])
+
+
+# ------------------------------------------------------------------------------------------ typed values
+LAYER_WORDS = ("auto", "last", "four", "all")
+_LAYERS_HELP = "must be auto, last, four, all or block indices like 2,5,8,11"
+
+
+class Layers(str):
+    """A block selection, parsed once (the one parser of layer selections; every encoder reads the result).
+
+    Either a word -- ``auto`` (the task family's default), ``last``, ``four`` (the encoder's standard taps;
+    ``default`` is read as ``four``), ``all`` -- or sorted unique 0-based block indices (negative counts from the
+    end). The value is the canonical text (``"four"``, ``"2,5,8,11"``: what configs show and hash, and what
+    compares equal to a plain string); :attr:`symbol` and :attr:`indices` are the typed parts.
+    ``Layers(v, path)`` accepts a word, an int, a list of ints or a comma string; a bad one is a one-line
+    :class:`ConfigError` naming ``path``."""
+
+    symbol: str | None
+    indices: tuple[int, ...]
+
+    def __new__(cls, v: Any = "auto", path: str = "layers") -> Layers:
+        if isinstance(v, Layers):
+            return v
+        if v is None:
+            v = "auto"
+        if isinstance(v, str) and v.strip().lower() in (*LAYER_WORDS, "default"):
+            word = v.strip().lower()
+            word = "four" if word == "default" else word
+            obj = super().__new__(cls, word)
+            obj.symbol, obj.indices = word, ()
+            return obj
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            if isinstance(v, int):
+                idx = [v]
+            elif isinstance(v, str):
+                idx = [int(p) for p in v.replace(" ", "").split(",") if p]
+            elif isinstance(v, (list, tuple)):
+                if any(isinstance(p, bool) or (isinstance(p, float) and not p.is_integer()) for p in v):
+                    raise ValueError
+                idx = [int(p) for p in v]
+            else:
+                raise ValueError
+            if not idx:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: {_LAYERS_HELP}, got {v!r}") from None
+        indices = tuple(sorted(set(idx)))
+        obj = super().__new__(cls, ",".join(str(i) for i in indices))
+        obj.symbol, obj.indices = None, indices
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (DataLoader workers) rebuild through the parser
+        return (Layers, (str(self),))
+
+    def __deepcopy__(self, memo: Any) -> Layers:
+        return self
+
+    def __copy__(self) -> Layers:
+        return self
+
+
+def to_layers(v: Any, path: str) -> Layers:
+    """Normaliser of a layer selection (see :class:`Layers`)."""
+    return Layers(v, path)

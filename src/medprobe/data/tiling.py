@@ -10,16 +10,15 @@ held in memory. Coordinates are level-0 ``(x, y)`` of each tile's top-left corne
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from medprobe.data.slides import Slide, missing_mpp_message, resize_rgb
 from medprobe.errors import ConfigError, DataError
-from medprobe.schema import as_dict, choice, opt, to_float, to_int
+from medprobe.schema import as_dict, choice, normalise_fields, opt, to_float, to_int
 
 TILE_INTERPOLATIONS = ("bilinear", "bicubic", "lanczos", "box", "nearest")
 
@@ -30,7 +29,10 @@ def _stride(v: Any, path: str) -> int | None:
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How a slide becomes tiles (every field changes the features; recorded with them)."""
+    """How a slide becomes tiles (every field changes the features; recorded with them). In a task's config
+    hash the section is sparse (:func:`medprobe.schema.numbers_only`): ``hash_always`` plus every changed field."""
+
+    hash_always: ClassVar[tuple[str, ...]] = ("target_mpp", "tile_px", "min_tissue")  # what every shipped task wrote
 
     target_mpp: float = opt(0.5, norm=to_float(0.0, open_lo=True), type="float",
                             help="tile scale in µm per pixel (0.5 is about 20x, 0.25 about 40x)")
@@ -46,10 +48,7 @@ class TilingConfig:
                              help="resampling from the level read to tile_px (Pillow, antialiased)")
 
     def __post_init__(self) -> None:
-        for name, norm in (("target_mpp", to_float(0.0, open_lo=True)), ("tile_px", to_int(1)),
-                           ("stride_px", _stride), ("min_tissue", to_float(0.0, 1.0)),
-                           ("level_tolerance", to_float(0.0, 1.0)), ("interpolation", choice(*TILE_INTERPOLATIONS))):
-            object.__setattr__(self, name, norm(getattr(self, name), f"tiling.{name}"))
+        normalise_fields(self, "tiling.")  # built in code or parsed from a task: the same checks and values
 
     def to_dict(self) -> dict[str, Any]:
         return dict(as_dict(self))
@@ -175,10 +174,5 @@ def iter_tiles(slide: Slide, plan: TilePlan, batch_size: int = 64,
         yield chunk, tiles
 
 
-def n_batches(plan: TilePlan, batch_size: int) -> int:
-    """How many batches :func:`iter_tiles` yields."""
-    return math.ceil(len(plan) / batch_size)
-
-
-__all__ = ["TILE_INTERPOLATIONS", "TilePlan", "TilingConfig", "iter_tiles", "n_batches", "plan_tiles", "read_tile",
+__all__ = ["TILE_INTERPOLATIONS", "TilePlan", "TilingConfig", "iter_tiles", "plan_tiles", "read_tile",
            "tile_tissue_fraction"]

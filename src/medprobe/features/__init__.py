@@ -16,11 +16,12 @@ from medprobe.features.cache import (
     remove_entry,
     verify_entry,
 )
+from medprobe.features.config import ExtractConfig
 
 if TYPE_CHECKING:
-    from medprobe.features.engine import ExtractConfig, amp_dtype, entry_spec, extract, lookup, resolve_preprocess
+    from medprobe.features.engine import amp_dtype, entry_spec, extract, lookup, resolve_preprocess
 
-_ENGINE = ("ExtractConfig", "amp_dtype", "entry_spec", "extract", "lookup", "resolve_preprocess")
+_ENGINE = ("amp_dtype", "entry_spec", "extract", "lookup", "resolve_preprocess")
 _SLIDES = ("extract_slides", "lookup_slides", "slide_coords", "slide_files", "export_h5")  # slide tile bags (torch)
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from medprobe.data.base import Dataset
 from medprobe.encoders.base import Encoder
 from medprobe.errors import ConfigError, MedprobeError
 from medprobe.features.cache import (
-    TOKENS,
     CorruptEntry,
     FeatureStore,
     ShardPlan,
@@ -36,36 +35,11 @@ from medprobe.features.cache import (
     shard_done,
     write_manifest,
 )
+from medprobe.features.config import ExtractConfig
 from medprobe.preprocess import PreprocessConfig, Preprocessor
 from medprobe.utils import Progress, atomic_save_npy, atomic_write_json, default_cache_dir, hash_obj
 
 log = logging.getLogger("medprobe.features")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Options of one extraction. ``layers``: 'last', 'four', 'all' or indices; ``amp``: 'auto' (bf16 on
-    CUDA, off on CPU), 'bf16', 'fp16' or 'off'; ``storage``: 'float32' or 'float16'."""
-
-    layers: str | tuple[int, ...] = "last"
-    tokens: tuple[str, ...] = TOKENS
-    batch_size: int = 64
-    amp: str = "auto"
-    storage: str = "float32"
-    workers: int = 0
-    shard_items: int | None = None  # None: 256 images or 8 volumes per shard
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        bad = [t for t in self.tokens if t not in TOKENS]
-        if bad or not self.tokens:
-            raise ConfigError(f"tokens must be a non-empty subset of {TOKENS}, got {list(self.tokens)}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        if self.storage not in ("float32", "float16"):
-            raise ConfigError(f"storage must be float32 or float16, got {self.storage!r}")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

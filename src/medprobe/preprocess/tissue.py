@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from medprobe.errors import ConfigError
-from medprobe.schema import as_dict, opt, to_bool, to_float, to_int
+from medprobe.schema import as_dict, normalise_fields, opt, to_bool, to_float, to_int
 
 if TYPE_CHECKING:
     from medprobe.data.slides import Slide
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TissueConfig:
-    """Tissue-mask options (each changes which tiles are kept, so each is recorded)."""
+    """Tissue-mask options (each changes which tiles are kept, so each is recorded). In a task's config hash
+    the section is sparse (:func:`medprobe.schema.numbers_only`): ``hash_always`` plus every changed field."""
+
+    hash_always: ClassVar[tuple[str, ...]] = ("thumb_mpp", "pen")  # what every shipped slide task writes out
 
     thumb_mpp: float = opt(8.0, norm=to_float(0.0, open_lo=True), type="float",
                            help="µm per pixel of the thumbnail the mask is computed on")
@@ -44,17 +47,7 @@ class TissueConfig:
                                  help="pixels darker than this (HSV value) count as black ink (0: off)")
 
     def __post_init__(self) -> None:
-        for f in ("thumb_mpp", "close_um", "open_um", "max_hole_um2", "min_area_um2", "pen_margin_um"):
-            v = float(getattr(self, f))
-            if not np.isfinite(v) or v < 0 or (f == "thumb_mpp" and v <= 0):
-                raise ConfigError(f"tissue.{f} must be a {'positive' if f == 'thumb_mpp' else 'non-negative'} "
-                                  f"number, got {getattr(self, f)!r}")
-        for f in ("min_saturation", "pen_black_value"):
-            v = float(getattr(self, f))
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"tissue.{f} must be within [0, 1], got {v!r}")
-        if int(self.median_px) < 1:
-            raise ConfigError(f"tissue.median_px must be >= 1, got {self.median_px!r}")
+        normalise_fields(self, "tissue.")  # built in code or parsed from a task: the same checks and values
 
     def to_dict(self) -> dict[str, Any]:
         return dict(as_dict(self))
