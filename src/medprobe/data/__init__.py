@@ -20,62 +20,41 @@ from medprobe.data.base import (
     Subset,
     TaskInfo,
 )
-from medprobe.errors import ConfigError
+from medprobe.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., Dataset]] = {}
+_BUILTIN = ("phantoms", "medmnist", "csv_manifest", "image_folder", "volumes", "msd", "seg2d", "em", "pairs",
+            "ctrate", "external", "surgical", "petct", "wsi_datasets")
+# every built-in loader module registers its kinds on import; a module that fails to import is an error (optional
+# extras are imported inside the loaders, when a dataset of that kind is built)
+DATASETS: Registry[Callable[..., Dataset]] = Registry(
+    "dataset kind", builtin=tuple(f"medprobe.data.{m}" for m in _BUILTIN))
 
 
 def register_dataset(kind: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
     """Decorator: register a factory ``f(name_arg: str, **options) -> Dataset`` under ``kind``."""
-
-    def deco(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _REGISTRY[kind] = fn
-        return fn
-
-    return deco
+    return DATASETS.decorator(kind)
 
 
 def unregister_dataset(kind: str) -> None:
     """Remove a registered dataset kind (tests and plug-ins that register temporary kinds)."""
-    _REGISTRY.pop(kind, None)
-
-
-def _ensure_loaded() -> None:
-    import importlib
-
-    for mod in ("phantoms", "medmnist", "csv_manifest", "image_folder", "volumes", "msd", "seg2d", "em", "pairs",
-                "ctrate", "external", "surgical", "petct", "wsi_datasets"):
-        try:
-            importlib.import_module(f"medprobe.data.{mod}")
-        except ModuleNotFoundError as e:  # a loader file not present (yet) or an optional extra missing
-            if e.name and e.name.startswith("medprobe.data."):
-                continue
-            raise
+    DATASETS.unregister(kind)
 
 
 def dataset_kinds() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return [str(k) for k in DATASETS.names()]
 
 
 def dataset_factory(spec: str) -> Callable[..., Dataset]:
     """The registered factory of ``"kind:arg"`` (its signature names the kind's options)."""
-    _ensure_loaded()
-    kind = spec.partition(":")[0]
-    if kind not in _REGISTRY:
-        raise ConfigError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}", spec)
-    return _REGISTRY[kind]
+    return DATASETS.get(spec.partition(":")[0], where=spec)
 
 
 def create_dataset(spec: str, **options: Any) -> Dataset:
     """Build a dataset from ``"kind:arg"`` (e.g. ``"medmnist:pneumoniamnist"``, ``"phantom:xray2d"``)."""
-    _ensure_loaded()
     kind, _, arg = spec.partition(":")
-    if kind not in _REGISTRY:
-        raise ConfigError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}", spec)
-    return _REGISTRY[kind](arg, **options)
+    return DATASETS.get(kind, where=spec)(arg, **options)
 
 
-__all__ = ["ArrayDataset", "ArrayRegion", "Dataset", "Item", "PairDataset", "PairItem", "RegionSource", "Subset",
-           "TaskInfo", "create_dataset", "dataset_factory",
-           "dataset_kinds", "register_dataset", "unregister_dataset"]
+__all__ = ["DATASETS", "ArrayDataset", "ArrayRegion", "Dataset", "Item", "PairDataset", "PairItem", "RegionSource",
+           "Subset", "TaskInfo", "create_dataset", "dataset_factory", "dataset_kinds", "register_dataset",
+           "unregister_dataset"]

@@ -12,9 +12,6 @@ from medprobe.encoders.extras import ensure_torchvision
 
 ensure_torchvision()  # before any transformers model class is imported (see medprobe.encoders.extras)
 
-from medprobe.encoders import hf_vit as _hf_vit  # noqa: E402, F401  (registers the dinov3 / dinov2 / dinov2_reg families)
-from medprobe.encoders import identity as _identity  # noqa: E402, F401  (registers the none family)
-from medprobe.encoders import onnx_encoder as _onnx_encoder  # noqa: E402, F401  (registers the onnx family)
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput, resolve_layers  # noqa: E402
 from medprobe.encoders.families import EncoderFamily, encoder_families, get_family, register_family  # noqa: E402
 from medprobe.encoders.registry import EncoderSpec, get_spec, list_specs, register  # noqa: E402
@@ -58,6 +55,7 @@ def encoder_info(name: str, weights: str | os.PathLike[str] | None = None, *, se
     info = family.identity(spec, ref)
     if info is not None:
         info.options = dict(given)
+        info.blockless = family.blockless
     return info
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from medprobe.encoders.families import get_family
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import ConfigError
 
 
@@ -114,8 +113,11 @@ class EncoderInfo:
 
     Lets a cached run skip instantiating (and randomly initialising or loading) the model altogether.
     Made by an :class:`~medprobe.encoders.families.EncoderFamily`'s ``identity``; layer facts come from
-    the family (a ``blockless`` family exposes one output layer, whatever is asked).
+    the family (``blockless``, set by :func:`~medprobe.encoders.encoder_info`: one output layer, whatever is
+    asked).
     """
+
+    blockless: bool = False
 
     def __init__(self, spec: EncoderSpec, weights_id: str, pretrained: bool,
                  fixed_resolution: int | None = None) -> None:
@@ -132,7 +134,7 @@ class EncoderInfo:
         return self.spec.patch_size
 
     def resolve_layers(self, layers: Any) -> tuple[int, ...]:
-        if get_family(self.spec.family).blockless:
+        if self.blockless:
             return (self.depth - 1,)
         return resolve_layers(layers, self.spec, self.depth)
 

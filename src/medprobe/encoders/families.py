@@ -1,6 +1,6 @@
 """The encoder-family table: how each kind of backbone is built, identified and costed.
 
-An :class:`~medprobe.encoders.registry.EncoderSpec` names its ``family``; everything that depends on the
+An :class:`~medprobe.encoders.spec.EncoderSpec` names its ``family``; everything that depends on the
 kind of network (how to build it from a weights source, what its cache identity is without building it,
 what one image costs, which extra options it takes, whether it has blocks to tap) is declared once here,
 in an :class:`EncoderFamily`, instead of being derived from the family name in the code that uses it.
@@ -13,17 +13,17 @@ with its :class:`~medprobe.encoders.base.Encoder` subclass, a :func:`register_fa
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import ConfigError
+from medprobe.registry import Registry
 
 if TYPE_CHECKING:
     from medprobe.encoders.base import Encoder, EncoderInfo
-    from medprobe.encoders.registry import EncoderSpec
+    from medprobe.encoders.spec import EncoderSpec
     from medprobe.encoders.weights import WeightsRef
 
 BuildFn = Callable[["EncoderSpec", "WeightsRef", Mapping[str, Any]], "Encoder"]
@@ -31,8 +31,8 @@ IdentityFn = Callable[["EncoderSpec", "WeightsRef"], "EncoderInfo | None"]
 GflopsFn = Callable[["EncoderSpec", tuple[int, int], "tuple[int, ...] | None"], "float | None"]
 LocalWeightsFn = Callable[["EncoderSpec"], list[Path]]
 
-# modules that register the built-in families at import
-_BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity",
+# modules that register the built-in families (and their named encoders) at import
+BUILTIN_MODULES = ("medprobe.encoders.hf_vit", "medprobe.encoders.onnx_encoder", "medprobe.encoders.identity",
                     "medprobe.encoders.volume3d",
                     "medprobe.encoders.cnn", "medprobe.encoders.sam",
                     "medprobe.encoders.clip", "medprobe.encoders.generic",
@@ -113,47 +113,30 @@ class EncoderFamily:
         return given
 
 
-_FAMILIES: dict[str, EncoderFamily] = {}
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for mod in _BUILTIN_MODULES:
-            importlib.import_module(mod)
+FAMILIES: Registry[EncoderFamily] = Registry("encoder family", builtin=BUILTIN_MODULES)
 
 
 def register_family(family: EncoderFamily) -> EncoderFamily:
     """Add (or replace) an entry of the family table; returns it."""
     if not isinstance(family, EncoderFamily):
         raise TypeError(f"register_family needs an EncoderFamily, got {type(family).__name__}")
-    if not family.name:
-        raise ConfigError("an encoder family needs a name")
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def unregister_family(name: str) -> None:
     """Remove a family from the table (no error when absent)."""
-    _FAMILIES.pop(name, None)
+    FAMILIES.unregister(name)
 
 
 def get_family(name: str) -> EncoderFamily:
     """The registered family ``name``; an unknown name is a one-line ConfigError listing the known ones."""
-    _load_builtins()
-    fam = _FAMILIES.get(name)
-    if fam is None:
-        raise ConfigError(f"unknown encoder family {name!r} (known: {', '.join(sorted(_FAMILIES))})")
-    return fam
+    return FAMILIES.get(name)
 
 
 def encoder_families() -> list[str]:
     """Names of the registered encoder families, sorted."""
-    _load_builtins()
-    return sorted(_FAMILIES)
+    return [str(n) for n in FAMILIES.names()]
 
 
-__all__ = ["EncoderFamily", "encoder_families", "get_family", "no_gflops", "no_identity", "no_local_weights",
-           "register_family", "unregister_family"]
+__all__ = ["BUILTIN_MODULES", "FAMILIES", "EncoderFamily", "encoder_families", "get_family", "no_gflops",
+           "no_identity", "no_local_weights", "register_family", "unregister_family"]

@@ -5,7 +5,9 @@ LayerNorm is applied to every tapped block and register tokens are dropped, as D
 evaluations do.
 
 Registers the encoder families ``dinov3``, ``dinov2`` and ``dinov2_reg``: one :class:`HFArch` each (the
-transformers classes and the few ways the architectures differ), the same build / identity / cost code.
+transformers classes and the few ways the architectures differ), the same build / identity / cost code; and
+their named encoders (the DINOv3 sizes on LVD-1689M / SAT-493M, the DINOv2 sizes with and without registers,
+RAD-DINO).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.registry import register
+from medprobe.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -283,3 +286,76 @@ def hf_vit_family(name: str, arch: HFArch) -> EncoderFamily:
 
 for _name, _arch in HF_ARCHS.items():
     register_family(hf_vit_family(_name, _arch))
+
+
+# ---------------------------------------------------------------- DINOv3 (transformers DINOv3ViTModel)
+_DINOV3_LICENSE = "DINOv3 License (Meta; gated download)"
+_DINOV3 = [
+    # name token, meta arch, width, depth, heads, ffn hidden, gated (SwiGLU), params (M), taps
+    ("vits16", "vits16", 384, 12, 6, 1536, False, 21.6, (2, 5, 8, 11)),
+    ("vits16plus", "vits16plus", 384, 12, 6, 1536, True, 28.7, (2, 5, 8, 11)),
+    ("vitb16", "vitb16", 768, 12, 12, 3072, False, 85.7, (2, 5, 8, 11)),
+    ("vitl16", "vitl16", 1024, 24, 16, 4096, False, 303.1, (4, 11, 17, 23)),
+    ("vitl16plus", "vitl16plus", 1024, 24, 16, 4096, True, 403.9, (4, 11, 17, 23)),
+    ("vith16plus", "vith16plus", 1280, 32, 20, 5120, True, 840.6, (7, 15, 23, 31)),
+    ("vit7b16", "vit7b16", 4096, 40, 32, 8192, True, 6716.0, (9, 19, 29, 39)),
+]
+for tok, meta, width, depth, heads, ffn, gated, params, taps in _DINOV3:
+    for data in ("lvd1689m", "sat493m"):
+        if data == "sat493m" and tok not in ("vitl16", "vit7b16"):
+            continue
+        suffix = "" if data == "lvd1689m" else "-sat493m"
+        register(EncoderSpec(
+            name=f"dinov3-{tok}{suffix}", family="dinov3", patch_size=16, width=width, depth=depth,
+            params_m=params, default_layers=taps,
+            mean=IMAGENET_MEAN if data == "lvd1689m" else SAT_MEAN,
+            std=IMAGENET_STD if data == "lvd1689m" else SAT_STD,
+            native_resolution=256, license=_DINOV3_LICENSE,
+            pretraining_data="LVD-1689M (1.7B curated web images)" if data == "lvd1689m"
+            else "SAT-493M (493M satellite images)",
+            hf_repo=f"facebook/dinov3-{tok}-pretrain-{data}", meta_arch=meta, meta_dataset=data,
+            timm_name={"vits16": "vit_small_patch16_dinov3", "vits16plus": "vit_small_plus_patch16_dinov3",
+                       "vitb16": "vit_base_patch16_dinov3", "vitl16": "vit_large_patch16_dinov3",
+                       "vitl16plus": "vit_large_plus_patch16_dinov3",
+                       "vith16plus": "vit_huge_plus_patch16_dinov3", "vit7b16": "vit_7b_patch16_dinov3"}[tok]
+            + f".{data}",
+            n_registers=4,
+            hf_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                           intermediate_size=ffn, use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
+                           num_register_tokens=4, patch_size=16, layer_norm_eps=1e-5, rope_theta=100.0,
+                           # Meta builds the 7B without qkv bias
+                           query_bias=tok != "vit7b16", key_bias=False, value_bias=tok != "vit7b16",
+                           proj_bias=True, mlp_bias=True,
+                           layerscale_value=1.0, image_size=224),
+        ))
+
+# ---------------------------------------------------------------- DINOv2 (transformers Dinov2Model)
+_DINOV2 = [
+    ("small", "s", 384, 12, 6, False, 22.1, (2, 5, 8, 11)),
+    ("base", "b", 768, 12, 12, False, 86.6, (2, 5, 8, 11)),
+    ("large", "l", 1024, 24, 16, False, 304.4, (4, 11, 17, 23)),
+    ("giant", "g", 1536, 40, 24, True, 1136.5, (9, 19, 29, 39)),
+]
+for size, short, width, depth, heads, swiglu, params, taps in _DINOV2:
+    for reg in (False, True):
+        register(EncoderSpec(
+            name=f"dinov2-vit{short}14" + ("-reg" if reg else ""), family="dinov2_reg" if reg else "dinov2",
+            patch_size=14, width=width, depth=depth, params_m=params, default_layers=taps,
+            native_resolution=224, license="Apache-2.0", pretraining_data="LVD-142M",
+            hf_repo=f"facebook/dinov2-{'with-registers-' if reg else ''}{size}",
+            timm_name=f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m",
+            n_registers=4 if reg else 0,
+            hf_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                           mlp_ratio=4, use_swiglu_ffn=swiglu, patch_size=14, image_size=518,
+                           layer_norm_eps=1e-6, **({"num_register_tokens": 4} if reg else {})),
+        ))
+
+register(EncoderSpec(
+    name="rad-dino", family="dinov2", patch_size=14, width=768, depth=12, params_m=86.6,
+    default_layers=(2, 5, 8, 11), mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583),
+    native_resolution=518, license="MSR License (research use)",
+    pretraining_data="chest X-rays (MIMIC-CXR, CheXpert, NIH-CXR, PadChest, BRAX), DINOv2 continued",
+    hf_repo="microsoft/rad-dino",
+    hf_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
+                   use_swiglu_ffn=False, patch_size=14, image_size=518, layer_norm_eps=1e-6),
+))

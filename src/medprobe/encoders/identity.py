@@ -7,8 +7,9 @@
 * ``patch`` (what dense heads and registration read): the same grid as a ``(3, H/16, W/16)`` map.
 * ``mean`` (the mean patch token): the three channel means.
 
-Registers the encoder family ``none``: no weights, one output layer, no cost to count. Its weights id is
-``none:pixel-grid`` (the cache and every result row say which baseline made the features).
+Registers the encoder family ``none`` and the encoder ``none``: no weights, one output layer, no cost to
+count. Its weights id is ``none:pixel-grid`` (the cache and every result row say which baseline made the
+features).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.registry import register
+from medprobe.encoders.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -64,4 +66,12 @@ register_family(EncoderFamily(
     cls_feature="the image's pixels on the patch grid (16 x 16 area means per channel), flattened: 3*(H/16)*(W/16)",
     patch_feature="the image area-averaged to the patch grid (3 channels); stride 16",
     taps="one output (no blocks)",
+))
+
+
+# ---------------------------------------------------------------- no encoder (image-only baseline)
+register(EncoderSpec(
+    name="none", family="none", patch_size=16, width=3, depth=0, params_m=0.0, default_layers=(-1,),
+    native_resolution=224, license="-", pretraining_data="none: the preprocessed image itself, "
+    "average-pooled to the patch grid (baseline that tells what an encoder adds)",
 ))

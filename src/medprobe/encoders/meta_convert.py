@@ -43,7 +43,7 @@ import re
 
 import torch
 
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import WeightsError
 
 DROPPED_KEYS = ("rope_embed.periods", "blocks.<i>.attn.qkv.bias_mask", "local_cls_norm.weight",

