@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
-FEATURE_FORMAT_VERSION = 1
+from medprobe.version import FEATURE_FORMAT_VERSION, __version__
 
 
 def run(task: Any, db: Any = None, verbose: bool = True, rerun: bool = False) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ import logging
 import pkgutil
 import sys
 
-from medprobe import __version__
 from medprobe.errors import MedprobeError
+from medprobe.version import __version__
 
 EPILOG = """\
 Start with: medprobe demo (offline, a pipeline check), then medprobe run --help.

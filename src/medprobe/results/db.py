@@ -4,6 +4,11 @@ Layout beside the database file::
 
     results.db                  runs + metrics + schema_version (WAL mode)
     predictions/<run_id>.npz    per-case arrays (case ids, y_true, y_score, ...), written atomically
+    shards/<config_hash>.json   rows stored by launched jobs (many nodes), one file each (medprobe.results.shards);
+                                readers see them with the database's rows; ``medprobe results merge`` moves them in
+
+The same schema and API on a PostgreSQL server: ``ResultsDB("postgresql://user@host/db")``
+(:mod:`medprobe.results.postgres`).
 
 Only complete runs are stored. :meth:`ResultsDB.add_run` first writes the predictions file (temp + rename),
 then inserts the run row and all its metrics in ONE transaction; if anything fails the transaction is rolled
@@ -25,6 +30,7 @@ import os
 import platform
 import re
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from medprobe.errors import ConfigError
+from medprobe.results.shards import decode, encode, list_shards, publish, shard_dir, shard_name
 from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json, hash_obj
 
 log = logging.getLogger("medprobe.results")
@@ -124,13 +131,19 @@ _RESERVED = {"run_id", "created", "status", "metrics", "metrics_split", "metrics
 _FILTERS = {"task": "task", "task_type": "task_type", "encoder": "encoder", "weights": "weights", "head": "head",
             "dataset": "dataset", "sweep": "sweep", "config_hash": "config_hash", "status": "status",
             "seed": "seed", "pretrained": "pretrained"}
+_RUN_COLUMNS = ("run_id", "created", "status", *(col for col, _ in _FIELDS.values()), "sweep", "metrics_split",
+                "predictions_path", "extra_json")
 _CSV_FIELDS = ("run_id", "created", "task", "task_type", "dataset", "encoder", "weights", "pretrained", "head",
                "layers", "resolution", "seed", "config_hash", "sweep", "split", "metric", "value", "low", "high")
 
 
+def _env_results() -> str | None:
+    return os.environ.get("MEDPROBE_RESULTS") or None
+
+
 def default_results_path() -> Path:
     """``$MEDPROBE_RESULTS`` (a .db file or a folder) or ``./medprobe-results/results.db``."""
-    return resolve_db_path(os.environ.get("MEDPROBE_RESULTS") or "./medprobe-results")
+    return resolve_db_path(_env_results() or "./medprobe-results")
 
 
 def resolve_db_path(path: str | Path) -> Path:
@@ -159,7 +172,7 @@ def collect_environment(device: Any = None) -> dict[str, Any]:
     Versions of medprobe, torch, transformers, numpy, sklearn and python; ``device`` is a ``torch.device`` or
     string, and CUDA devices get the GPU name appended when torch can tell it.
     """
-    from medprobe import __version__
+    from medprobe.version import __version__
 
     versions = {"medprobe": __version__, "torch": _version("torch"), "transformers": _version("transformers"),
                 "numpy": np.__version__, "sklearn": _version("scikit-learn"), "python": platform.python_version()}
@@ -181,7 +194,7 @@ def _as_float(x: Any) -> float | None:
     return float(x)
 
 
-MetricRow = tuple[str, str, float, float | None, float | None]  # (split, name, value, low, high)
+MetricRow = tuple[str, str, Any, Any, Any]  # (split, name, value, low, high); a missing value is None or NaN
 
 
 def _parse_metrics(metrics: Mapping[str, Any], split: str) -> list[MetricRow]:
@@ -229,23 +242,52 @@ def _check_predictions(predictions: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def is_server_url(path: Any) -> bool:
+    """True for a PostgreSQL URL (``postgresql://...`` or ``postgres://...``): a server store, not a file."""
+    return isinstance(path, str) and path.strip().lower().startswith(("postgresql://", "postgres://"))
+
+
 class ResultsDB:
     """Results database at ``path`` (file or folder; default :func:`default_results_path`), created on first write.
 
-    Reading a database that does not exist yet behaves as an empty one.
+    Reading a database that does not exist yet behaves as an empty one. Readers see the database and its result
+    shards (``<folder>/shards/*.json``, written by launched jobs; :mod:`medprobe.results.shards`) as one store.
+    ``shards=True`` (jobs of ``medprobe sweep --launcher ...``): every stored row becomes its own shard file
+    instead of a database write (safe from many nodes on a shared filesystem), and a row whose config hash is
+    already stored is not added again (its stored run id is returned). ``path`` may be a PostgreSQL URL
+    (``postgresql://user@host/db``): the same schema and API on a server (:mod:`medprobe.results.postgres`).
     """
 
-    def __init__(self, path: str | Path | None = None, timeout: float = 120.0) -> None:
+    _seq = "rowid"  # insertion order column (SQLite's rowid)
+    _begin = "BEGIN IMMEDIATE"
+
+    def __new__(cls, path: str | Path | None = None, *args: Any, **kwargs: Any) -> ResultsDB:
+        if cls is ResultsDB and (is_server_url(path) or (path is None and is_server_url(_env_results()))):
+            from medprobe.results.postgres import PostgresResultsDB
+
+            return super().__new__(PostgresResultsDB)
+        return super().__new__(cls)
+
+    def __init__(self, path: str | Path | None = None, timeout: float = 120.0, shards: bool = False) -> None:
         self.path = resolve_db_path(path) if path is not None else default_results_path()
         self.root = self.path.parent
         self.timeout = timeout
+        self.shards = bool(shards)
         self._ready = False
+        self._shard_con: sqlite3.Connection | None = None
+        self._shard_files: dict[str, tuple[float, int, str]] = {}  # name -> (mtime, size, run_id)
+        self._bad_shards: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ResultsDB({str(self.path)!r})"
 
+    def reopen_args(self) -> dict[str, Any]:
+        """Keyword arguments that reopen this store in another process (a launched job):
+        ``ResultsDB(**db.reopen_args(), shards=True)``."""
+        return {"path": str(self.path)}
+
     def exists(self) -> bool:
-        return self.path.is_file()
+        return self.path.is_file() or bool(list_shards(self.root))
 
     # -- connections -------------------------------------------------------------------------------------------
     @contextmanager
@@ -271,7 +313,7 @@ class ResultsDB:
 
     @contextmanager
     def _transaction(self, con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        con.execute("BEGIN IMMEDIATE")
+        con.execute(self._begin)
         try:
             yield con
         except BaseException:
@@ -384,16 +426,26 @@ class ResultsDB:
         preprocess. Optional run_id and created. Other keys are
         kept under ``extra``. ``metrics`` values are a number or ``(value, low, high)``; a name ``"val/x"``
         stores ``x`` under the val split, otherwise ``split`` is used.
+
+        With ``shards=True`` the row is published as its own shard file (one per config hash); when the hash is
+        stored already (a retried job, or a twin finishing at the same moment) nothing is added and the stored
+        row's id is returned.
         """
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         row = self._row_from_record(record)
-        metric_rows = _parse_metrics(metrics, split)
+        metric_rows = [(sp, name, None if math.isnan(v) else v, lo, hi)
+                       for sp, name, v, lo, hi in _parse_metrics(metrics, split)]
         run_id = str(record.get("run_id") or uuid.uuid4().hex)
         if not run_id.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"run_id must be alphanumeric (with - or _), got {run_id!r}")
         row["run_id"] = run_id
         row["metrics_split"] = split
+        if self.shards:
+            stored = self._stored_id(row["config_hash"])
+            if stored is not None:
+                log.info("config %s is stored already (run %s): not stored again", row["config_hash"], stored)
+                return stored
         pred_file: Path | None = None
         if predictions is not None:
             arrays = _check_predictions(predictions)
@@ -407,33 +459,169 @@ class ResultsDB:
         else:
             row["predictions_path"] = None
         try:
-            with self._connect() as con, self._transaction(con):
-                cols = ", ".join(row)
-                con.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-                self._insert_metrics(con, run_id, metric_rows)
+            winner = self._store_row(row, metric_rows)
         except BaseException as e:
             if pred_file is not None:
                 pred_file.unlink(missing_ok=True)
-            if isinstance(e, sqlite3.IntegrityError):
+            if isinstance(e, self._integrity_errors()):
                 raise ConfigError(f"cannot store run {run_id}: {e}", self.path) from None
             raise
-        return run_id
+        if winner != run_id:  # a twin job stored this config first: keep its row, drop ours
+            if pred_file is not None:
+                pred_file.unlink(missing_ok=True)
+            log.info("config %s was stored by another job at the same moment (run %s): kept that row",
+                     row["config_hash"], winner)
+        return winner
 
-    def _insert_metrics(self, con: sqlite3.Connection, run_id: str,
-                        rows: Sequence[MetricRow]) -> None:
+    def _integrity_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.IntegrityError,)
+
+    def _stored_id(self, config_hash: str) -> str | None:
+        hit = self._latest(config_hash)
+        return hit[1] if hit else None
+
+    def _store_row(self, row: dict[str, Any], metric_rows: Sequence[MetricRow]) -> str:
+        """Write one run row and its metrics; returns the id of the row now stored for it (another id when a twin
+        job's shard of the same config hash won)."""
+        if self.shards:
+            name = shard_name(row["config_hash"])
+            if publish(self.root, name, encode(row, list(metric_rows))):
+                return str(row["run_id"])
+            other, _ = decode(shard_dir(self.root) / name)
+            return str(other["run_id"])
+        with self._connect() as con, self._transaction(con):
+            self._insert_run(con, row)
+            self._insert_metrics(con, row["run_id"], metric_rows)
+        return str(row["run_id"])
+
+    def _insert_run(self, con: Any, row: Mapping[str, Any]) -> None:
+        cols = ", ".join(row)
+        con.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+    def _insert_metrics(self, con: Any, run_id: str, rows: Sequence[MetricRow]) -> None:
         for sp, name, value, low, high in rows:
             con.execute("INSERT INTO metrics (run_id, split, name, value, low, high) VALUES (?, ?, ?, ?, ?, ?)",
-                        (run_id, sp, name, value, low, high))
+                        (run_id, sp, name, None if value is None or math.isnan(value) else value, low, high))
 
     def delete(self, run_id: str) -> None:
-        """Remove a run (id or unique prefix), its metrics and its predictions file."""
+        """Remove a run (id or unique prefix), its metrics and its predictions file (a shard's run: the shard)."""
         rid = self._resolve(run_id)
-        with self._connect() as con, self._transaction(con):
-            path = con.execute("SELECT predictions_path FROM runs WHERE run_id = ?", (rid,)).fetchone()[0]
-            con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
-            con.execute("DELETE FROM runs WHERE run_id = ?", (rid,))
+        path = None
+        if self._has_main():
+            with self._connect() as con, self._transaction(con):
+                hit = con.execute("SELECT predictions_path FROM runs WHERE run_id = ?", (rid,)).fetchone()
+                if hit is not None:
+                    path = hit["predictions_path"]
+                    con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+                    con.execute("DELETE FROM runs WHERE run_id = ?", (rid,))
+        for name, (_, _, shard_run) in list(self._refresh_shards().items()):
+            if shard_run == rid:
+                row, _ = decode(shard_dir(self.root) / name)
+                path = path or row.get("predictions_path")
+                (shard_dir(self.root) / name).unlink(missing_ok=True)
         if path:
             (self.root / path).unlink(missing_ok=True)
+
+    # -- shards ------------------------------------------------------------------------------------------------
+    def _has_main(self) -> bool:
+        return self.path.is_file()
+
+    def _refresh_shards(self) -> dict[str, tuple[float, int, str]]:
+        """Bring the in-memory index of the shard files up to date (new files read, removed ones dropped)."""
+        files = list_shards(self.root)
+        if not files and not self._shard_files:
+            return self._shard_files
+        if self._shard_con is None:
+            self._shard_con = sqlite3.connect(":memory:", isolation_level=None)
+            self._shard_con.row_factory = sqlite3.Row
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._shard_con.execute(stmt)
+        con = self._shard_con
+        now: dict[str, tuple[float, int]] = {}
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # merged meanwhile
+                continue
+            now[f.name] = (st.st_mtime, st.st_size)
+        for name in [n for n in self._shard_files if n not in now or now[n] != self._shard_files[n][:2]]:
+            rid = self._shard_files.pop(name)[2]
+            con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+            con.execute("DELETE FROM runs WHERE run_id = ?", (rid,))
+        for name, stamp in now.items():
+            if name in self._shard_files:
+                continue
+            try:
+                row, metrics = decode(shard_dir(self.root) / name)
+                cols = [c for c in row if c in _RUN_COLUMNS]
+                con.execute("BEGIN")
+                marks = ", ".join("?" * len(cols))
+                con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({marks})",
+                            tuple(row[c] for c in cols))
+                con.execute("DELETE FROM metrics WHERE run_id = ?", (row["run_id"],))
+                for m in metrics:
+                    con.execute("INSERT INTO metrics (run_id, split, name, value, low, high) "
+                                "VALUES (?, ?, ?, ?, ?, ?)", (row["run_id"], *m))
+                con.execute("COMMIT")
+            except FileNotFoundError:
+                continue
+            except (ConfigError, sqlite3.Error, KeyError, TypeError) as e:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                if name not in self._bad_shards:
+                    self._bad_shards.add(name)
+                    print(f"medprobe: warning: {shard_dir(self.root) / name}: not a readable results shard "
+                          f"({getattr(e, 'problem', e)}): left out", file=sys.stderr, flush=True)
+                continue
+            self._shard_files[name] = (*stamp, str(row["run_id"]))
+        return self._shard_files
+
+    @contextmanager
+    def _sources(self) -> Iterator[list[Any]]:
+        """Connections to read from: the database (when it exists), then the shards' index (when any)."""
+        shards = bool(self._refresh_shards())
+        if not self._has_main():
+            yield [self._shard_con] if shards else []
+            return
+        with self._connect() as con:
+            yield [con, self._shard_con] if shards else [con]
+
+    def merge_shards(self) -> dict[str, int]:
+        """Move every shard's row into the database, then remove the shard files. A shard whose run id is in the
+        database already (an interrupted merge) is just removed; one whose config hash is stored already under
+        another run id (two launches racing) is dropped with its predictions file. Returns ``{merged,
+        already, dropped}``."""
+        out = {"merged": 0, "already": 0, "dropped": 0}
+        files = list_shards(self.root)
+        if not files:
+            return out
+        done: list[Path] = []
+        drop: list[str] = []
+        with self._connect() as con, self._transaction(con):
+            for f in files:
+                try:
+                    row, metrics = decode(f)
+                except FileNotFoundError:
+                    continue
+                rid = row["run_id"]
+                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", (rid,)).fetchone() is not None:
+                    out["already"] += 1
+                elif con.execute("SELECT 1 FROM runs WHERE config_hash = ?", (row["config_hash"],)).fetchone():
+                    out["dropped"] += 1
+                    if row.get("predictions_path"):
+                        drop.append(str(row["predictions_path"]))
+                else:
+                    self._insert_run(con, {c: row.get(c) for c in _RUN_COLUMNS})
+                    self._insert_metrics(con, rid, [tuple(m) for m in metrics])  # type: ignore[misc]
+                    out["merged"] += 1
+                done.append(f)
+        for f in done:  # only once the rows are committed
+            f.unlink(missing_ok=True)
+        for p in drop:
+            (self.root / p).unlink(missing_ok=True)
+        self._refresh_shards()
+        return out
 
     # -- reading -----------------------------------------------------------------------------------------------
     def _resolve(self, run_id_or_prefix: str) -> str:
@@ -443,9 +631,12 @@ class ResultsDB:
         if not self.exists():
             raise ConfigError("no results database here (pass --db or set MEDPROBE_RESULTS)", self.path)
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        with self._connect() as con:
-            ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 6",
-                                             (pattern,))]
+        ids: list[str] = []
+        with self._sources() as cons:
+            for con in cons:
+                ids += [r["run_id"] for r in con.execute(
+                    "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY run_id LIMIT 6", (pattern,))
+                        if r["run_id"] not in ids]
         if prefix in ids:
             return prefix
         if not ids:
@@ -455,7 +646,10 @@ class ResultsDB:
                               self.path)
         return ids[0]
 
-    def _decode(self, row: sqlite3.Row, metric_rows: list[sqlite3.Row]) -> dict[str, Any]:
+    def _predictions_path(self, rel: str) -> str:
+        return str(self.root / rel)
+
+    def _decode(self, row: Any, metric_rows: list[Any]) -> dict[str, Any]:
         d = dict(row)
         out: dict[str, Any] = {"run_id": d["run_id"], "created": d["created"], "status": d["status"]}
         for key, (col, kind) in _FIELDS.items():
@@ -467,11 +661,11 @@ class ResultsDB:
             out[key] = v
         out["sweep"] = d["sweep"]
         out["extra"] = json.loads(d["extra_json"]) if d["extra_json"] else {}
-        out["predictions_path"] = str(self.root / d["predictions_path"]) if d["predictions_path"] else None
+        out["predictions_path"] = self._predictions_path(d["predictions_path"]) if d["predictions_path"] else None
         out["metrics_split"] = d["metrics_split"]
         by_split: dict[str, dict[str, tuple[float, float | None, float | None]]] = {}
         for m in metric_rows:
-            value = math.nan if m["value"] is None else m["value"]
+            value = math.nan if m["value"] is None else float(m["value"])
             by_split.setdefault(m["split"], {})[m["name"]] = (value, m["low"], m["high"])
         out["metrics_all"] = {s: dict(sorted(v.items())) for s, v in sorted(by_split.items())}
         out["metrics"] = out["metrics_all"].get(d["metrics_split"], {})
@@ -481,10 +675,13 @@ class ResultsDB:
         """One run as a dict (record fields + run_id, created, status, metrics {name: (value, low, high)},
         metrics_split, metrics_all {split: {...}}, predictions_path, extra)."""
         rid = self._resolve(run_id_or_prefix)
-        with self._connect() as con:
-            row = con.execute("SELECT * FROM runs WHERE run_id = ?", (rid,)).fetchone()
-            ms = con.execute("SELECT * FROM metrics WHERE run_id = ?", (rid,)).fetchall()
-        return self._decode(row, ms)
+        with self._sources() as cons:
+            for con in cons:
+                row = con.execute("SELECT * FROM runs WHERE run_id = ?", (rid,)).fetchone()
+                if row is not None:
+                    ms = con.execute("SELECT * FROM metrics WHERE run_id = ?", (rid,)).fetchall()
+                    return self._decode(row, ms)
+        raise ConfigError(f"unknown run id {rid!r}", self.path)  # removed between the two reads
 
     def _where(self, filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -502,27 +699,74 @@ class ResultsDB:
 
     def runs(self, **filters: Any) -> list[dict[str, Any]]:
         """All runs matching ``filters`` (task, task_type, encoder, weights, head, dataset, sweep, config_hash,
-        status, seed, pretrained; a list value matches any), oldest first."""
+        status, seed, pretrained; a list value matches any), oldest first; the database's rows and its shards'."""
         where, params = self._where(filters)
-        if not self.exists():
-            return []
-        with self._connect() as con:
-            rows = con.execute(f"SELECT r.* FROM runs r{where} ORDER BY r.created, r.rowid", params).fetchall()
-            ms = con.execute(f"SELECT m.* FROM metrics m JOIN runs r ON r.run_id = m.run_id{where}",
-                             params).fetchall()
-        by_run: dict[str, list[sqlite3.Row]] = {}
-        for m in ms:
-            by_run.setdefault(m["run_id"], []).append(m)
-        return [self._decode(r, by_run.get(r["run_id"], [])) for r in rows]
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        hashes: set[str] = set()
+        with self._sources() as cons:
+            for i, con in enumerate(cons):
+                seq = self._seq if i == 0 else "rowid"
+                rows = con.execute(f"SELECT r.* FROM runs r{where} ORDER BY r.created, r.{seq}", params).fetchall()
+                ms = con.execute(f"SELECT m.* FROM metrics m JOIN runs r ON r.run_id = m.run_id{where}",
+                                 params).fetchall()
+                by_run: dict[str, list[Any]] = {}
+                for m in ms:
+                    by_run.setdefault(m["run_id"], []).append(m)
+                if i > 0:  # shard rows the database holds already (mid-merge), or under another id (a racing twin)
+                    cand = sorted({r["config_hash"] for r in rows} - hashes)
+                    if cand and cons[0] is not con and self._has_main():
+                        marks = ", ".join("?" * len(cand))
+                        hashes |= {h["config_hash"] for h in cons[0].execute(
+                            f"SELECT DISTINCT config_hash FROM runs WHERE config_hash IN ({marks})", cand).fetchall()}
+                for r in rows:
+                    if r["run_id"] in seen or (i > 0 and r["config_hash"] in hashes):
+                        continue
+                    seen.add(r["run_id"])
+                    if i == 0:
+                        hashes.add(r["config_hash"])
+                    out.append(self._decode(r, by_run.get(r["run_id"], [])))
+        if len(cons) > 1:
+            out.sort(key=lambda r: r["created"])  # stable: database rows first at equal times
+        return out
+
+    def _latest(self, config_hash: str) -> tuple[str, str] | None:
+        """``(created, run_id)`` of the latest complete run with this hash, or None."""
+        best: tuple[str, str] | None = None
+        with self._sources() as cons:
+            for i, con in enumerate(cons):
+                row = con.execute(f"SELECT run_id, created FROM runs WHERE config_hash = ? AND status = 'complete' "
+                                  f"ORDER BY created DESC, {self._seq if i == 0 else 'rowid'} DESC LIMIT 1",
+                                  (config_hash,)).fetchone()
+                if row is not None and (best is None or row["created"] > best[0]):
+                    best = (row["created"], row["run_id"])
+        return best
 
     def find(self, config_hash: str) -> dict[str, Any] | None:
         """Latest complete run with this config hash, or None (sweeps use it to skip finished cells)."""
         if not self.exists():
             return None
-        with self._connect() as con:
-            row = con.execute("SELECT run_id FROM runs WHERE config_hash = ? AND status = 'complete' "
-                              "ORDER BY created DESC, rowid DESC LIMIT 1", (config_hash,)).fetchone()
-        return self.get(row[0]) if row else None
+        hit = self._latest(config_hash)
+        return self.get(hit[1]) if hit else None
+
+    def stored_hashes(self, hashes: Sequence[str] | None = None) -> set[str]:
+        """The config hashes (of ``hashes``, or all) that have a complete stored run: one query, for sweeps
+        checking many cells."""
+        out: set[str] = set()
+        if not self.exists():
+            return out
+        with self._sources() as cons:
+            for con in cons:
+                if hashes is None:
+                    out |= {r["config_hash"] for r in con.execute("SELECT DISTINCT config_hash FROM runs")}
+                    continue
+                hs = list(hashes)
+                for k in range(0, len(hs), 500):
+                    part = hs[k:k + 500]
+                    out |= {r["config_hash"] for r in con.execute(
+                        f"SELECT DISTINCT config_hash FROM runs WHERE config_hash IN ({', '.join('?' * len(part))})",
+                        part)}
+        return out
 
     def metrics_table(self, metric: str = "auc", split: str = "test", **filters: Any) -> list[dict[str, Any]]:
         """Flat rows, one per run that has ``metric`` in ``split``: run fields + metric, value, low, high."""
