@@ -49,7 +49,7 @@ def test_report_loads_in_chromium(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.environ.get("MEDPROBE_DEMO_SCREENSHOT") != "1",
                     reason="set MEDPROBE_DEMO_SCREENSHOT=1 to run the demo sweep and refresh the README screenshot")
 def test_demo_report_screenshot(tmp_path: Path) -> None:
-    from medprobe.report import run_demo_sweep
+    from medprobe.pipeline.demo import run_demo_sweep
 
     out = run_demo_sweep(ResultsDB(tmp_path / "db"), tmp_path / "cache", tmp_path / "report.html", True)
     shot = REPO / "docs" / "report-screenshot.png"

@@ -79,7 +79,7 @@ def test_study_and_demo_configs() -> None:
     assert {"ct-clip", "swin-unetr"} <= {c.axes["encoder"] for c in cells if c.axes["task"] == "ct-rate"}
     assert {"resnet50", "uni", "conch"} <= {c.axes["encoder"] for c in cells if c.axes["task"] == "camelyon16"}
     assert all(c.spec.weights for c in cells)  # every encoder has a path for the user to fill
-    from medprobe.report.demo import DEMO_SWEEP
+    from medprobe.pipeline.demo import DEMO_SWEEP
 
     assert yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text(encoding="utf-8")) == DEMO_SWEEP
 

@@ -73,15 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nsegmentation done in {time.perf_counter() - t1:.0f}s")
     report = None
     if not args.skip_sweep:
-        try:
-            from medprobe.report import run_demo_sweep
-        except ImportError:
-            print("(sweep/report not available in this build)")
-        else:
-            t2 = time.perf_counter()
-            report = run_demo_sweep(db=db, cache_dir=str(out / "cache"), out_html=out / "report.html",
-                                    quick=args.quick)
-            print(f"\nsweep + report done in {time.perf_counter() - t2:.0f}s")
+        from medprobe.pipeline.demo import run_demo_sweep
+
+        t2 = time.perf_counter()
+        report = run_demo_sweep(db=db, cache_dir=str(out / "cache"), out_html=out / "report.html", quick=args.quick)
+        print(f"\nsweep + report done in {time.perf_counter() - t2:.0f}s")
     print(f"\nall done in {time.perf_counter() - t0:.0f}s. Results database: {db.path}")
     if report:
         print(f"report: {report}")

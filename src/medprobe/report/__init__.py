@@ -26,7 +26,7 @@ from medprobe.report.analyze import (
 )
 from medprobe.report.html import Section, esc, render_html, render_md, write_all
 
-__all__ = ["build_report", "run_demo_sweep"]
+__all__ = ["build_report"]
 
 
 def _overlays(db_root: Path, points: list[dict[str, Any]], limit: int = 6) -> list[Figure]:
@@ -214,9 +214,3 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in s.lower()).strip("-") or "task"
 
-
-def run_demo_sweep(db: Any, cache_dir: str | Path | None, out_html: str | Path, quick: bool = True) -> Path:
-    """Run the demo sweep (see :mod:`medprobe.report.demo`) into ``db`` and write its report; returns the HTML."""
-    from medprobe.report.demo import run_demo_sweep as _run
-
-    return _run(db, cache_dir, out_html, quick)

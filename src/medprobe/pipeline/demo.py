@@ -1,4 +1,6 @@
-"""The demo sweep: two untrained DINOv3 sizes x two resolutions on phantom tasks, then the report.
+"""The demo sweep: two untrained DINOv3 sizes x two resolutions on phantom tasks, then the report (``medprobe
+demo``). Pipeline-level: it runs a sweep (:mod:`medprobe.pipeline.sweep`) and then writes the report
+(:func:`medprobe.report.build_report`), which itself never imports the pipeline.
 
 ``DEMO_SWEEP`` is the same grid as ``sweeps/demo.yaml`` (kept in code so an installed package has it).
 It is a pipeline check: weights are random, so the scores say nothing about DINOv3.
@@ -35,14 +37,6 @@ DEMO_SWEEP: dict[str, Any] = {
 def demo_sweep_dict(quick: bool = True) -> dict[str, Any]:
     """The demo grid; ``quick`` keeps the X-ray task only (~1 minute on 2 CPU cores)."""
     d = copy.deepcopy(DEMO_SWEEP)
-    heads = ["logreg"]
-    try:
-        from medprobe.heads.base import head_names
-
-        heads = [h for h in d["grid"]["head"] if h in head_names()] or heads
-    except ImportError:  # pragma: no cover - heads package always present in a full install
-        pass
-    d["grid"]["head"] = heads
     if quick:
         d["tasks"] = d["tasks"][:1]
     return d
