@@ -1,11 +1,10 @@
-"""Small shared helpers: hashing, atomic writes, canonical JSON, progress, seeding."""
+"""Small shared helpers: hashing, atomic writes, canonical JSON, progress, seeded torch blocks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -93,16 +92,23 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    try:
-        import torch
+@contextmanager
+def torch_seeded(seed: int, device: Any = None) -> Iterator[None]:
+    """Inside the block torch's global random stream starts from ``seed`` (the numbers drawn are those after
+    ``torch.manual_seed(seed)``); on exit every generator it touched is restored, so no seeding leaks out.
 
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
+    ``device``: where the block computes; a CUDA device (or CUDA already started) seeds and restores the CUDA
+    generators too, as ``torch.manual_seed`` would; on CPU only the CPU generator is touched."""
+    import torch
+
+    cuda = torch.cuda.is_available() and (torch.cuda.is_initialized()
+                                          or (device is not None and torch.device(device).type == "cuda"))
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        if cuda:
+            torch.manual_seed(int(seed))
+        else:
+            torch.random.default_generator.manual_seed(int(seed))
+        yield
 
 
 class Progress:

@@ -34,7 +34,7 @@ from medprobe.heads.base import get_head_class
 from medprobe.heads.seg_heads import SegHead, register_seg_head
 from medprobe.heads.seg_train import augment as augment_crop
 from medprobe.heads.seg_train import crop_plan
-from medprobe.utils import Progress
+from medprobe.utils import Progress, torch_seeded
 
 DECODERS = ("decoder2d", "decoder3d", "linear")
 
@@ -192,11 +192,18 @@ def fit_affinity(head: AffinityHead, data: AffinityData, train: list[int], val: 
                  cfg: AffinityTrainConfig, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = True) -> dict[str, Any]:
     """Adam on random crops of the ``train`` cases; keeps the epoch with the lowest validation loss (the last
-    epoch without validation cases). Returns the history."""
+    epoch without validation cases). Returns the history. torch's random stream is seeded with ``seed`` for the
+    training only (:func:`medprobe.utils.torch_seeded`)."""
+    with torch_seeded(seed, device):
+        return _fit_affinity(head, data, train, val, cfg, seed, device, progress)
+
+
+def _fit_affinity(head: AffinityHead, data: AffinityData, train: list[int], val: list[int],
+                  cfg: AffinityTrainConfig, seed: int, device: torch.device | str, progress: bool
+                  ) -> dict[str, Any]:
     if not train:
         raise ConfigError("affinity training needs at least one training case")
     device = torch.device(device)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head.to(device)
     depth, crop, weights, ipe = crop_plan(data, train, head.is_3d, cfg.crop_depth, cfg.crop_size, cfg.batch_size,

@@ -32,7 +32,14 @@ from medprobe.errors import ConfigError, DataError
 from medprobe.features.cache import FeatureStore
 from medprobe.heads.seg_heads import SegHead
 from medprobe.preprocess import PreprocessConfig, Preprocessor
-from medprobe.utils import Progress, atomic_save_npy, atomic_write_bytes, atomic_write_json, hash_obj
+from medprobe.utils import (
+    Progress,
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    hash_obj,
+    torch_seeded,
+)
 
 log = logging.getLogger("medprobe.seg")
 IGNORE = 255
@@ -328,11 +335,17 @@ def fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: Seg
     Returns the history (loss and val Dice per epoch, best epoch, seconds).
 
     ``checkpoint``: a file written atomically after every epoch (model, optimiser, schedule, both RNGs, best
-    state, history); when it exists, training resumes after its epoch and ends as an uninterrupted run would."""
+    state, history); when it exists, training resumes after its epoch and ends as an uninterrupted run would.
+    torch's random stream is seeded with ``seed`` for the training only (:func:`medprobe.utils.torch_seeded`)."""
+    with torch_seeded(seed, device):
+        return _fit(head, data, train, val, cfg, seed, device, progress, checkpoint)
+
+
+def _fit(head: SegHead, data: SegData, train: list[int], val: list[int], cfg: SegTrainConfig, seed: int,
+         device: torch.device | str, progress: bool, checkpoint: Path | None) -> dict[str, Any]:
     if not train:
         raise ConfigError("segmentation needs at least one training case")
     device = torch.device(device)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head.to(device)
     depth, crop, weights, ipe = crop_plan(data, train, head.is_3d, cfg.crop_depth, cfg.crop_size, cfg.batch_size,

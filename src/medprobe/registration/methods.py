@@ -18,6 +18,7 @@ from medprobe.registration.convexadam import ConvexAdamConfig, convex_adam
 from medprobe.registration.dino import encoder_dense, joint_pca, normalise_intensity
 from medprobe.registration.mind import mind_ssc
 from medprobe.registration.warp import affine_register
+from medprobe.utils import torch_seeded
 
 __all__ = ["AffineHead", "ConvexAdamHead", "IdentityHead", "RegistrationHead"]
 
@@ -68,9 +69,9 @@ class AffineHead(RegistrationHead):
         nf, nm = normalise_intensity(fixed), normalise_intensity(moving)
         ff, fm = mind_ssc(nf)[0], mind_ssc(nm)[0]
         t1 = time.perf_counter()
-        torch.manual_seed(self.seed)
         shift = np.subtract(ndimage.center_of_mass(nm), ndimage.center_of_mass(nf)) if self.com_init else None
-        disp = affine_register(ff, fm, self.iters, self.lr, self.levels, init_shift=shift)
+        with torch_seeded(self.seed):
+            disp = affine_register(ff, fm, self.iters, self.lr, self.levels, init_shift=shift)
         return disp, {"features_s": t1 - t0, "optimise_s": time.perf_counter() - t1}
 
 
@@ -125,8 +126,8 @@ class ConvexAdamHead(RegistrationHead):
         t0 = time.perf_counter()
         ff, fm = self.pair_features(fixed, moving, encoder)
         t1 = time.perf_counter()
-        torch.manual_seed(self.seed)
-        disp = convex_adam(ff, fm, self.config())
+        with torch_seeded(self.seed):
+            disp = convex_adam(ff, fm, self.config())
         return disp, {"features_s": t1 - t0, "optimise_s": time.perf_counter() - t1}
 
 

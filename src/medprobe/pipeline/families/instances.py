@@ -55,6 +55,7 @@ from medprobe.metrics.instances import (
     instance_metrics,
 )
 from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, fmt_ci, register_family
+from medprobe.utils import torch_seeded
 
 _TRAIN_KEYS = tuple(AffinityTrainConfig.__dataclass_fields__)
 SELECT_BY = ("cremi_score", "voi", "arand")
@@ -157,6 +158,7 @@ class InstancesFamily(TaskFamily):
     default_layers = "four"
     default_use = "concat"
     headline = ("voi_split", "voi_merge", "voi", "arand")
+    rank_by = ("arand", "voi")
     unit_label = "px/section"
 
     def head_params(self, head_cls: type[Any]) -> list[str]:
@@ -227,8 +229,8 @@ class InstancesFamily(TaskFamily):
         data: AffinityData = ctx.state["data"]
         hp_head, hp_train, hp_agg = split_params(dict(spec.head_params.get(head_name, {})))
         tcfg, acfg = AffinityTrainConfig.from_dict(hp_train), AggloConfig.from_dict(hp_agg)
-        torch.manual_seed(spec.seed)
-        head = create_seg_head(head_cls.name, data.dims, 0, ctx.encoder.patch_size, data.n_views, **hp_head)
+        with torch_seeded(spec.seed, ctx.device):  # the head's initial weights
+            head = create_seg_head(head_cls.name, data.dims, 0, ctx.encoder.patch_size, data.n_views, **hp_head)
         assert isinstance(head, AffinityHead)
         t_fit = time.perf_counter()
         hist = fit_affinity(head, data, ctx.train, ctx.val, tcfg, seed=spec.seed, device=ctx.device,
