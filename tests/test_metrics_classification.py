@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from calibration_reference import calibration_reference
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -96,6 +97,7 @@ def _sklearn_reference(y, s, task: str, threshold: float = 0.5) -> dict[str, flo
         ref[f"auc/{j}"] = per_auc[j]
         for name, values in per.items():
             ref[f"{name}/{j}"] = values[j]
+    ref.update(calibration_reference(y, s, task, threshold))
     return {key: float(v) for key, v in ref.items()}
 
 
@@ -186,7 +188,8 @@ def test_class_names_and_key_sets() -> None:
     for prefix in ("auc", "precision", "recall", "f1"):
         assert {f"{prefix}/{c}" for c in ("mild", "moderate", "severe")} <= set(got)
     assert "kappa_qw" not in classification_metrics(y, s, "multiclass")
-    assert len(got) == 11 + 4 * 3
+    assert list(got)[11:15] == ["ece", "ece_mass", "brier", "nll"]  # calibration (metrics.calibration)
+    assert len(got) == 11 + 4 + 4 * 3
 
 
 def test_undefined_values_are_nan_and_rest_computed() -> None:

@@ -25,6 +25,8 @@ Definitions (``K`` classes, or ``L`` labels for multilabel):
   indices ``0..K-1``; NaN when undefined.
 * Per class: ``auc/<c>``, ``precision/<c>``, ``recall/<c>``, ``f1/<c>`` for every class/label (binary: both
   classes), zero_division=0 for the last three.
+* Calibration (lower is better): ``ece`` (equal-width bins), ``ece_mass`` (equal-mass bins), ``brier``, ``nll``;
+  definitions in :mod:`medprobe.metrics.calibration` (NaN when the scores are not probabilities).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medprobe.errors import ConfigError
+from medprobe.metrics.calibration import CALIBRATION_KEYS, CalibrationInputs, compute_calibration, prepare_calibration
 from medprobe.numerics import AucColumn, auc_column, weighted_auc
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
@@ -64,12 +67,15 @@ class PreparedTask:
     y_pred: np.ndarray  # (N,) int, or (N, L) bool for multilabel
     auc_columns: tuple[AucColumn, ...]
     primary_auc_column: int | None  # binary: the positive column; else None (mean over columns)
+    calibration: CalibrationInputs | None = None  # ece, ece_mass, brier, nll (metrics.calibration)
 
     def keys(self) -> list[str]:
         """Metric names, in output order."""
         keys = list(SUMMARY_KEYS)
         if self.task == "ordinal":
             keys.append("kappa_qw")
+        if self.calibration is not None:
+            keys.extend(CALIBRATION_KEYS)
         for prefix in ("auc", "precision", "recall", "f1"):
             keys.extend(f"{prefix}/{name}" for name in self.names)
         return keys
@@ -155,7 +161,8 @@ def prepare(
         if len(set(names)) != k:
             _fail("class names must be unique")
     auc_columns = tuple(auc_column(s, p) for s, p in columns)
-    return PreparedTask(task, n, names, y_true_arr, y_pred_arr, auc_columns, primary)
+    calibration = prepare_calibration(y_true_arr, ys, y_pred_arr, task)
+    return PreparedTask(task, n, names, y_true_arr, y_pred_arr, auc_columns, primary, calibration)
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -237,6 +244,9 @@ def compute(prep: PreparedTask, w: np.ndarray, keys: Sequence[str] | None = None
         "f1": _div(2.0 * tp, 2.0 * tp + fp + fn),
         "jaccard": _div(tp, tp + fp + fn),
     }
+    cal = [k for k in keys if k in CALIBRATION_KEYS]
+    if cal and prep.calibration is not None:
+        out.update(compute_calibration(prep.calibration, w, cal))
     support_total = support.sum(axis=1)
     for metric, values in per_class.items():
         out[f"{metric}_macro"] = _masked_mean(values, averaged)
