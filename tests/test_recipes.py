@@ -1,7 +1,7 @@
 """The recipes of docs/design.md, performed from this test module without editing a file under src/:
 register an encoder family (+ one encoder), a dataset layout, a head and a task family, then run them end to
-end through ``run_task`` and the ``medprobe run`` CLI. Registering is enough: nothing in pipeline/ or cli/
-branches on a head, encoder-family or task-family name (checked on the source below)."""
+end through ``run_task`` and the ``medprobe run`` CLI. Registering is enough: nothing in pipeline/, cli/ or
+report/ branches on a head, encoder-family or task-family name (checked on the source below)."""
 
 from __future__ import annotations
 
@@ -254,14 +254,15 @@ def _names_compared(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def test_no_branch_on_head_or_family_names_in_pipeline_and_cli() -> None:
-    import medprobe.heads  # noqa: F401  (registers the vector heads)
-    import medprobe.heads.seg_heads  # noqa: F401  (and the dense ones)
+def test_no_branch_on_head_or_family_names_in_pipeline_cli_and_report() -> None:
+    """pipeline/, cli/ and report/ read declared facts (a family's or head's attributes, or what they stored in
+    the record), never a registered name."""
     from medprobe.encoders import encoder_families as enc_fams
 
     names = set(head_names()) | (set(enc_fams()) - {"none"}) | set(family_names())  # 'none' also means null
+    assert {"decoder2d", "convexadam", "logreg", "slides", "dinov3"} <= names  # the registries load their built-ins
     hits = [f"{p.relative_to(SRC)}:{line} compares with {v!r}"
-            for d in ("pipeline", "cli") for p in sorted((SRC / d).rglob("*.py"))
+            for d in ("pipeline", "cli", "report") for p in sorted((SRC / d).rglob("*.py"))
             for line, v in _names_compared(p) if v in names]
     assert not hits, hits
 

@@ -2,7 +2,8 @@
 
 Heads follow scikit-learn: hyper-parameters are ``__init__`` arguments stored verbatim, learned state
 lives in attributes ending in ``_``, ``fit(X, y, X_val=None, y_val=None)`` returns ``self``.
-A new head is one new file with a ``@register_head("name")`` class plus an import in ``__init__``.
+A new head is one new file with a ``@register_head("name")`` class (a built-in one also lists its module in
+``BUILTIN_MODULES``: the registry imports those on first use, so it is complete whatever was imported first).
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ from typing import Any
 import numpy as np
 
 from medprobe.errors import ConfigError
+from medprobe.registry import Registry
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 INPUT_KINDS = ("vector", "bag", "dense", "pair")
 
 # one registry for every head: keyed by (name, input kind), so ``linear`` names both the linear layer on
-# vectors and the linear segmentation head on dense grids; a task family asks for the kinds it can feed
-_HEADS: dict[tuple[str, str], type[Any]] = {}
-_ALIASES: dict[tuple[str, str], str] = {}
+# vectors and the linear segmentation head on dense grids; a task family asks for the kinds it can feed. The
+# built-in heads register themselves when their modules are imported (lazily, on the first question).
+BUILTIN_MODULES = ("medprobe.heads.logreg", "medprobe.heads.knn", "medprobe.heads.linear", "medprobe.heads.ridge",
+                   "medprobe.heads.mil", "medprobe.heads.seg_heads", "medprobe.heads.affinity",
+                   "medprobe.registration.methods")
+HEADS: Registry[type[Any]] = Registry("head", builtin=BUILTIN_MODULES, where="heads")
+_ALIASES: dict[tuple[str, str], str] = {}  # (alias, input kind) -> name; filled by register_head
 
 
 def register_head(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Any]], type[Any]]:
@@ -39,10 +45,11 @@ def register_head(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[An
             raise ConfigError(f"head {name!r} declares input_kind {kind!r}; use one of {', '.join(INPUT_KINDS)}",
                               "medprobe.heads")
         key = (name, kind)
-        if key in _HEADS and _HEADS[key].__qualname__ != cls.__qualname__:
+        old = HEADS.find(key, load=False)
+        if old is not None and old.__qualname__ != cls.__qualname__:
             raise ConfigError(f"head {name!r} for {kind} input is registered twice", "medprobe.heads")
         cls.name = name
-        _HEADS[key] = cls
+        HEADS.register(key, cls)
         for a in aliases:
             _ALIASES[(a, kind)] = name
         return cls
@@ -52,19 +59,24 @@ def register_head(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[An
 
 def unregister_head(name: str, input_kind: str = "vector") -> None:
     """Remove a registered head (tests and plug-ins that register temporary heads)."""
-    _HEADS.pop((name, input_kind), None)
+    HEADS.unregister((name, input_kind))
     for k in [k for k, v in _ALIASES.items() if v == name and k[1] == input_kind]:
         del _ALIASES[k]
 
 
 def head_names(input_kind: str | None = None) -> list[str]:
     """Names of the registered heads (of one input kind), sorted."""
-    return sorted({n for n, k in _HEADS if input_kind is None or k == input_kind})
+    return sorted({n for n, k in HEADS if input_kind is None or k == input_kind})
 
 
 def head_classes() -> list[type[Any]]:
     """Every registered head class, by name then input kind."""
-    return [_HEADS[k] for k in sorted(_HEADS)]
+    return [cls for _, cls in sorted(HEADS.items(), key=lambda kv: kv[0])]
+
+
+def _lookup(name: str, kind: str) -> type[Any] | None:
+    HEADS.load_builtins()
+    return HEADS.find((_ALIASES.get((name, kind), name), kind))
 
 
 def find_head(name: str, input_kinds: tuple[str, ...] | list[str], task: str | None = None,
@@ -73,8 +85,7 @@ def find_head(name: str, input_kinds: tuple[str, ...] | list[str], task: str | N
 
     Errors say why: unknown name, a head for other inputs, or a task type the head does not fit."""
     for kind in input_kinds:
-        canon = _ALIASES.get((name, kind), name)
-        cls = _HEADS.get((canon, kind))
+        cls = _lookup(name, kind)
         if cls is None:
             continue
         tasks = tuple(getattr(cls, "tasks", ()))
@@ -82,17 +93,16 @@ def find_head(name: str, input_kinds: tuple[str, ...] | list[str], task: str | N
             raise ConfigError(f"head {name!r} does not fit {task} tasks (it fits {', '.join(tasks)})",
                               where or "heads")
         return cls
-    others = sorted({k for n, k in _HEADS if n == name or _ALIASES.get((name, k)) == n})
+    others = sorted({k for n, k in HEADS if n == name or _ALIASES.get((name, k)) == n})
     if others:
         raise ConfigError(f"head {name!r} takes {'/'.join(others)} input; this task feeds "
                           f"{'/'.join(input_kinds)} (heads for it: {', '.join(_names_for(input_kinds, task))})",
                           where or "heads")
-    raise ConfigError(f"unknown head {name!r} (heads for this task: {', '.join(_names_for(input_kinds, task))})",
-                      where or "heads")
+    raise ConfigError(HEADS.unknown_message(name, _names_for(input_kinds, task)), where or "heads")
 
 
 def _names_for(input_kinds: tuple[str, ...] | list[str], task: str | None) -> list[str]:
-    return sorted({n for (n, k), c in _HEADS.items() if k in input_kinds
+    return sorted({n for (n, k), c in HEADS.items() if k in input_kinds
                    and (task is None or not getattr(c, "tasks", ()) or task in c.tasks)})
 
 
@@ -106,10 +116,11 @@ def head_param_names(cls: type[Any]) -> list[str]:
 
 
 def get_head_class(name: str, input_kind: str = "vector") -> type[Head]:
-    canon = _ALIASES.get((name, input_kind), name)
-    if (canon, input_kind) not in _HEADS:
-        raise ConfigError(f"unknown head {name!r} (known: {', '.join(head_names(input_kind))})", "heads")
-    return _HEADS[(canon, input_kind)]  # type: ignore[no-any-return]
+    """The head ``name`` (or an alias) registered for ``input_kind``; unknown -> one-line ConfigError."""
+    cls = _lookup(name, input_kind)
+    if cls is None:
+        raise ConfigError(HEADS.unknown_message(name, head_names(input_kind)), "heads")
+    return cls
 
 
 def create_head(name: str, task: str = "multiclass", input_kind: str | None = None, **hp: Any) -> Head:
@@ -145,6 +156,7 @@ class Head:
     tasks: tuple[str, ...] = TASKS
     input_kind: str = "vector"
     outputs: tuple[str, ...] = ("proba",)
+    probe: str = ""  # the evaluation protocol it implements ("linear": a linear probe); "" = its own name
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0) -> None:
         self.task = task

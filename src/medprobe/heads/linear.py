@@ -41,6 +41,7 @@ LOSSES = ("ce", "bce")
 class LinearHead(Head):
     """Linear layer on frozen features (lr 0.005, batch 1024, 50 epochs; ``preset`` improved or study)."""
 
+    probe = "linear"
     tasks = (*TASKS, "regression")
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,

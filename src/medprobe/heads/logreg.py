@@ -217,6 +217,7 @@ class LogRegHead(Head):
     """L2 logistic regression with C chosen on validation (DINOv3 protocol), see module docstring."""
 
     precision = "fp64 (fp32 Hessian steps)"  # recorded with each result
+    probe = "linear"
 
     tasks = ("binary", "multiclass", "multilabel", "ordinal")
 

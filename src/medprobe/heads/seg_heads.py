@@ -114,6 +114,7 @@ def _groups(c: int) -> int:
 class LinearSegHead(SegHead):
     """BatchNorm + 1x1 conv on the concatenated layers, bilinear upsampling to the image size."""
 
+    probe = "linear"
     defaults = {"dropout": 0.0}
 
     def __init__(self, in_dims: list[int], n_classes: int, patch: int, n_views: int, **hp: Any) -> None:

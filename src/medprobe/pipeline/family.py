@@ -8,12 +8,12 @@ dataset, splits, label budget, encoder, cached features, head look-up and parame
 writing results, the printed table -- is done once, by :func:`medprobe.pipeline.run.run_task`.
 
 Add a family: one module with a :class:`TaskFamily` subclass decorated with ``@register_family`` (and, for a
-built-in one, its module name in ``_BUILTIN``); see ``docs/design.md``.
+built-in one, its module name in ``_BUILTIN``: the registry :data:`FAMILIES` imports those on first use); see
+``docs/design.md``.
 """
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +23,12 @@ import numpy as np
 
 from medprobe.errors import ConfigError, DataError
 from medprobe.pipeline.task import TaskSpec
+from medprobe.registry import Registry
 
 FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
-_FAMILIES: dict[str, type[TaskFamily]] = {}
 _BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides")
+FAMILIES: Registry[type[TaskFamily]] = Registry(
+    "task family", builtin=tuple(f"medprobe.pipeline.families.{m}" for m in _BUILTIN), where="kind")
 
 
 def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
@@ -36,38 +38,27 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
     if cls.feature_unit not in FEATURE_UNITS:
         raise ConfigError(f"task family {cls.name!r}: feature_unit must be one of {', '.join(FEATURE_UNITS)}",
                           "medprobe.pipeline")
-    _FAMILIES[cls.name] = cls
-    return cls
+    return FAMILIES.register(cls.name, cls)
 
 
 def unregister_family(name: str) -> None:
-    _FAMILIES.pop(name, None)
-
-
-def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        importlib.import_module(f"medprobe.pipeline.families.{mod}")
+    FAMILIES.unregister(name)
 
 
 def family_names() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
+    return [str(n) for n in FAMILIES.names()]
 
 
 def get_family(name: str) -> TaskFamily:
-    _load_builtin()
-    if name not in _FAMILIES:
-        raise ConfigError(f"unknown task family {name!r} (known: {', '.join(sorted(_FAMILIES))})", "kind")
-    return _FAMILIES[name]()
+    return FAMILIES.get(name)()
 
 
 def family_for_dataset(ds: Any, where: str | None = None) -> TaskFamily:
     """The family serving a dataset: the one declaring its unit (``ds.unit``, e.g. whole slides), else the first
     registered that lists its task type."""
-    _load_builtin()
     unit = getattr(ds, "unit", None)
     if unit is not None:
-        for cls in _FAMILIES.values():
+        for _, cls in FAMILIES.items():
             if cls.dataset_unit == unit:
                 return cls()
     return family_for_task_type(ds.task.type, where)
@@ -76,11 +67,10 @@ def family_for_dataset(ds: Any, where: str | None = None) -> TaskFamily:
 def family_for_task_type(task_type: str, where: str | None = None) -> TaskFamily:
     """The family serving a dataset task type (the first registered that lists it; families that declare a
     ``dataset_unit`` serve only datasets of that unit)."""
-    _load_builtin()
-    for cls in _FAMILIES.values():
+    for _, cls in FAMILIES.items():
         if task_type in cls.task_types and cls.dataset_unit is None:
             return cls()
-    raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(sorted(_FAMILIES))})",
+    raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(family_names())})",
                       where)
 
 
@@ -143,6 +133,10 @@ class TaskFamily:
     default_layers: ClassVar[str] = "last"  # features.layers: auto
     default_use: ClassVar[str] = "last"  # features.use: auto
     headline: ClassVar[tuple[str, ...]] = ()  # metrics shown in the printed table
+    # facts for reports, stored in every record (the report layer never looks a family up by name):
+    rank_by: ClassVar[tuple[str, ...]] = ()  # metrics settings are ranked by: the first a row has (none: its commonest)
+    paired_scores: ClassVar[bool] = False  # per-case class scores stored: settings compared by a paired bootstrap
+    report_panels: ClassVar[tuple[str, ...]] = ()  # extra report panels of its rows (e.g. "slide-mil")
     data_options: ClassVar[tuple[str, ...]] = ()  # dataset options the family consumes itself
     unit_label: ClassVar[str] = "px"
 

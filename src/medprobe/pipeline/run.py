@@ -43,10 +43,9 @@ log = logging.getLogger("medprobe.pipeline")
 
 
 def _family_data_options() -> set[str]:
-    from medprobe.pipeline.family import _FAMILIES, _load_builtin
+    from medprobe.pipeline.family import FAMILIES
 
-    _load_builtin()
-    return {o for cls in _FAMILIES.values() for o in cls.data_options}
+    return {o for _, cls in FAMILIES.items() for o in cls.data_options}
 
 
 def load_dataset(spec: TaskSpec, source: str | None = None) -> tuple[Any, TaskFamily]:
@@ -281,6 +280,8 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
         "precision": {**ctx.extraction.get("precision", {}), "head": head_precision(head_cls, res)},
         "preprocessing": pre, "preprocess_effects": effects,
         "units": res.extra.get("units", {}), "spacing": res.extra.get("spacing"),
+        "report": {"rank_by": list(family.rank_by), "paired_scores": family.paired_scores,
+                   "panels": list(family.report_panels), "probe": getattr(head_cls, "probe", "") or res.head},
         "versions": env.get("versions", env),
         "device": str(ctx.device),
         "timings": {**ctx.extraction["timing"], **res.timings,

@@ -28,9 +28,12 @@ from medprobe.errors import MedprobeError
 LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "are", "arand", "cremi_score", "hd95", "asd", "loss", "brier",
                    "ece", "tre", "mae", "rmse", "folding_pct", "folding_fraction", "std_log_jacobian", "hd95_px",
                    "asd_px"}
-PRIMARY = {"classification": ("auc", "acc", "balanced_acc"), "segmentation": ("dice", "miou", "iou"),
-           "registration": ("dice",), "regression": ("r2", "mae"), "instances": ("arand", "voi")}
 CLASSIFICATION_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
+# What a row says about itself for reports is in its record (``report``: ``rank_by``, ``paired_scores``, ``panels``,
+# ``probe``, declared by its task family and head). Rows recorded before those facts were stored read the
+# equivalents from their metrics and task type:
+LEGACY_RANK_BY = ("auc", "acc", "balanced_acc", "dice", "miou", "iou", "r2", "mae", "arand", "voi")
+SLIDE_PANEL = "slide-mil"  # medprobe.report.slides (legacy rows: those that count their seeds)
 
 
 @dataclass
@@ -88,10 +91,6 @@ def fmt(v: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def _family(task_type: str) -> str:
-    return "classification" if task_type in CLASSIFICATION_TYPES else task_type
-
-
 def _budget_label(b: Any) -> str:
     return "all" if b in (None, 1, 1.0, "all") else str(b)
 
@@ -137,6 +136,8 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         pre = bool(r.get("pretrained"))
         layer_tag = "last" if isinstance(layer, int) and depth and layer == int(depth) - 1 else str(layer)
         mem = comp.get("peak_mem_mb", comp.get("peak_rss_mb"))
+        metrics = dict(r.get("metrics") or {})
+        facts = dict(extra.get("report") or {})
         out.append({
             "run_id": r["run_id"], "created": r.get("created"), "task": r["task"], "task_type": r["task_type"],
             "dataset": r.get("dataset"), "encoder": r["encoder"], "weights": r.get("weights"), "pretrained": pre,
@@ -145,7 +146,11 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "resolution": res_v, "layer": layer,
             "layer_tag": layer_tag, "depth": depth, "budget": split.get("budget", cfg.get("budget")),
             "budget_label": _budget_label(split.get("budget", cfg.get("budget"))), "n_train": split.get("n_train"),
-            "test_ids_hash": split.get("test_ids_hash"), "seed": r.get("seed"), "metrics": dict(r.get("metrics") or {}),
+            "test_ids_hash": split.get("test_ids_hash"), "seed": r.get("seed"), "metrics": metrics,
+            "rank_by": tuple(facts.get("rank_by", LEGACY_RANK_BY)),
+            "paired_scores": bool(facts.get("paired_scores", r["task_type"] in CLASSIFICATION_TYPES)),
+            "panels": tuple(facts.get("panels", (SLIDE_PANEL,) if "n_seeds" in metrics else ())),
+            "probe": str(facts.get("probe") or r["head"]),
             "gflops": comp.get("gflops"), "images_per_s": comp.get("images_per_s"), "peak_mem_mb": mem,
             "params_m": params, "cache_key": labels.get("cache_key"), "config": cfg, "sweep": r.get("sweep"),
             "preprocess": r.get("preprocess"), "units": dict(extra.get("units") or {}),
@@ -157,12 +162,11 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def primary_metric(points: Sequence[Mapping[str, Any]]) -> tuple[str, bool]:
     """The headline metric of a task's points and whether higher is better."""
-    fam = _family(points[0]["task_type"])
     names: dict[str, int] = {}
     for p in points:
         for k in p["metrics"]:
             names[k] = names.get(k, 0) + 1
-    for cand in PRIMARY.get(fam, ()):
+    for cand in points[0].get("rank_by", ()):
         if cand in names:
             return cand, cand not in LOWER_IS_BETTER
     if not names:
@@ -436,7 +440,6 @@ def compare_task(db: Any, task: TaskReport, n_boot: int = 1000, max_methods: int
             by_method[m] = {**s, "_same": same}
     methods = sorted(by_method, key=lambda m: -_good(by_method[m], task.higher_is_better))[:max_methods]
     out = []
-    fam = _family(task.task_type)
     for i, ma in enumerate(methods):
         for mb in methods[i + 1:]:
             a, b = by_method[ma], by_method[mb]
@@ -453,7 +456,7 @@ def compare_task(db: Any, task: TaskReport, n_boot: int = 1000, max_methods: int
                 row["delta"] = float(np.mean(sa) - np.mean(sb))
             if not common:
                 row["note"] = "no shared test set"
-            elif fam == "classification":
+            elif ra[common[0]].get("paired_scores") and rb[common[0]].get("paired_scores"):
                 try:
                     y, ya, yb = _aligned(db, ra[common[0]], rb[common[0]])
                     bs = paired_bootstrap(y, ya, yb, metric_fn(task.task_type, task.metric), n_resamples=n_boot,
@@ -544,10 +547,8 @@ def study_table(tasks: list[TaskReport], points: list[dict[str, Any]]) -> Table 
             by_task.setdefault(key, []).append(p)
     for ref in refs:
         ps = [p for p in by_task.get(ref["task"], []) if p["encoder"] == ref["encoder"]]
-        if ref["head"] == "linear":
-            ps = [p for p in ps if p["head"] in ("linear", "logreg")]
-        elif ref["head"]:
-            ps = [p for p in ps if p["head"] == ref["head"]]
+        if ref["head"]:  # the study's probe kind: heads declaring that protocol (linear: linear and logreg)
+            ps = [p for p in ps if (p.get("probe") or p["head"]) == ref["head"]]
         if not ps:
             continue
         name = next((n for n in METRIC_ALIASES.get(ref["metric"], (ref["metric"],))

@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from medprobe.report.analyze import Figure, Table
+from medprobe.report.analyze import SLIDE_PANEL, Figure, Table
 from medprobe.report.html import Section
 
 _COLS = ("auc", "auc_seeds", "acc", "balanced_acc", "f1_macro", "tile_auc")
+PANEL = SLIDE_PANEL  # the report panel a task family declares (``report_panels``) for rows these sections show
 
 
 def is_slide_point(p: Mapping[str, Any]) -> bool:
-    """True for a result row made by the slides family."""
-    return (p.get("config") or {}).get("family") == "slides"
+    """True for a result row whose family declared this panel (the slides family: slide-level MIL heads)."""
+    return PANEL in (p.get("panels") or ())
 
 
 def _ci(v: Any) -> str:

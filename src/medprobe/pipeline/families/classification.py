@@ -42,6 +42,8 @@ class ClassificationFamily(TaskFamily):
     head_inputs = ("vector", "bag")
     tokens = ("cls", "mean")
     headline = ("auc", "acc", "balanced_acc", "f1_macro")
+    rank_by = ("auc", "acc", "balanced_acc")
+    paired_scores = True
 
     def budget_labels(self, ds: Any) -> list[Any] | None:
         return ds.labels() if ds.task.type != "multilabel" else None

@@ -31,6 +31,7 @@ class RegistrationFamily(TaskFamily):
     feature_unit = "pair"
     tokens = ("cls",)
     headline = ("dice", "dice_before", "hd95", "folding_pct")
+    rank_by = ("dice",)
     unit_label = "px"
 
     def _encoder(self, ctx: RunContext) -> Any:

@@ -24,6 +24,7 @@ class RegressionFamily(TaskFamily):
     head_inputs = ("vector",)
     tokens = ("cls", "mean")
     headline = ("mae", "rmse", "r2", "pearson_r")
+    rank_by = ("r2", "mae")
 
     def prepare(self, ctx: RunContext) -> None:
         ds = ctx.dataset

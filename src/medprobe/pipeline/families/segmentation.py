@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medprobe.data.base import Item
 from medprobe.errors import DataError
@@ -41,7 +40,7 @@ from medprobe.heads.seg_train import (
 from medprobe.metrics.segmentation import aggregate_cases, distance_units, segmentation_metrics, spacing_known
 from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, fmt_ci, register_family
 from medprobe.pipeline.task import TaskSpec
-from medprobe.utils import atomic_write_bytes, default_cache_dir
+from medprobe.utils import atomic_write_bytes, default_cache_dir, torch_seeded
 
 _RGB_MODALITIES = ("endoscopy", "pathology", "natural")
 _TRAIN_KEYS = tuple(SegTrainConfig.__dataclass_fields__)
@@ -156,6 +155,7 @@ class SegmentationFamily(TaskFamily):
     default_layers = "four"
     default_use = "concat"
     headline = ("dice", "iou", "hd95", "asd")
+    rank_by = ("dice", "miou", "iou")
     data_options = ("skip_invalid", "inputs")
     unit_label = "px/slice"
 
@@ -230,9 +230,9 @@ class SegmentationFamily(TaskFamily):
         classes = list(ds.task.classes)
         hp_head, hp_train = split_params(dict(spec.head_params.get(head_name, {})))
         tcfg = SegTrainConfig.from_dict(hp_train)
-        torch.manual_seed(spec.seed)
-        head = create_seg_head(head_cls.name, data.dims, len(classes), ctx.encoder.patch_size, data.n_views,
-                               **hp_head)
+        with torch_seeded(spec.seed, ctx.device):  # the head's initial weights
+            head = create_seg_head(head_cls.name, data.dims, len(classes), ctx.encoder.patch_size, data.n_views,
+                                   **hp_head)
         t_fit = time.perf_counter()
         ckpt = checkpoint_path(ctx, head_name)
         ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,9 @@ class SlidesFamily(TaskFamily):
     dataset_unit = "slide"
     tokens = ("cls", "mean")
     headline = ("auc", "auc_seeds", "acc", "balanced_acc", "tile_auc")
+    rank_by = ("auc", "acc", "balanced_acc")
+    paired_scores = True
+    report_panels = ("slide-mil",)  # medprobe.report.slides: slide table, tiles, attention heat-maps
     data_options = ("tiling", "tissue")
     unit_label = "px tiles"
 
