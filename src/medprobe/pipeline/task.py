@@ -20,8 +20,11 @@ from typing import Any
 import yaml
 
 from medprobe.errors import ConfigError
+from medprobe.features.config import EngineOptions
+from medprobe.pipeline.options import data_schemas, family_data_keys, parse_family_data
 from medprobe.preprocess.config import PreprocessConfig
 from medprobe.schema import (
+    Layers,
     as_dict,
     bad_value,
     choice,
@@ -33,6 +36,7 @@ from medprobe.schema import (
     to_bool,
     to_float,
     to_int,
+    to_layers,
     to_mapping,
     to_str,
     unknown_key,
@@ -43,34 +47,14 @@ from medprobe.utils import hash_obj
 TOKENS = ("cls", "mean", "cls+mean")
 
 
-def _layers(v: Any, path: str) -> str:
-    """``auto`` (the family's default), ``last``, ``four``, ``all`` or sorted unique block indices
-    ``"2,5,8,11"`` (from an int, a list or a comma string)."""
-    if v is None:
-        return "auto"
-    if isinstance(v, str) and v.strip().lower() in ("auto", "last", "four", "default", "all"):
-        s = v.strip().lower()
-        return "four" if s == "default" else s
-    try:
-        if isinstance(v, bool):
-            raise ValueError
-        if isinstance(v, int):
-            idx = [v]
-        elif isinstance(v, str):
-            idx = [int(p) for p in v.replace(" ", "").split(",") if p]
-        else:
-            idx = [int(p) for p in v]
-        if not idx:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: must be auto, last, four, all or block indices like 2,5,8,11, got {v!r}") from None
-    return ",".join(str(i) for i in sorted(set(idx)))
-
-
 def _budget(v: Any, path: str) -> float | str | None:
-    """All labels (null), a fraction in (0, 1], or ``"<k>/class"``."""
+    """All labels (null), a fraction in (0, 1], ``"<k>/class"`` or the few-shot ``"kshot:<k>x<draws>"``."""
     if v is None or (isinstance(v, str) and v.strip().lower() in ("", "all", "none", "null")):
         return None
+    if isinstance(v, str) and v.strip().lower().startswith("kshot"):
+        from medprobe.pipeline.fewshot import normalise_kshot
+
+        return normalise_kshot(v, path)
     if isinstance(v, str) and v.strip().endswith("/class"):
         k = v.strip().split("/")[0]
         if not k.isdigit() or int(k) < 1:
@@ -199,12 +183,13 @@ def parse_split(v: Any, path: str = "split", source: str | None = None) -> Split
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
-    """What the encoder is asked for and how features become a head's input."""
+class FeaturesConfig(EngineOptions):
+    """What the encoder is asked for (:class:`~medprobe.features.config.EngineOptions`, shared with the engine's
+    :class:`~medprobe.features.config.ExtractConfig`) and how features become a head's input."""
 
-    layers: str = opt("auto", norm=_layers, type="auto|last|four|all|2,5,8,11",
-                      help="blocks to extract (auto: the family's default, last for classification, four for "
-                           "segmentation)")
+    layers: Layers = opt(Layers("auto"), norm=to_layers, type="auto|last|four|all|2,5,8,11",
+                         help="blocks to extract (auto: the family's default, last for classification, four for "
+                              "segmentation)")
     select: int | None = opt(None, norm=to_int(optional=True), type="int|null",
                              help="use only this one extracted block (negative counts from the end)")
     use: str = opt("auto", norm=choice("auto", "last", "concat"), type="auto|last|concat",
@@ -212,13 +197,6 @@ class FeaturesConfig:
     token: str = opt("cls", norm=choice(*TOKENS), type="|".join(TOKENS), help="vector per image: class token, "
                      "mean patch token or both")
     pooling: str = opt("mean", norm=choice("mean", "max"), type="mean|max", help="volumes: slice pooling")
-    amp: str = opt("auto", norm=choice("auto", "bf16", "fp16", "off"), type="auto|bf16|fp16|off",
-                   help="autocast (auto: bf16 on a GPU, off on the CPU)")
-    storage: str = opt("float32", norm=choice("float32", "float16"), type="float32|float16",
-                       help="dtype of cached features")
-    batch_size: int = opt(64, norm=to_int(1), type="int", numbers=False, help="images per encoder batch")
-    workers: int = opt(0, norm=to_int(0), type="int", numbers=False, help="reader processes")
-    progress: bool = opt(True, norm=to_bool, type="bool", numbers=False, help="show a progress line")
 
 
 @dataclass(frozen=True)
@@ -298,8 +276,9 @@ class TaskSpec:
                                  help="metrics")
     audit: AuditConfig = opt(factory=AuditConfig, norm=_section(AuditConfig), type="section",
                              help="leakage audit (duplicates across splits)")
-    budget: float | str | None = opt(None, norm=_budget, type="fraction|<k>/class|null",
-                                     help="share of training labels used (nested per patient)")
+    budget: float | str | None = opt(None, norm=_budget, type="fraction|<k>/class|kshot:<k>x<draws>|null",
+                                     help="share of training labels used (nested per patient); kshot:8x20: k = 8 "
+                                          "per class, 20 seeded draws, mean and CI over draws")
     seed: int = opt(0, norm=to_int(), type="int", help="seed of heads, splits and random weights")
     device: str | None = opt(None, norm=to_str(optional=True), type="str|null", numbers=False,
                              help="cpu, cuda, cuda:1 (null: cuda when available)")
@@ -313,6 +292,9 @@ class TaskSpec:
             norm = f.metadata.get("norm")
             if norm is not None:
                 object.__setattr__(self, f.name, norm(getattr(self, f.name), f.name))
+        # the family's own data options (e.g. slides: tiling, tissue) typed; list-valued dataset options from text
+        data = parse_family_data(self.kind, self.data)
+        object.__setattr__(self, "data", _dataset_option_values(self.dataset, data))
 
     # ------------------------------------------------------------------------------ canonical forms
     def to_dict(self) -> dict[str, Any]:
@@ -433,10 +415,43 @@ def load_task(path: str | Path, **overrides: Any) -> TaskSpec:
     return parse_task(raw, source=Path(path).expanduser())
 
 
+def _text_list_params(dataset: str) -> set[str]:
+    """Keyword parameters of the dataset kind's factory that take a list of strings and no plain string (e.g. a
+    folder's ``extensions``); empty when the kind is unknown (reported by :func:`check_data_options`)."""
+    from medprobe.data import dataset_factory
+
+    try:
+        fn = dataset_factory(dataset)
+    except ConfigError:
+        return set()
+    out = set()
+    for name, p in inspect.signature(fn).parameters.items():
+        parts = [a.strip() for a in str(p.annotation).split("|")]
+        if any(a.startswith(("Sequence[str", "list[str", "tuple[str")) for a in parts) \
+                and not any(a in ("str", "Any", "object") or a.startswith("str ") for a in parts):
+            out.add(name)
+    return out
+
+
+def _dataset_option_values(dataset: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A dataset option that takes a list of strings, written as one string (``extensions: .png``, ``--data-opt
+    extensions=.png,.jpg``), becomes that list (a string would be read character by character)."""
+    texts = [k for k, v in data.items() if isinstance(v, str)]
+    if not texts:
+        return data
+    lists = _text_list_params(dataset)
+    return {k: ([p.strip() for p in v.split(",") if p.strip()] if k in lists and isinstance(v, str) else v)
+            for k, v in data.items()}
+
+
 def check_data_options(spec: TaskSpec, source: str | Path | None = None, extra: set[str] | None = None) -> None:
     """Dataset options checked against the dataset kind's factory (its keyword parameters, or its ``options``
-    attribute when it takes ``**options``); ``extra``: options a task family consumes itself."""
+    attribute when it takes ``**options``); ``extra``: options a task family consumes itself (default: those
+    the task's family declares, :func:`medprobe.pipeline.options.family_data_keys`)."""
     from medprobe.data import dataset_factory
+
+    if extra is None:
+        extra = family_data_keys(spec.kind, spec.data)
 
     try:
         fn = dataset_factory(spec.dataset)
@@ -455,12 +470,17 @@ def check_data_options(spec: TaskSpec, source: str | Path | None = None, extra: 
 
 
 def config_keys() -> Iterator[tuple[str, str, str, bool, str]]:
-    """Every key of a task config: ``(path, type, default, changes numbers, help)``."""
+    """Every key of a task config: ``(path, type, default, changes numbers, help)``; the ``data:`` options a
+    task family reads itself follow ``data`` (help starting with ``[family]``)."""
     for f in dataclasses.fields(TaskSpec):
         if f.name in _SECTIONS:
             yield from describe_keys(_SECTIONS[f.name], prefix=f"{f.name}.")
             continue
         yield describe_field(f, f.name)
+        if f.name == "data":
+            for fam, schema in sorted(data_schemas().items()):
+                for path, typ, default, numbers, help_ in describe_keys(schema, prefix="data."):
+                    yield path, typ, default, numbers, f"[{fam}] {help_}"
 
 
 __all__ = ["AuditConfig", "FeaturesConfig", "MetricsConfig", "SplitConfig", "TaskSpec", "check_data_options",
