@@ -83,6 +83,10 @@ def apply_budget(train: list[int], patients: list[str], labels: list[Any] | None
     smaller budget is always a subset of a larger one. ``budget``: fraction in (0, 1] or ``"<k>/class"``."""
     if budget in (None, 1, 1.0, "all"):
         return list(train)
+    if isinstance(budget, str) and budget.startswith("kshot:"):  # the family draws k per class (pipeline.fewshot)
+        if labels is None:
+            raise ConfigError(f"budget {budget}: a k-shot budget needs single-label classes (classification)")
+        return list(train)
     uniq: list[str] = sorted({patients[i] for i in train})
     rng = np.random.default_rng(seed)
     order = [uniq[j] for j in rng.permutation(len(uniq))]
