@@ -1,4 +1,5 @@
-"""``medprobe results list | show | export``: browse the results database."""
+"""``medprobe results list | show | export | merge``: browse the results database (merge: compact the result
+shards of launched jobs into it)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _add_common(p: argparse.ArgumentParser, filters: bool = True) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("results", help="list, show or export stored results",
+    p = sub.add_parser("results", help="list, show, export or merge stored results",
                        description="Examples: medprobe results list --metric auc; medprobe results show 3f2a9c01; "
                        "medprobe results export --csv all.csv. From Python: medprobe.results.load() -> DataFrame")
     rs = p.add_subparsers(dest="results_action", metavar="ACTION", required=True)
@@ -40,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     pe.add_argument("--csv", required=True, help="output file, e.g. results.csv")
     _add_common(pe)
     pe.set_defaults(func=run_export)
+    pm = rs.add_parser("merge", help="move the result shards of launched jobs into the database file",
+                       description="Example: medprobe results merge --db runs/ (run it where SQLite locking works, "
+                                   "e.g. the login node; jobs may still be adding shards meanwhile)")
+    _add_common(pm, filters=False)
+    pm.set_defaults(func=run_merge)
 
 
 def _open(args: argparse.Namespace) -> Any:
@@ -132,4 +138,23 @@ def run_export(args: argparse.Namespace) -> int:
     db = _open(args)
     n = db.export_csv(args.csv, **_filters(args))
     print(f"wrote {n} rows to {args.csv}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from medprobe.results import ResultsDB
+    from medprobe.results.shards import list_shards
+
+    db = ResultsDB(args.db)
+    if db.reopen_args().get("files"):
+        print(f"{db.path} is a PostgreSQL store: jobs write to it directly, there is nothing to merge")
+        return 0
+    n = len(list_shards(db.root))
+    if not n:
+        print(f"no result shards beside {db.path}: nothing to merge")
+        return 0
+    out = db.merge_shards()
+    print(f"merged {out['merged']} row(s) from {n} shard(s) into {db.path}"
+          + (f"; {out['already']} were in it already" if out["already"] else "")
+          + (f"; {out['dropped']} dropped (their config hash was stored already)" if out["dropped"] else ""))
     return 0
