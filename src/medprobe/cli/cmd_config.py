@@ -32,7 +32,7 @@ def run_show(args: argparse.Namespace) -> int:
     from medprobe.pipeline.task import check_data_options
 
     spec, source = task_from_args(args)
-    check_data_options(spec, source, extra={"skip_invalid", "tiling", "tissue"})  # tiling, tissue: slides family
+    check_data_options(spec, source)  # the dataset factory's options + those the task's family declares
     print(yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None, width=110).rstrip())
     print("# config hash per head (what a sweep or a rerun matches on):")
     for h in spec.heads:

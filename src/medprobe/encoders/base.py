@@ -10,6 +10,7 @@ import torch
 
 from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import ConfigError
+from medprobe.schema import Layers
 
 
 @dataclass
@@ -28,32 +29,26 @@ def resolve_layers(layers: str | int | Sequence[int] | None, spec: EncoderSpec, 
                    ) -> tuple[int, ...]:
     """Turn a layer selection into sorted 0-based block indices.
 
-    ``None``/``"last"`` -> last block; ``"four"``/``"default"`` -> the spec's four standard taps
-    (evenly spaced when the spec has none); ``"all"`` -> every block; ``"2,5,8,11"`` or a list -> those
-    blocks (negative counts from the end).
+    ``layers`` is parsed by the one layer parser (:class:`medprobe.schema.Layers`; a task's
+    ``features.layers`` already is one): ``None``/``"last"`` -> last block; ``"four"``/``"default"`` -> the
+    spec's four standard taps (evenly spaced when the spec has none); ``"all"`` -> every block; ``"2,5,8,11"``
+    or a list -> those blocks (negative counts from the end).
     """
     depth = depth or spec.depth
     if depth <= 1:  # encoders without blocks (onnx / none) expose one output, whatever was asked
         return (0,) if depth == 1 else (-1,)
-    if layers is None or layers == "last":
+    sel = Layers("last" if layers is None else layers, "layers")
+    if sel.symbol == "auto":
+        raise ConfigError("layers: 'auto' is the task family's default; the family resolves it before extraction")
+    if sel.symbol == "last":
         idx: list[int] = [depth - 1]
-    elif layers in ("four", "default"):
+    elif sel.symbol == "four":
         taps = [t for t in spec.default_layers if t >= 0]
         idx = taps if len(taps) == 4 else [round(depth * k / 4) - 1 for k in range(1, 5)]
-    elif layers == "all":
+    elif sel.symbol == "all":
         idx = list(range(depth))
     else:
-        if isinstance(layers, str):
-            try:
-                idx = [int(s) for s in layers.replace(" ", "").split(",") if s]
-            except ValueError:
-                raise ConfigError(f"layers must be 'last', 'four', 'all' or indices like '2,5,8,11', "
-                                  f"got {layers!r}") from None
-        elif isinstance(layers, int):
-            idx = [layers]
-        else:
-            idx = [int(v) for v in layers]
-        idx = [i + depth if i < 0 else i for i in idx]
+        idx = [i + depth if i < 0 else i for i in sel.indices]
     for i in idx:
         if not 0 <= i < depth:
             raise ConfigError(f"layer {i} out of range for {spec.name} with {depth} blocks")

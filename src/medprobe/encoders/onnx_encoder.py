@@ -21,6 +21,7 @@ from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import register
 from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
+from medprobe.schema import Layers
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -93,7 +94,8 @@ class OnnxEncoder(Encoder):
         return max(self.spec.depth, 1)
 
     def resolve_layers(self, layers: object) -> tuple[int, ...]:
-        if layers not in (None, "last", -1, (-1,), [-1], self.depth - 1, str(self.depth - 1)):
+        sel = Layers("last" if layers is None else layers, "layers")  # the one layer parser
+        if not (sel.symbol == "last" or sel.indices in ((-1,), (self.depth - 1,))):
             raise ConfigError(f"{self.spec.name} exposes only its last layer (ONNX output "
                               f"{self.output_name!r}); use layers='last'")
         return (self.depth - 1,)
