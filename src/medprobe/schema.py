@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -264,7 +265,7 @@ def to_size(v: Any, path: str) -> tuple[int, int] | None:
     try:
         if isinstance(v, str):
             parts = [int(p) for p in v.lower().replace(",", "x").replace(" ", "").split("x") if p]
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        elif isinstance(v, numbers.Real) and not isinstance(v, bool):  # numpy scalars too
             if float(v) != int(v):
                 raise ValueError
             parts = [int(v)]

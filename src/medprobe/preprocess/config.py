@@ -10,7 +10,7 @@ import numpy as np
 
 from medprobe.errors import ConfigError
 from medprobe.preprocess.intensity import CHANNEL_SEP, check_intensity, resolve_intensity
-from medprobe.schema import as_dict, choice, opt, to_bool, to_int, to_size, to_triple
+from medprobe.schema import as_dict, choice, normalise_fields, opt, to_bool, to_int, to_size, to_triple
 
 CHANNEL_MODES = ("auto", "replicate", "keep", "per_channel", "first3")
 RESIZE_MODES = ("stretch", "pad", "aspect_pad")
@@ -69,18 +69,7 @@ class PreprocessConfig:
                                  help="volumes: axis sliced for the 2D encoder (null: each item's axial axis)")
 
     def __post_init__(self) -> None:
-        for name, norm in (("channels", choice(*CHANNEL_MODES)), ("resize", choice(*RESIZE_MODES)),
-                           ("interpolation", choice(*INTERPOLATIONS)), ("intensity", _intensity)):
-            object.__setattr__(self, name, norm(getattr(self, name), name))
-        if self.resolution is not None:
-            r = self.resolution
-            res = (int(r), int(r)) if isinstance(r, (int, np.integer)) else tuple(int(v) for v in r)
-            if len(res) != 2 or min(res) <= 0:
-                raise ConfigError(f"resolution must be a positive size or (H, W), got {r!r}")
-            object.__setattr__(self, "resolution", res)
-        for name in ("mean", "std"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, to_triple(getattr(self, name), name))
+        normalise_fields(self)  # the schema's normalisers: 64, "64", "64x64", [64, 64] are one resolution
 
     def resolved(self, *, mean: tuple[float, ...], std: tuple[float, ...], native_resolution: int,
                  modality: str = "generic", dtype: Any = np.float32) -> PreprocessConfig:
@@ -98,10 +87,6 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        d = dict(d)
-        for k in ("resolution", "mean", "std"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
         return cls(**d)
 
 
