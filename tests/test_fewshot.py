@@ -98,8 +98,8 @@ def test_kshot_pipeline_on_pneumoniamnist(shared_data: Path, tmp_path: Path) -> 
     for r in again:
         assert r["metrics"]["auc"] == pytest.approx(by[r["head"]]["auc"], abs=1e-12)
     with pytest.raises(ConfigError, match="validation labels"):
-        run_task(parse_task({**raw, "heads": ["prototype"], "head_params": {"prototype": {"calibrate": "temperature"}}}),
-                 db=ResultsDB(tmp_path / "db3" / "r.db"), verbose=False)
+        bad = {**raw, "heads": ["prototype"], "head_params": {"prototype": {"calibrate": "temperature"}}}
+        run_task(parse_task(bad), db=ResultsDB(tmp_path / "db3" / "r.db"), verbose=False)
 
 
 @pytest.mark.shared_data

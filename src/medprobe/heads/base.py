@@ -26,7 +26,8 @@ INPUT_KINDS = ("vector", "bag", "dense", "pair")
 # built-in heads register themselves when their modules are imported (lazily, on the first question).
 BUILTIN_MODULES = ("medprobe.heads.logreg", "medprobe.heads.knn", "medprobe.heads.linear", "medprobe.heads.ridge",
                    "medprobe.heads.mil", "medprobe.heads.seg_heads", "medprobe.heads.affinity",
-                   "medprobe.registration.methods", "medprobe.heads.prototype")
+                   "medprobe.registration.methods", "medprobe.heads.prototype",
+                   "medprobe.heads.retrieval")
 HEADS: Registry[type[Any]] = Registry("head", builtin=BUILTIN_MODULES, where="heads")
 _ALIASES: dict[tuple[str, str], str] = {}  # (alias, input kind) -> name; filled by register_head
 

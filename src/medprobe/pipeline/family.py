@@ -26,7 +26,7 @@ from medprobe.pipeline.task import TaskSpec
 from medprobe.registry import Registry
 
 FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
-_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides")
+_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides", "retrieval")
 FAMILIES: Registry[type[TaskFamily]] = Registry(
     "task family", builtin=tuple(f"medprobe.pipeline.families.{m}" for m in _BUILTIN), where="kind")
 
@@ -68,7 +68,7 @@ def family_for_task_type(task_type: str, where: str | None = None) -> TaskFamily
     """The family serving a dataset task type (the first registered that lists it; families that declare a
     ``dataset_unit`` serve only datasets of that unit)."""
     for _, cls in FAMILIES.items():
-        if task_type in cls.task_types and cls.dataset_unit is None:
+        if task_type in cls.task_types and cls.dataset_unit is None and not cls.by_kind_only:
             return cls()
     raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(family_names())})",
                       where)
@@ -129,6 +129,7 @@ class TaskFamily:
     head_inputs: ClassVar[tuple[str, ...]] = ("vector",)  # head input kinds this family can feed, preferred first
     feature_unit: ClassVar[str] = "image"
     dataset_unit: ClassVar[str | None] = None  # datasets with this ``unit`` (e.g. "slide") come to this family
+    by_kind_only: ClassVar[bool] = False  # chosen only when a task names it (kind: retrieval), never by task type
     tokens: ClassVar[tuple[str, ...]] = ("cls", "mean")  # what the engine extracts
     default_layers: ClassVar[str] = "last"  # features.layers: auto
     default_use: ClassVar[str] = "last"  # features.use: auto

@@ -50,6 +50,10 @@ class ClassificationFamily(TaskFamily):
         return ds.labels() if ds.task.type != "multilabel" else None
 
     def check_head(self, head_cls: type[Any], name: str, ds: Any) -> None:
+        if not {"proba", "proba_ks"} & set(getattr(head_cls, "outputs", ("proba",))):
+            raise ConfigError(f"head {name!r} gives no class probabilities (outputs: "
+                              f"{', '.join(getattr(head_cls, 'outputs', ()))}); retrieval heads run with kind: "
+                              "retrieval", ds.name)
         if head_cls.input_kind == "bag" and ds.spatial_dims != 3:
             raise ConfigError(f"head {name!r} pools the slices of volumes (or tiles of slides); this dataset is 2D",
                               ds.name)
