@@ -18,7 +18,8 @@ Definitions (``N`` cases; ``B = N_BINS = 15`` bins, the count of Guo et al. 2017
 * ``nll``: ``-mean log p_y`` (binary: log p1 or log(1 - p1)) with probabilities clipped to
   ``[eps, 1 - eps]`` (float64 eps, as scikit-learn's ``log_loss``).
 
-Scores that are not probabilities (outside [0, 1], or single-label rows not summing to 1 within 1e-3) have no
+Scores that are not probabilities (outside [0, 1] by more than 1e-6, or single-label rows not summing to 1 within
+1e-3) have no
 calibration: every calibration metric is NaN.
 
 Everything is a function of per-case weights ``w`` (R, N) like :mod:`medprobe.metrics.classification`, so the
@@ -54,8 +55,8 @@ class CalibrationInputs:
 
 
 def is_probability(ys: np.ndarray, task: str) -> bool:
-    """Scores in [0, 1] and, for single-label tasks with K >= 2 columns, rows summing to 1 (within 1e-3)."""
-    if ys.size == 0 or ys.min() < -1e-9 or ys.max() > 1 + 1e-9:
+    """Scores in [0, 1] (within 1e-6) and, for single-label tasks with K >= 2 columns, rows summing to 1 (within 1e-3)."""
+    if ys.size == 0 or ys.min() < -1e-6 or ys.max() > 1 + 1e-6:  # float32 heads round to ~1e-7
         return False
     if task != "multilabel" and ys.ndim == 2 and ys.shape[1] >= 2:
         return bool(np.all(np.abs(ys.sum(axis=1) - 1.0) <= _SUM_TOL))
