@@ -41,10 +41,10 @@ def _extras_for_families() -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import medprobe
     from medprobe.encoders import get_family, list_specs, weights_available
+    from medprobe.version import __version__
 
-    _line(None, "medprobe", f"{medprobe.__version__} on Python {platform.python_version()} ({platform.machine()})")
+    _line(None, "medprobe", f"{__version__} on Python {platform.python_version()} ({platform.machine()})")
     _line(True, "torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
