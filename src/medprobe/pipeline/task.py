@@ -231,9 +231,40 @@ class AuditConfig:
                          help="also compare the run's cached features (blocked similarity search)")
 
 
+def _templates(v: Any, path: str) -> tuple[str, ...]:
+    items = [v] if isinstance(v, str) else list(v or ())
+    out = tuple(str(t) for t in items)
+    bad = [t for t in out if "{}" not in t]
+    if bad:
+        raise ConfigError(f"{path}: a template needs '{{}}' where the class name goes, got {bad[0]!r}")
+    return out
+
+
+def _classnames(v: Any, path: str) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    items = [p.strip() for p in v.split(",")] if isinstance(v, str) else [str(x) for x in v]
+    if not items or any(not x for x in items):
+        raise ConfigError(f"{path}: class names must be non-empty text, got {v!r}")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """Zero-shot prompts (the ``zeroshot`` head): templates x class names, ensembled as open_clip's zero-shot
+    classifier. Left empty it enters no config hash (a task without prompts hashes as before)."""
+
+    templates: tuple[str, ...] = opt((), norm=_templates, type="[str]",
+                                     help="templates with '{}' for the class name, e.g. 'a chest X-ray showing {}.' "
+                                          "(empty: 'a photo of a {}.'); embeddings averaged over templates")
+    classnames: tuple[str, ...] | None = opt(None, norm=_classnames, type="[str]|null",
+                                             help="the class names put in the templates, one per class in class "
+                                                  "order (null: the dataset's class names)")
+
+
 _SECTIONS: dict[str, type] = {"split": SplitConfig, "preprocess": PreprocessConfig, "features": FeaturesConfig,
-                              "metrics": MetricsConfig, "audit": AuditConfig}
-_MERGED = ("data", "preprocess", "features", "metrics", "head_params", "notes", "encoder_options", "audit")
+                              "metrics": MetricsConfig, "audit": AuditConfig, "prompts": PromptsConfig}
+_MERGED = ("data", "preprocess", "features", "metrics", "head_params", "notes", "encoder_options", "audit", "prompts")
 
 
 def _section(cls: type) -> Any:
@@ -276,6 +307,8 @@ class TaskSpec:
                                  help="metrics")
     audit: AuditConfig = opt(factory=AuditConfig, norm=_section(AuditConfig), type="section",
                              help="leakage audit (duplicates across splits)")
+    prompts: PromptsConfig = opt(factory=PromptsConfig, norm=_section(PromptsConfig), type="section",
+                                 help="zero-shot prompts (templates x class names) of the zeroshot head")
     budget: float | str | None = opt(None, norm=_budget, type="fraction|<k>/class|kshot:<k>x<draws>|null",
                                      help="share of training labels used (nested per patient); kshot:8x20: k = 8 "
                                           "per class, 20 seeded draws, mean and CI over draws")
@@ -315,6 +348,8 @@ class TaskSpec:
         d = self.numbers_dict()
         if self.audit.mode != "drop":  # warn / error / off leave every number as it is
             d.pop("audit", None)
+        if not self.prompts.templates and self.prompts.classnames is None:  # no prompts: hashes as before
+            d.pop("prompts", None)
         d.pop("head_params", None)
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
@@ -483,5 +518,6 @@ def config_keys() -> Iterator[tuple[str, str, str, bool, str]]:
                     yield path, typ, default, numbers, f"[{fam}] {help_}"
 
 
-__all__ = ["AuditConfig", "FeaturesConfig", "MetricsConfig", "SplitConfig", "TaskSpec", "check_data_options",
-           "config_keys", "load_task", "load_task_raw", "merge_raw", "parse_split", "parse_task", "read_yaml"]
+__all__ = ["AuditConfig", "FeaturesConfig", "MetricsConfig", "PromptsConfig", "SplitConfig", "TaskSpec",
+           "check_data_options", "config_keys", "load_task", "load_task_raw", "merge_raw", "parse_split", "parse_task",
+           "read_yaml"]

@@ -84,7 +84,7 @@ class ClassificationFamily(TaskFamily):
         params = dict(spec.head_params.get(head_name, {}))
         calibrate = _calibrate_option(params.pop("calibrate", "none"), head_name, spec.name)
         # heads that need more than features (a zero-shot head: the checkpoint's text tower and class prompts)
-        params.update(head_cls.context_kwargs(ctx) if hasattr(head_cls, "context_kwargs") else {})
+        params = {**(head_cls.context_kwargs(ctx) if hasattr(head_cls, "context_kwargs") else {}), **params}
         kshot = parse_kshot(spec.budget)
 
         def rows(idx: list[int]) -> Any:
