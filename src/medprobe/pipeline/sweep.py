@@ -414,13 +414,17 @@ def _fmt_s(s: float) -> str:
 def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None = None, dry_run: bool = False,
               echo: Callable[[str], None] | None = None, stop_on_error: bool = False,
               select: Callable[[Cell], bool] | None = None, overrides: dict[str, Any] | None = None,
-              limit: int | None = None) -> dict[str, Any]:
+              limit: int | None = None, launcher: str | None = None, cluster: Any = None,
+              detach: bool = False) -> dict[str, Any]:
     """Run every cell not yet in ``db``; returns ``{total, ran, skipped, failed, cells, run_ids, errors}``.
 
     Log lines: ``cell i/N done already: skipped <key>``, ``running cell i/N: <key>``, and a progress line
     ``[name] k/N cells done (ran r, skipped s), ETA ...``. ``cache_dir`` overrides every task's feature cache;
     ``select`` keeps only the cells it accepts; ``overrides`` (raw task options, merged like a task file's) are
     applied to every cell; ``limit`` runs at most that many of the cells still to do (the rest wait).
+    ``launcher``: ``None`` / ``"inprocess"`` runs the cells here, one after another; ``"local"`` or ``"slurm"``
+    runs them as a job graph of processes or SLURM jobs (:mod:`medprobe.pipeline.launch`; ``cluster`` is its
+    :class:`~medprobe.pipeline.launch.ClusterConfig`, ``detach`` submits and returns).
     """
     from medprobe.results import ResultsDB
 
@@ -441,7 +445,9 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
     say(f"sweep {sw.name} [{sw.hash}]: {n} cells ({len(sw.tasks)} task(s)) -> {db.path}")
     for t in sw.skipped_tasks:
         say(f"task file {t} not found: its cells are left out")
-    done = {c.index: db.find(c.config_hash) is not None for c in cells}
+    stored = db.stored_hashes([c.config_hash for c in cells]) if hasattr(db, "stored_hashes") else None
+    done = {c.index: (c.config_hash in stored) if stored is not None else db.find(c.config_hash) is not None
+            for c in cells}
     if dry_run:
         for c in cells:
             say(f"  cell {c.index}/{n} {'done' if done[c.index] else 'todo'}: {c.key} [{c.config_hash}]")
@@ -458,6 +464,8 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
             say(f"--limit {limit}: {len(waiting)} cell(s) left for a later run")
         cells = [c for c in cells if c.index not in waiting]
         n = len(cells)
+    if launcher not in (None, "inprocess"):
+        return _launched(sw, cells, done, db, launcher, cluster, say, detach)
     ips = _ips_finder(db, [c.spec.cache_dir for c in cells])
     ran = skipped = failed = 0
     run_ids: list[str] = []
@@ -505,6 +513,30 @@ def run_sweep(sweep: Sweep | str | Path, db: Any = None, cache_dir: str | None =
     say(f"sweep {sw.name}: {ran} ran, {skipped} skipped (done already), {failed} failed, {n} cells")
     return {"total": n, "ran": ran, "skipped": skipped, "failed": failed, "todo": 0, "cells": cells,
             "run_ids": run_ids, "errors": errors}
+
+
+def _launched(sw: Sweep, cells: list[Cell], done: dict[int, bool], db: Any, launcher: str, cluster: Any,
+              say: Callable[[str], None], detach: bool) -> dict[str, Any]:
+    """The cells still to run as a job graph (:func:`medprobe.pipeline.launch.launch`)."""
+    from medprobe.pipeline.launch import launch, load_cluster_config
+
+    cfg = cluster if cluster is not None else load_cluster_config()
+    todo = [c for c in cells if not done[c.index]]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        say(f"{skipped} of {len(cells)} cells done already: skipped")
+    res = launch(sw, todo, db, launcher, cfg, say, total=len(cells), skipped=skipped, detach=detach)
+    if res.get("detached"):
+        return {"total": len(cells), "ran": 0, "skipped": skipped, "failed": 0, "todo": len(todo), "cells": cells,
+                "run_ids": [], "errors": [], "detached": True}
+    ran, failed = int(res["ran"]), int(res["failed"])
+    run_ids = [r["run_id"] for c in todo for r in [db.find(c.config_hash)] if r is not None]
+    say(f"sweep {sw.name}: {ran} ran, {skipped} skipped (done already), {failed} failed, {len(cells)} cells"
+        + (f" (launcher {launcher})" if launcher else ""))
+    for e in res["errors"]:
+        say(f"  {e}")
+    return {"total": len(cells), "ran": ran, "skipped": skipped, "failed": failed, "todo": 0, "cells": cells,
+            "run_ids": run_ids, "errors": list(res["errors"])}
 
 
 def _same_but_head(a: Cell, b: Cell) -> bool:
