@@ -266,9 +266,10 @@ def to_size(v: Any, path: str) -> tuple[int, int] | None:
         if isinstance(v, str):
             parts = [int(p) for p in v.lower().replace(",", "x").replace(" ", "").split("x") if p]
         elif isinstance(v, numbers.Real) and not isinstance(v, bool):  # numpy scalars too
-            if float(v) != int(v):
+            x = float(v)
+            if not x.is_integer():
                 raise ValueError
-            parts = [int(v)]
+            parts = [int(x)]
         elif isinstance(v, (list, tuple)):
             parts = [int(p) for p in v]
             if any(float(p) != int(p) for p in v):

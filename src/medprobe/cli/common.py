@@ -39,7 +39,7 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
                    help="fit to the input size, e.g. aspect_pad (default: stretch)")
     g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest", "area"],
                    help="resampling, e.g. bicubic (default: bilinear)")
-    g.add_argument("--slice-axis", type=int, default=None,
+    g.add_argument("--slice-axis", default=None,
                    help="volumes: the axis slices are cut along, e.g. 2 (default: axial)")
 
 
@@ -49,12 +49,12 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="blocks to extract: last, four, all, or 0-based indices, e.g. 2,5,8,11")
     g.add_argument("--tokens", default="cls,mean,patch",
                    help="tokens to store, a subset of cls,mean,patch, e.g. cls,mean")
-    g.add_argument("--batch-size", type=int, default=64, help="images per encoder batch, e.g. 32 (default 64)")
+    g.add_argument("--batch-size", default=64, help="images per encoder batch, e.g. 32 (default 64)")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="autocast, e.g. bf16 (auto: bf16 on GPU, off on CPU)")
     g.add_argument("--storage", default="float32", choices=["float32", "float16"],
                    help="dtype of cached features, e.g. float16 (half the disk; default float32)")
-    g.add_argument("--workers", type=int, default=0,
+    g.add_argument("--workers", default=0,
                    help="DataLoader worker processes, e.g. 4 (default 0: read in the main process)")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache root, e.g. /scratch/cache (default ./medprobe-cache or $MEDPROBE_CACHE)")
@@ -69,13 +69,8 @@ def add_dataset_args(p: argparse.ArgumentParser, default: str | None = None) -> 
                    "(kinds and options: 'medprobe datasets')")
     g.add_argument("--data-root", default=None, help="folder the dataset reads from, e.g. ~/data/medmnist")
     g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra dataset option (repeatable), e.g. size=64 ('medprobe datasets KIND' lists them)")
-
-
-def parse_resolution(s: str | None) -> tuple[int, int] | None:
-    from medprobe.schema import to_size
-
-    return to_size(s, "--resolution") if s else None
+                   help="dataset or task-family data option (repeatable), e.g. size=64, 'tiling={min_tissue: 0.0}' "
+                   "or tiling.min_tissue=0.0 ('medprobe datasets KIND', 'medprobe config keys')")
 
 
 def pick_device(name: str | None) -> Any:
@@ -96,6 +91,8 @@ def _value(v: str) -> Any:
 
 
 def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--data-root`` and ``--data-opt KEY=VALUE`` pairs as the raw ``data:`` mapping (values read like YAML:
+    ``tiling={min_tissue: 0.0}``; a dotted key sets one key of a section: ``tiling.min_tissue=0.0``)."""
     opts: dict[str, Any] = {}
     if args.data_root:
         opts["root"] = os.path.expanduser(args.data_root)
@@ -103,17 +100,45 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in kv:
             raise ConfigError(f"--data-opt must be KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
-        opts[k] = _value(v)
+        *outer, last = [p.strip() for p in k.split(".")]
+        if not last or not all(outer):
+            raise ConfigError(f"--data-opt must be KEY=VALUE or SECTION.KEY=VALUE, got {kv!r}")
+        d = opts
+        for part in outer:
+            if not isinstance(d.setdefault(part, {}), dict):
+                raise ConfigError(f"--data-opt {kv!r}: data.{part} is set to a value, not a section")
+            d = d[part]
+        d[last] = _value(v)
     return opts
 
 
-def build_encoder(args: argparse.Namespace, device: Any) -> Any:
-    from medprobe.encoders import create_encoder
+def extract_task(args: argparse.Namespace) -> Any:
+    """The options of ``medprobe extract`` as a :class:`~medprobe.pipeline.task.TaskSpec`, made by the one parser
+    (:func:`~medprobe.pipeline.task.parse_task`) from the flags' raw mapping: the same normalisation, defaults
+    and one-line errors as a task file (dataset, data options incl. a family's sections such as the slides'
+    ``tiling``, encoder, preprocessing, features)."""
+    from medprobe.pipeline.task import check_data_options, parse_task
 
-    options = encoder_options(getattr(args, "encoder_option", []))
+    enc_opts = encoder_options(getattr(args, "encoder_option", []))
     if getattr(args, "onnx_output", None):
-        options["onnx_output"] = args.onnx_output
-    return create_encoder(args.encoder, weights=args.weights, device=device, verify=not args.no_verify, **options)
+        enc_opts["onnx_output"] = args.onnx_output
+    pre = {"intensity": args.intensity, "channels": args.channels, "resize": args.resize,
+           "resolution": args.resolution, "interpolation": args.interpolation, "slice_axis": args.slice_axis}
+    feats = {"layers": args.layers, "amp": args.amp, "storage": args.storage, "batch_size": args.batch_size,
+             "workers": args.workers, "progress": not args.no_progress}
+    raw = {"name": "extract", "dataset": args.dataset, "data": dataset_options(args), "encoder": args.encoder,
+           "weights": args.weights, "verify_weights": not args.no_verify, "encoder_options": enc_opts,
+           "preprocess": pre, "features": feats, "device": args.device, "cache_dir": getattr(args, "cache_dir", None)}
+    spec = parse_task(raw, source="command line")
+    check_data_options(spec, "command line")
+    return spec
+
+
+def build_encoder(args: argparse.Namespace, device: Any) -> Any:
+    """The encoder the flags name (built from :func:`extract_task`'s spec, as ``medprobe run`` builds it)."""
+    from medprobe.pipeline.common import build_encoder as build
+
+    return build(extract_task(args), device)
 
 
 def encoder_options(pairs: list[str]) -> dict[str, Any]:
@@ -128,20 +153,18 @@ def encoder_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def build_preprocess(args: argparse.Namespace) -> Any:
-    from medprobe.preprocess import PreprocessConfig
-
-    return PreprocessConfig(intensity=args.intensity, channels=args.channels, resize=args.resize,
-                            resolution=parse_resolution(args.resolution), interpolation=args.interpolation,
-                            slice_axis=args.slice_axis)
+    """The flags' preprocessing: :func:`extract_task`'s ``preprocess`` section."""
+    return extract_task(args).preprocess
 
 
 def build_extract_config(args: argparse.Namespace) -> Any:
-    from medprobe.features import ExtractConfig
+    """The engine's options: :func:`extract_task`'s ``features`` section plus ``--tokens``."""
+    from medprobe.features.config import ExtractConfig
 
-    layers: Any = args.layers
-    return ExtractConfig(layers=layers, tokens=tuple(t for t in args.tokens.split(",") if t),
-                         batch_size=args.batch_size, amp=args.amp, storage=args.storage, workers=args.workers,
-                         progress=not args.no_progress)
+    try:
+        return ExtractConfig.from_features(extract_task(args).features, tokens=args.tokens)
+    except ConfigError as e:
+        raise ConfigError(f"--{e.problem}", "command line") from None
 
 
 def parse_shard(s: str | None) -> tuple[int, int] | None:

@@ -124,7 +124,7 @@ def parse_family_data(kind: str | None, data: Mapping[str, Any], source: str | N
     if schema is None:
         return dict(data)
     keys = schema_keys(schema)
-    inst = parse_section(schema, {k: data[k] for k in keys if k in data}, "data", source)
+    inst: Any = parse_section(schema, {k: data[k] for k in keys if k in data}, "data", source)
     out = {k: v for k, v in data.items() if k not in keys}
     always = getattr(schema, "hash_always", ())
     for f in section_fields(schema):

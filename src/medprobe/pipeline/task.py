@@ -372,13 +372,14 @@ DEFAULTS_EPOCH = 2
 # ------------------------------------------------------------------------------------------ parsing
 def merge_raw(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Raw option mappings merged: the mapping sections (data, preprocess, features, metrics, head_params,
-    notes, encoder_options) key by key (head_params one level deeper), everything else replaced."""
+    notes, encoder_options) key by key (head_params and a family's data sections such as ``data.tiling`` one
+    level deeper), everything else replaced."""
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
         if k in _MERGED and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             merged = dict(out[k])
             for k2, v2 in v.items():
-                if k == "head_params" and isinstance(v2, Mapping) and isinstance(merged.get(k2), Mapping):
+                if k in ("head_params", "data") and isinstance(v2, Mapping) and isinstance(merged.get(k2), Mapping):
                     merged[k2] = {**merged[k2], **copy.deepcopy(dict(v2))}
                 else:
                     merged[k2] = copy.deepcopy(v2)
