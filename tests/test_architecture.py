@@ -170,6 +170,38 @@ def test_no_import_runs_up_the_layers() -> None:
     assert not up, up
 
 
+_GLOBAL_SEEDS = {"torch.manual_seed", "torch.random.manual_seed", "torch.cuda.manual_seed",
+                 "torch.cuda.manual_seed_all", "np.random.seed", "numpy.random.seed", "random.seed",
+                 "torch.random.default_generator.manual_seed"}
+
+
+def bare_seeding(tree: ast.AST) -> list[int]:
+    """Lines that seed a global random stream outside a ``with ...fork_rng(...)`` block."""
+    out: list[int] = []
+
+    def visit(node: ast.AST, forked: bool) -> None:
+        if isinstance(node, ast.With):
+            forked = forked or any(isinstance(i.context_expr, ast.Call)
+                                   and ast.unparse(i.context_expr.func).endswith("fork_rng") for i in node.items)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in _GLOBAL_SEEDS and not forked:
+            out.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, forked)
+
+    visit(tree, False)
+    return out
+
+
+def test_no_hidden_global_random_state() -> None:
+    """Randomness goes through explicit generators or a seeded block whose state is restored
+    (:func:`medprobe.utils.torch_seeded`, ``torch.random.fork_rng``): no bare global seeding in the package."""
+    hits = [f"{p.relative_to(SRC)}:{line}" for p, _ in MODULES.values()
+            for line in bare_seeding(ast.parse(p.read_text(encoding="utf-8")))]
+    assert not hits, hits
+    planted = ast.parse("import torch\ntorch.manual_seed(0)\nwith torch.random.fork_rng():\n    torch.manual_seed(1)\n")
+    assert bare_seeding(planted) == [2]
+
+
 def test_the_checks_catch_what_they_should() -> None:
     """A cycle and an upward import planted in a copy of the graph are found."""
     g = {k: set(v) for k, v in GRAPH.items()}

@@ -41,6 +41,7 @@ from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import EncoderSpec, register
 from medprobe.errors import ConfigError, WeightsError
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -636,8 +637,7 @@ ARCHS: dict[str, ClipArch] = {
 
 
 def build_random(arch: ClipArch, spec: EncoderSpec, seed: int) -> Encoder:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch_seeded(seed):
         net = arch.build(spec)
     enc = arch.encoder(spec, net)
     enc.weights_id, enc.pretrained = f"random:seed={seed}", False

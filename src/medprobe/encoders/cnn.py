@@ -57,6 +57,7 @@ from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register
 from medprobe.errors import WeightsError
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -257,8 +258,7 @@ def empty_model(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 
 def seeded(seed: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """``make()`` under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch_seeded(seed):
         return make()
 
 

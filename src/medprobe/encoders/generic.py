@@ -43,6 +43,7 @@ from medprobe.encoders.clip import (
 from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register_resolver
 from medprobe.errors import ConfigError, WeightsError
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -159,8 +160,7 @@ def _classifier_prefixes(model: Any) -> tuple[str, ...]:
 def _timm_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) -> Encoder:
     cfg = spec.hf_config
     if ref.kind == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ref.seed)
+        with torch_seeded(ref.seed):
             model = _timm_create(cfg["timm_model"], bool(cfg["dynamic"]))
         enc = TimmEncoder(spec, model)
         enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False
@@ -318,8 +318,7 @@ def _hf_build(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) ->
     if ref.kind == "random":
         cfg = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         cfg._attn_implementation = "sdpa" if _supports_sdpa(transformers, cfg) else "eager"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ref.seed)
+        with torch_seeded(ref.seed):
             model = transformers.AutoModel.from_config(cfg, **_no_pooler(transformers, cfg))
         enc = HFEncoder(spec, model)
         enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False

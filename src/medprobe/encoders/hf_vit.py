@@ -25,6 +25,7 @@ from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import register
 from medprobe.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, EncoderSpec
 from medprobe.errors import ConfigError, WeightsError
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -155,8 +156,7 @@ def _build(arch: HFArch, spec: EncoderSpec, ref: WeightsRef) -> Encoder:
     )
 
     if ref.kind == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ref.seed)
+        with torch_seeded(ref.seed):
             model = build_hf_model(spec)
         enc = HFViTEncoder(spec, model, arch)
         enc.weights_id, enc.pretrained = f"random:seed={ref.seed}", False

@@ -43,6 +43,7 @@ from medprobe.encoders._timm_layout import (
 from medprobe.encoders.base import Encoder, EncoderInfo
 from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -57,8 +58,7 @@ Select = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 def _seeded(seed: int, make: Callable[[], Encoder]) -> Encoder:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch_seeded(seed):
         enc = make()
     enc.weights_id, enc.pretrained = f"random:seed={seed}", False
     return enc

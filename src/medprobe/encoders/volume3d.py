@@ -30,6 +30,7 @@ from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
 from medprobe.encoders.registry import EncoderSpec, _add
 from medprobe.errors import ConfigError, WeightsError
+from medprobe.utils import torch_seeded
 
 if TYPE_CHECKING:
     from medprobe.encoders.weights import WeightsRef
@@ -200,8 +201,7 @@ def _build_swin(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any]) 
     if ref.kind not in ("random", "file"):
         raise WeightsError(f"{spec.name} loads a local .pt / .safetensors file (e.g. model_swinvit.pt), not "
                            f"{ref.kind} weights", ref.location)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ref.seed)
+    with torch_seeded(ref.seed):
         model = build_swin(spec)
     if ref.kind == "file":
         path = Path(str(ref.location))
@@ -533,8 +533,7 @@ def _build_ctvit(spec: EncoderSpec, ref: WeightsRef, options: Mapping[str, Any])
     if ref.kind not in ("random", "file"):
         raise WeightsError(f"{spec.name} loads a local CT-CLIP .pt / .safetensors file, not {ref.kind} weights",
                            ref.location)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ref.seed)
+    with torch_seeded(ref.seed):
         enc = build_ctvit(spec)
     if ref.kind == "file":
         path = Path(str(ref.location))

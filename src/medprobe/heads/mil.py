@@ -31,6 +31,7 @@ from torch import nn
 from medprobe.errors import ConfigError
 from medprobe.heads.base import Head, default_metric, register_head, score
 from medprobe.heads.logreg import LogRegHead
+from medprobe.utils import torch_seeded
 
 PROJECTIONS = ("linear", "relu")
 
@@ -220,8 +221,7 @@ class _TorchBagHead(Head):
             val = (self._prep(vb), yv)
         ydt = torch.float32 if self.task == "multilabel" else torch.int64
         yt = torch.as_tensor(y, dtype=ydt)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))
+        with torch_seeded(int(self.seed)):
             self.model_ = self._module(dim, k)
             g = torch.Generator().manual_seed(int(self.seed))
             opt = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
