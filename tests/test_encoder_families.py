@@ -168,7 +168,8 @@ def test_unknown_family_fails_with_one_line() -> None:
     assert "\n" not in str(e.value) and "dinov3" in str(e.value)  # lists the known families
     with pytest.raises(ConfigError, match="unknown encoder 'nope-enc'"):  # nothing was registered
         create_encoder("nope-enc")
-    with pytest.raises(ConfigError, match=r"^unknown encoder family 'nope' \(did you mean 'none'\?; known: .*onnx.*\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown encoder family 'nope' \(did you mean 'none'\?; "
+                                          r"known: .*onnx.*\)$"):
         get_family("nope")
 
 
