@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 TaskType = Literal["binary", "multiclass", "multilabel", "ordinal", "regression", "segmentation", "registration",
-                   "instances", "none"]
+                   "instances", "survival", "none"]
 Modality = Literal["xray", "ct", "mri", "us", "endoscopy", "pathology", "em", "pet", "petct", "natural",
                    "generic"]
 

@@ -10,6 +10,8 @@
   comma list ``"age,bmi"``); ``Item.label`` is a float (one column) or a float64 vector; target names =
   the column names (``TaskInfo("regression", classes=names)``); an empty or non-numeric cell raises
   :class:`DataError` naming the CSV, row and column;
+* survival (``task="survival"``): two numeric columns, follow-up time then event (1) / censored (0)
+  (``label_columns=time,event``); ``Item.label`` is ``[time, event]``; ``TaskInfo("survival", ("time", "event"))``;
 * optional ``patient_column``, ``split_column`` (train / val / test), ``id_column``;
 * groups: ``patient_column`` (a column), or ``group_pattern`` (a regex on the file name; its ``group`` named
   group, else its first group) for a video / sequence / patient id: no group is ever in two splits;
@@ -204,8 +206,8 @@ def _task_from(task: str | TaskInfo | None, classes: Sequence[str] | None) -> Ta
                                                     tuple(classes))
     if isinstance(task, TaskInfo):
         return task
-    if task not in ("binary", "multiclass", "multilabel", "ordinal", "regression"):
-        raise ConfigError(f"task must be binary, multiclass, multilabel, ordinal or regression, got {task!r}")
+    if task not in ("binary", "multiclass", "multilabel", "ordinal", "regression", "survival"):
+        raise ConfigError(f"task must be binary, multiclass, multilabel, ordinal, regression or survival, got {task!r}")
     cl: tuple[str, ...] = tuple(classes) if classes is not None else (("0", "1") if task == "binary" else ())
     return TaskInfo(task, cl)  # type: ignore[arg-type]
 
@@ -232,6 +234,12 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
         raise DataError(f"missing column(s) {missing}; columns are {header}", source=csv_path)
     base = Path(root) if root is not None else csv_path.parent
     info = _task_from(task, classes)
+    survival = info is not None and info.type == "survival"
+    if survival:  # two numeric columns, time then event (0/1): parsed as regression targets, checked below
+        if len(label_columns) != 2:
+            raise ConfigError(f"a survival task needs two label columns, time and event (label_columns=time,event); "
+                              f"got {label_columns}", csv_path)
+        info = TaskInfo("regression", tuple(label_columns))
     regression = info is not None and info.type == "regression"
     multi_cols = not regression and (len(label_columns) > 1
                                      or (info is not None and info.type == "multilabel" and not sep))
@@ -292,6 +300,9 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
         if regression:
             values = [parse_target(row[c], where, c, csv_path) for c in label_columns]
             label: Any = values[0] if len(values) == 1 else np.array(values, dtype=np.float64)
+            if survival and (values[0] < 0 or values[1] not in (0.0, 1.0)):
+                raise DataError(f"{where}: survival time must be >= 0 and event 0 or 1, got {values[0]!r}, "
+                                f"{values[1]!r}", source=csv_path)
         elif sep:
             label = parse_multilabel_cell(row[label_columns[0]], info.classes, sep, no_finding, where,
                                                label_columns[0], csv_path)
@@ -314,6 +325,8 @@ def records_from_csv(csv_path: str | Path, *, root: str | Path | None = None, pa
         records.append(Record(path=p, label=label, id=rid or "", where=where,
                               patient=row[patient_column] if patient_column else None, split=split, spacing=sp))
     _assign_ids(records, base)
+    if survival:
+        info = TaskInfo("survival", ("time", "event"))
     return records, info
 
 

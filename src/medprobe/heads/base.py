@@ -27,7 +27,8 @@ INPUT_KINDS = ("vector", "bag", "dense", "pair")
 BUILTIN_MODULES = ("medprobe.heads.logreg", "medprobe.heads.knn", "medprobe.heads.linear", "medprobe.heads.ridge",
                    "medprobe.heads.mil", "medprobe.heads.seg_heads", "medprobe.heads.affinity",
                    "medprobe.registration.methods", "medprobe.heads.prototype",
-                   "medprobe.heads.retrieval", "medprobe.heads.zeroshot")
+                   "medprobe.heads.retrieval", "medprobe.heads.zeroshot",
+                   "medprobe.heads.cox")
 HEADS: Registry[type[Any]] = Registry("head", builtin=BUILTIN_MODULES, where="heads")
 _ALIASES: dict[tuple[str, str], str] = {}  # (alias, input kind) -> name; filled by register_head
 

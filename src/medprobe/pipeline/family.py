@@ -26,7 +26,8 @@ from medprobe.pipeline.task import TaskSpec
 from medprobe.registry import Registry
 
 FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
-_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides", "retrieval")
+_BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides", "retrieval",
+            "survival")
 FAMILIES: Registry[type[TaskFamily]] = Registry(
     "task family", builtin=tuple(f"medprobe.pipeline.families.{m}" for m in _BUILTIN), where="kind")
 
