@@ -64,6 +64,6 @@ def run_families(args: argparse.Namespace) -> int:
         print(f"{name}: datasets of type {', '.join(fam.task_types)}; features per {fam.feature_unit}; "
               f"heads take {'/'.join(fam.head_inputs)} input")
         for cls in head_classes():
-            if cls.input_kind in fam.head_inputs and (not cls.tasks or set(cls.tasks) & set(fam.task_types)):
+            if fam.serves_head(cls):
                 print(f"  {cls.name:<10} [{cls.input_kind}] params: {', '.join(fam.head_params(cls))}")
     return 0

@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     shown = 0
     for fam_name in family_names():
         fam = get_family(fam_name)
-        heads = [c for c in head_classes() if c.input_kind in fam.head_inputs
-                 and (not c.tasks or set(c.tasks) & set(fam.task_types)) and args.name in (None, c.name)]
+        heads = [c for c in head_classes() if fam.serves_head(c) and args.name in (None, c.name)]
         if not heads:
             continue
         print(f"{fam_name} (dataset task types {', '.join(fam.task_types)}; heads take "

@@ -31,6 +31,7 @@ class ZeroShotHead(Head):
     """Zero-shot: the checkpoint's text tower scores class prompts (no training labels are used)."""
 
     tasks = ("binary", "multiclass", "ordinal")
+    context_params = ("tower",)  # given by the run (context_kwargs), never by head_params
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  templates: list[str] | None = None, classnames: list[str] | None = None,

@@ -131,6 +131,7 @@ class TaskFamily:
     feature_unit: ClassVar[str] = "image"
     dataset_unit: ClassVar[str | None] = None  # datasets with this ``unit`` (e.g. "slide") come to this family
     by_kind_only: ClassVar[bool] = False  # chosen only when a task names it (kind: retrieval), never by task type
+    head_outputs: ClassVar[tuple[str, ...] | None] = None  # a head must give one of these outputs (None: any)
     tokens: ClassVar[tuple[str, ...]] = ("cls", "mean")  # what the engine extracts
     default_layers: ClassVar[str] = "last"  # features.layers: auto
     default_use: ClassVar[str] = "last"  # features.use: auto
@@ -171,6 +172,14 @@ class TaskFamily:
 
     def check_head(self, head_cls: type[Any], name: str, ds: Any) -> None:
         """Refuse a head this dataset cannot feed (beyond its input kind and task type); default: none."""
+
+    def serves_head(self, head_cls: type[Any]) -> bool:
+        """Whether this family can run ``head_cls`` (input kind, task types, ``head_outputs``): what ``medprobe
+        heads`` and ``medprobe config families`` list under it."""
+        tasks = tuple(getattr(head_cls, "tasks", ()))
+        outs = set(getattr(head_cls, "outputs", ("proba",)))
+        return (head_cls.input_kind in self.head_inputs and (not tasks or bool(set(tasks) & set(self.task_types)))
+                and (self.head_outputs is None or bool(outs & set(self.head_outputs))))
 
     def head_params(self, head_cls: type[Any]) -> list[str]:
         """Names ``head_params.<head>`` may set for this head."""

@@ -43,6 +43,7 @@ class ClassificationFamily(TaskFamily):
     head_inputs = ("vector", "bag")
     tokens = ("cls", "mean")
     headline = ("auc", "acc", "balanced_acc", "f1_macro")
+    head_outputs = ("proba", "proba_ks")
     rank_by = ("auc", "acc", "balanced_acc")
     paired_scores = True
 
@@ -71,7 +72,7 @@ class ClassificationFamily(TaskFamily):
     def head_params(self, head_cls: type[Any]) -> list[str]:
         """The head's own keywords, plus ``calibrate`` (temperature scaling on validation) for probabilistic
         heads."""
-        names = super().head_params(head_cls)
+        names = [n for n in super().head_params(head_cls) if n not in getattr(head_cls, "context_params", ())]
         if "proba" in getattr(head_cls, "outputs", ("proba",)):
             names = sorted({*names, "calibrate"})
         return names

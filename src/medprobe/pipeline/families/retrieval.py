@@ -28,6 +28,7 @@ class RetrievalFamily(TaskFamily):
     name = "retrieval"
     task_types = ("binary", "multiclass", "multilabel", "ordinal")
     by_kind_only = True  # classification datasets go to 'classification' unless a task says kind: retrieval
+    head_outputs = ("neighbours",)
     head_inputs = ("vector",)
     tokens = ("cls", "mean")
     headline = ("acc@1", "acc@5", "map@5", "mv@5", "within_map@5")

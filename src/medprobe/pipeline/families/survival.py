@@ -25,6 +25,7 @@ class SurvivalFamily(TaskFamily):
     name = "survival"
     task_types = ("survival",)
     head_inputs = ("vector",)
+    head_outputs = ("risk",)
     tokens = ("cls", "mean")
     headline = ("c_index", "c_index_uno")
     rank_by = ("c_index", "c_index_uno")
