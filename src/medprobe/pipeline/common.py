@@ -140,10 +140,9 @@ def pick_device(name: str | None) -> torch.device:
 def extract_config(spec: TaskSpec, tokens: tuple[str, ...]) -> ExtractConfig:
     """The engine's options from the task's (family-resolved) features section."""
     f = spec.features
-    if f.layers == "auto":
+    if f.layers.symbol == "auto":
         raise ConfigError("features.layers is still 'auto': the task family resolves it first", spec.name)
-    return ExtractConfig(layers=f.layers, tokens=tokens, batch_size=f.batch_size, amp=f.amp, storage=f.storage,
-                         workers=f.workers, progress=f.progress)
+    return ExtractConfig.from_features(f, tokens)
 
 
 def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tuple[str, ...], info: Any = None

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medprobe.errors import ConfigError, DataError
+from medprobe.pipeline.options import register_data_schema, schema_keys
 from medprobe.pipeline.task import TaskSpec
 from medprobe.registry import Registry
 
@@ -39,11 +40,15 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
     if cls.feature_unit not in FEATURE_UNITS:
         raise ConfigError(f"task family {cls.name!r}: feature_unit must be one of {', '.join(FEATURE_UNITS)}",
                           "medprobe.pipeline")
+    if cls.data_schema is not None:  # its typed data: section; the keys it reads are that section's fields
+        cls.data_options = tuple(dict.fromkeys((*cls.data_options, *schema_keys(cls.data_schema))))
+    register_data_schema(cls.name, cls.data_schema, cls.data_options)
     return FAMILIES.register(cls.name, cls)
 
 
 def unregister_family(name: str) -> None:
     FAMILIES.unregister(name)
+    register_data_schema(name, None)
 
 
 def family_names() -> list[str]:
@@ -141,6 +146,9 @@ class TaskFamily:
     paired_scores: ClassVar[bool] = False  # per-case class scores stored: settings compared by a paired bootstrap
     report_panels: ClassVar[tuple[str, ...]] = ()  # extra report panels of its rows (e.g. "slide-mil")
     data_options: ClassVar[tuple[str, ...]] = ()  # dataset options the family consumes itself
+    # the typed section of those options (a frozen dataclass of medprobe.schema.opt fields, parsed by parse_task:
+    # typos refused, values normalised before the hash, listed by 'medprobe config keys'); see pipeline/options.py
+    data_schema: ClassVar[type | None] = None
     unit_label: ClassVar[str] = "px"
 
     # ------------------------------------------------------------------------------ set-up
@@ -156,8 +164,8 @@ class TaskFamily:
     def resolve(self, spec: TaskSpec, ds: Any, encoder: Any) -> TaskSpec:
         """The spec with this family's defaults made explicit (recorded with every row)."""
         f = spec.features
-        layers = f.layers
-        if layers == "auto":
+        layers: str = f.layers
+        if f.layers.symbol == "auto":
             layers = self.default_layers
             try:
                 encoder.resolve_layers(layers)

@@ -45,6 +45,7 @@ def _inputs(v: Any, path: str) -> str | None:
 class SlidesData:
     """``data:`` options of the ``slides`` family: how a slide becomes tiles and its tissue mask."""
 
+    family: ClassVar[str] = "slides"
     hash_always: ClassVar[tuple[str, ...]] = ("tiling", "tissue")
 
     tiling: TilingConfig = opt(factory=TilingConfig, norm=section(TilingConfig), type="section",
@@ -57,6 +58,7 @@ class SlidesData:
 class SegmentationData:
     """``data:`` options of the ``segmentation`` family."""
 
+    family: ClassVar[str] = "segmentation"
     hash_always: ClassVar[tuple[str, ...]] = ()
 
     skip_invalid: bool = opt(False, norm=to_bool, type="bool",
@@ -65,7 +67,7 @@ class SegmentationData:
                              help="only these channels (names or indices joined by +; the PET/CT input ablation)")
 
 
-_SCHEMAS: dict[str, type] = {"slides": SlidesData, "segmentation": SegmentationData}
+_SCHEMAS: dict[str, type] = {s.family: s for s in (SlidesData, SegmentationData)}  # built-in families' sections
 _UNTYPED: dict[str, tuple[str, ...]] = {}  # plug-in families that list data keys without a schema
 
 
@@ -92,15 +94,23 @@ def data_schemas() -> dict[str, type]:
 
 
 def family_of_data(kind: str | None, data: Mapping[str, Any]) -> str | None:
-    """The family whose ``data:`` options apply: ``kind`` when given, else the one family declaring a key of
-    ``data`` (None when none does; two families declaring the written keys is a ConfigError)."""
+    """The family whose typed ``data:`` section applies: ``kind`` when given, else the family whose section declares
+    a key of ``data`` (None when none does; two different sections declaring the written keys is a ConfigError).
+    Families that list the same keys without a section (reading the slides' ``tiling`` for their own slide
+    datasets, say) do not compete with the section."""
     if kind:
         return kind
-    hits = sorted(name for name, keys in _all_keys().items() if set(keys) & set(data))
-    if len(hits) > 1:
-        raise ConfigError(f"data: {', '.join(sorted(set(data) & {k for h in hits for k in _all_keys()[h]}))} "
-                          f"are options of the {' and '.join(hits)} families: set 'kind'")
-    return hits[0] if hits else None
+    typed: dict[type, list[str]] = {}
+    for name, schema in _SCHEMAS.items():
+        if set(schema_keys(schema)) & set(data):
+            typed.setdefault(schema, []).append(name)
+    if len(typed) > 1:
+        names = sorted(n for v in typed.values() for n in v)
+        keys = sorted(set(data) & {k for s in typed for k in schema_keys(s)})
+        raise ConfigError(f"data: {', '.join(keys)} are options of the {' and '.join(names)} families: set 'kind'")
+    if typed:
+        return sorted(next(iter(typed.values())))[0]
+    return None
 
 
 def _all_keys() -> dict[str, tuple[str, ...]]:
@@ -111,9 +121,12 @@ def _all_keys() -> dict[str, tuple[str, ...]]:
 
 
 def family_data_keys(kind: str | None, data: Mapping[str, Any] = {}) -> set[str]:  # noqa: B006 (read only)
-    """The ``data:`` keys the task's family reads itself (not passed to the dataset factory)."""
-    fam = family_of_data(kind, data)
-    return set(_all_keys().get(fam, ())) if fam else set()
+    """The ``data:`` keys the task's family reads itself (not passed to the dataset factory): those of ``kind``;
+    without a kind, those of every family declaring a key of ``data``."""
+    keys = _all_keys()
+    if kind:
+        return set(keys.get(kind, ()))
+    return {k for fam in keys.values() if set(fam) & set(data) for k in fam}
 
 
 def parse_family_data(kind: str | None, data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:

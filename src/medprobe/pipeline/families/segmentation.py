@@ -39,6 +39,7 @@ from medprobe.heads.seg_train import (
 )
 from medprobe.metrics.segmentation import aggregate_cases, distance_units, segmentation_metrics, spacing_known
 from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, fmt_ci, register_family
+from medprobe.pipeline.options import SegmentationData
 from medprobe.pipeline.task import TaskSpec
 from medprobe.utils import atomic_write_bytes, default_cache_dir, torch_seeded
 
@@ -156,7 +157,7 @@ class SegmentationFamily(TaskFamily):
     default_use = "concat"
     headline = ("dice", "iou", "hd95", "asd")
     rank_by = ("dice", "miou", "iou")
-    data_options = ("skip_invalid", "inputs")
+    data_schema = SegmentationData  # data.skip_invalid, data.inputs
     unit_label = "px/slice"
 
     def prepare_dataset(self, ds: Any, spec: TaskSpec, verbose: bool) -> tuple[Any, dict[str, Any]]:

@@ -28,6 +28,7 @@ from medprobe.metrics.bootstrap import bootstrap_weighted
 from medprobe.metrics.classification import check_keys, compute, prepare
 from medprobe.numerics import roc_auc
 from medprobe.pipeline.family import _TOKENS, HeadResult, RunContext, TaskFamily, register_family
+from medprobe.pipeline.options import SlidesData, family_options
 from medprobe.utils import atomic_write_json
 
 DEFAULT_SEEDS = 5  # the study trained its slide heads with 5 seeds
@@ -119,12 +120,6 @@ def slide_bags(ctx: RunContext) -> list[np.ndarray]:
     return out
 
 
-def _parse_options(cls: type, raw: Any, path: str, source: str | None) -> Any:
-    from medprobe.schema import parse_section
-
-    return parse_section(cls, raw if raw is not None else {}, path, source)
-
-
 @register_family
 class SlidesFamily(TaskFamily):
     name = "slides"
@@ -137,7 +132,7 @@ class SlidesFamily(TaskFamily):
     rank_by = ("auc", "acc", "balanced_acc")
     paired_scores = True
     report_panels = ("slide-mil",)  # medprobe.report.slides: slide table, tiles, attention heat-maps
-    data_options = ("tiling", "tissue")
+    data_schema = SlidesData  # data.tiling, data.tissue
     unit_label = "px tiles"
 
     def check_dataset(self, ds: Any, spec: Any) -> None:
@@ -149,11 +144,8 @@ class SlidesFamily(TaskFamily):
 
     def prepare_dataset(self, ds: Any, spec: Any, verbose: bool) -> tuple[Any, dict[str, Any]]:
         """Parse ``data.tiling`` / ``data.tissue`` and hand them to the engine's slide path (set on the dataset)."""
-        from medprobe.data.tiling import TilingConfig
-        from medprobe.preprocess.tissue import TissueConfig
-
-        ds.tiling = _parse_options(TilingConfig, spec.data.get("tiling"), "data.tiling", spec.name)
-        ds.tissue = _parse_options(TissueConfig, spec.data.get("tissue"), "data.tissue", spec.name)
+        opts = family_options(self.name, spec.data, spec.name)  # typed by parse_task (defaults if not set)
+        ds.tiling, ds.tissue = opts.tiling, opts.tissue
         return ds, {"tiling": ds.tiling.to_dict(), "tissue": ds.tissue.to_dict()}
 
     def budget_labels(self, ds: Any) -> list[Any] | None:
