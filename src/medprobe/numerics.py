@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AucColumn", "auc_column", "dice_from_counts", "dice_per_class", "roc_auc", "weighted_auc"]
+__all__ = ["AucColumn", "auc_column", "dice_from_counts", "dice_per_class", "harrell_c_index", "roc_auc",
+           "weighted_auc"]
 
 
 # --------------------------------------------------------------------------------------------- ROC AUC
@@ -113,3 +114,19 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, labels: Iterable[int]) -> n
         p, g = pred == c, gt == c
         tp[i], n_pred[i], n_gt[i] = np.count_nonzero(p & g), np.count_nonzero(p), np.count_nonzero(g)
     return dice_from_counts(tp, n_pred, n_gt)
+
+
+# --------------------------------------------------------------------------------------------- concordance
+def harrell_c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tied_tol: float = 1e-8) -> float:
+    """Harrell's concordance index of risk scores (higher = earlier event): over comparable pairs (``event_i`` and
+    ``time_i < time_j``, or equal times with ``j`` censored), the share with ``risk_i > risk_j`` (risk ties count
+    1/2); NaN without a comparable pair. The Cox head selects its penalty with it; the reported c-indices and their
+    CIs are :mod:`medprobe.metrics.survival` (same definition)."""
+    t = np.asarray(time, dtype=np.float64)
+    e = np.asarray(event, dtype=bool)
+    r = np.asarray(risk, dtype=np.float64)
+    comp = e[:, None] & ((t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :]))
+    diff = r[:, None] - r[None, :]
+    conc = np.where(np.abs(diff) <= tied_tol, 0.5, (diff > 0).astype(np.float64))
+    n = comp.sum()
+    return float((conc * comp).sum() / n) if n else float("nan")

@@ -119,13 +119,14 @@ class CoxPHHead(Head):
         self.val_fraction = val_fraction
 
     def _targets(self, y: Any, n: int, what: str = "y") -> tuple[np.ndarray, np.ndarray]:
-        from medprobe.metrics.survival import check_survival
-
         y = np.asarray(y, dtype=np.float64)
-        if y.shape[:1] != (n,):
-            raise ConfigError(f"{what} has {y.shape[0] if y.ndim else 0} rows but the features have {n}",
+        if y.ndim != 2 or y.shape != (n, 2):
+            raise ConfigError(f"{what} must be (N, 2) [time, event] for {n} cases, got shape {y.shape}",
                               self._where())
-        t, e = check_survival(y, self._where())
+        t, ev = y[:, 0], y[:, 1]
+        if not np.isfinite(y).all() or (t < 0).any() or not np.isin(ev, (0.0, 1.0)).all():
+            raise ConfigError(f"{what}: times must be finite and >= 0, events 0 or 1", self._where())
+        e = ev.astype(bool)
         if not e.any():
             raise ConfigError(f"{what}: no event among the cases (all censored): a Cox model cannot be fitted",
                               self._where())
@@ -147,7 +148,7 @@ class CoxPHHead(Head):
         self.n_features_in_ = X.shape[1]
         self.val_scores_: dict[str, float] = {}
         if len(pens) > 1:
-            from medprobe.metrics.survival import concordance_index
+            from medprobe.numerics import harrell_c_index
 
             if X_val is None:
                 rng = np.random.default_rng(self.seed)
@@ -162,7 +163,7 @@ class CoxPHHead(Head):
             mean, sd = self._scale(Xtr)
             for p in pens:
                 b, _ = self._fit_one((Xtr - mean) / sd, ttr, etr, p)
-                self.val_scores_[str(p)] = concordance_index(tva, eva, ((Xva - mean) / sd) @ b)
+                self.val_scores_[str(p)] = harrell_c_index(tva, eva, ((Xva - mean) / sd) @ b)
             best = max(pens, key=lambda p: (np.nan_to_num(self.val_scores_[str(p)], nan=-1.0), p))
         else:
             best = pens[0]

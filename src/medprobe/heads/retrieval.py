@@ -18,6 +18,8 @@ from medprobe.errors import ConfigError
 from medprobe.heads.base import Head, register_head
 from medprobe.heads.knn import _normalise, topk_cosine
 
+DEFAULT_KS = (1, 5, 10, 20)  # the retrieval cut-offs scored (medprobe.metrics.retrieval)
+
 
 @register_head("cosine")
 class CosineRetrievalHead(Head):
@@ -34,8 +36,6 @@ class CosineRetrievalHead(Head):
 
     def cutoffs(self) -> list[int]:
         """The sorted, distinct ``ks`` (default 1, 5, 10, 20), checked positive."""
-        from medprobe.metrics.retrieval import DEFAULT_KS
-
         ks = sorted({int(k) for k in (self.ks if self.ks is not None else DEFAULT_KS)})
         if not ks or ks[0] < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks!r}", self._where())

@@ -55,7 +55,8 @@ class CalibrationInputs:
 
 
 def is_probability(ys: np.ndarray, task: str) -> bool:
-    """Scores in [0, 1] (within 1e-6) and, for single-label tasks with K >= 2 columns, rows summing to 1 (within 1e-3)."""
+    """Scores in [0, 1] (within 1e-6) and, for single-label tasks with K >= 2 columns, rows summing to 1 (within
+    1e-3)."""
     if ys.size == 0 or ys.min() < -1e-6 or ys.max() > 1 + 1e-6:  # float32 heads round to ~1e-7
         return False
     if task != "multilabel" and ys.ndim == 2 and ys.shape[1] >= 2:
@@ -163,18 +164,26 @@ def compute_calibration(ci: CalibrationInputs, w: np.ndarray, keys: Sequence[str
 def calibration_metrics(y_true: np.ndarray | Sequence, y_score: np.ndarray | Sequence, task: str,
                         threshold: float = 0.5, n_bins: int = N_BINS) -> dict[str, float]:
     """ECE (equal width, equal mass), Brier and NLL of one prediction set (module docstring)."""
-    from medprobe.metrics.classification import prepare
-
-    prep = prepare(y_true, y_score, task, threshold=threshold)
-    ci = prepare_calibration(prep.y_true, _scores(y_score, task), prep.y_pred, task, n_bins)
-    return {k: float(v[0]) for k, v in compute_calibration(ci, np.ones((1, prep.n_cases))).items()}
+    yt, ys, pred = _inputs(y_true, y_score, task, threshold)
+    ci = prepare_calibration(yt, ys, pred, task, n_bins)
+    return {k: float(v[0]) for k, v in compute_calibration(ci, np.ones((1, len(ys)))).items()}
 
 
-def _scores(y_score: np.ndarray | Sequence, task: str) -> np.ndarray:
+def _inputs(y_true: np.ndarray | Sequence, y_score: np.ndarray | Sequence, task: str, threshold: float
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, (N, K) scores and the predictions the classification metrics make (binary ``p1 > threshold``,
+    multi-label ``p > threshold``, else argmax)."""
     ys = np.asarray(y_score, dtype=np.float64)
+    yt = np.asarray(y_true)
     if task == "binary" and ys.ndim == 1:
         ys = np.stack([1.0 - ys, ys], axis=1)
-    return ys
+    if ys.ndim != 2 or len(ys) != len(yt) or len(ys) == 0:
+        raise ConfigError(f"y_score must be (N, K) for N = {len(yt)} cases, got shape {ys.shape}")
+    if task == "multilabel":
+        return yt.astype(bool), ys, ys > threshold
+    yt = yt.reshape(len(yt), -1)[:, 0].astype(np.int64)
+    pred = (ys[:, 1] > threshold).astype(np.int64) if task == "binary" else np.argmax(ys, axis=1)
+    return yt, ys, pred
 
 
 @dataclass(frozen=True)
@@ -194,18 +203,16 @@ class Reliability:
 def reliability_curve(y_true: np.ndarray | Sequence, y_score: np.ndarray | Sequence, task: str,
                       strategy: str = "width", n_bins: int = N_BINS, threshold: float = 0.5) -> Reliability:
     """Points of a reliability diagram (top label; multi-label: every case x label pooled)."""
-    from medprobe.metrics.classification import prepare
-
     if strategy not in ("width", "mass"):
         raise ConfigError(f"reliability strategy must be 'width' or 'mass', got {strategy!r}")
-    prep = prepare(y_true, y_score, task, threshold=threshold)
-    ys = np.clip(_scores(y_score, task), 0.0, 1.0)
+    yt, ys, pred = _inputs(y_true, y_score, task, threshold)
+    ys = np.clip(ys, 0.0, 1.0)
     if task == "multilabel":
         conf = ys.ravel()
-        hit = np.asarray(prep.y_true, dtype=np.float64).ravel()
+        hit = yt.astype(np.float64).ravel()
     else:
-        conf = ys[np.arange(len(ys)), prep.y_pred]
-        hit = (prep.y_pred == prep.y_true).astype(np.float64)
+        conf = ys[np.arange(len(ys)), pred]
+        hit = (pred == yt).astype(np.float64)
     bins = width_bins(conf, n_bins) if strategy == "width" else mass_bins(conf, n_bins)
     count = np.bincount(bins, minlength=n_bins).astype(np.float64)
     keep = count > 0

@@ -164,6 +164,9 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
         from medprobe.report.slides import slide_sections
 
         sec.children += slide_sections(db.root, pts)  # slide tasks: heat-maps, tissue masks, tiles per slide
+        from medprobe.report.beyond import beyond_sections
+
+        sec.children += beyond_sections(db, pts)  # calibration, few-shot, retrieval, survival panels
         ov = _overlays(db.root, pts)
         if ov:
             sec.children.append(Section("Segmentation overlays", f"overlays-{_slug(t)}", figures=ov))

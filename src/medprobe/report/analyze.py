@@ -27,7 +27,7 @@ from medprobe.errors import MedprobeError
 
 LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "are", "arand", "cremi_score", "hd95", "asd", "loss", "brier",
                    "ece", "tre", "mae", "rmse", "folding_pct", "folding_fraction", "std_log_jacobian", "hd95_px",
-                   "asd_px"}
+                   "asd_px", "ece_mass", "nll"}
 CLASSIFICATION_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
 # What a row says about itself for reports is in its record (``report``: ``rank_by``, ``paired_scores``, ``panels``,
 # ``probe``, declared by its task family and head). Rows recorded before those facts were stored read the

@@ -33,6 +33,7 @@ class RetrievalFamily(TaskFamily):
     tokens = ("cls", "mean")
     headline = ("acc@1", "acc@5", "map@5", "mv@5", "within_map@5")
     rank_by = ("map@5", "acc@1", "mv@5")
+    report_panels = ("retrieval",)  # medprobe.report.beyond
 
     def check_head(self, head_cls: type[Any], name: str, ds: Any) -> None:
         if "neighbours" not in getattr(head_cls, "outputs", ()):

@@ -29,6 +29,7 @@ class SurvivalFamily(TaskFamily):
     tokens = ("cls", "mean")
     headline = ("c_index", "c_index_uno")
     rank_by = ("c_index", "c_index_uno")
+    report_panels = ("survival",)  # medprobe.report.beyond
     data_options = ("tiling", "tissue")  # slide datasets: the tile unit's options (as the slides family)
 
     def check_dataset(self, ds: Any, spec: Any) -> None:
