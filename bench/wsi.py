@@ -142,7 +142,7 @@ def _throughput(a: argparse.Namespace, enc: Any, ds: Any, label: str, workers: l
     from medprobe.preprocess import PreprocessConfig
 
     pre = resolve_preprocess(PreprocessConfig(), ds, enc)
-    tiling, tissue = slide_options(ds)
+    tiling, tissue = slide_options()  # the defaults extract() uses below
     src = _TileSource(ds, pre, enc.patch_size, tiling, tissue)
     tiles = []
     for i in range(len(ds)):  # the same tiles, preprocessed beforehand (not timed)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import medprobe.features.engine as engine
+    import medprobe.features.common as common
     from medprobe.encoders import create_encoder
     from medprobe.features import ExtractConfig, extract
     from medprobe.preprocess import PreprocessConfig
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     rank = torch.distributed.get_rank() if world > 1 else 0
 
     if a.writers:
-        orig = engine.write_manifest
+        orig = common.write_manifest
 
         def logged(*args, **kw):  # noqa: ANN002, ANN003, ANN202
             with open(a.writers, "a", encoding="utf-8") as f:
                 f.write(f"{rank}\n")
             return orig(*args, **kw)
 
-        engine.write_manifest = logged
+        common.write_manifest = logged  # the sharded-entry driver writes it
 
     ds = make_dataset(a.items, a.size)
     if a.slow > 0:

@@ -174,7 +174,7 @@ def test_full_disk_during_extraction_is_one_line_and_keeps_finished_shards(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import medprobe.features.engine as eng
+    import medprobe.features.common as eng  # write_shard saves the arrays
 
     real, calls = eng.atomic_save_npy, []
 

@@ -365,7 +365,7 @@ def test_runner_keeps_no_view_of_the_whole_batch_output() -> None:
     """cls as token 0 of all tokens is a view: the collected rows must not keep every token of every batch alive
     (a whole slide's tiles would then sit in memory: bench/wsi.py's peak grew with the slide)."""
     from medprobe.encoders.base import EncoderOutput
-    from medprobe.features.engine import _Runner
+    from medprobe.features.common import Runner
 
     class TokenView(Encoder):
         def __init__(self) -> None:
@@ -377,7 +377,7 @@ def test_runner_keeps_no_view_of_the_whole_batch_output() -> None:
             grid = tokens[:, 1:].reshape(x.shape[0], 2, 2, 64).permute(0, 3, 1, 2)
             return EncoderOutput(cls={0: tokens[:, 0]}, patch={0: grid})
 
-    runner = _Runner(TokenView(), (0,), ("cls", "mean"), torch.device("cpu"), None, np.dtype(np.float32))
+    runner = Runner(TokenView(), (0,), ("cls", "mean"), torch.device("cpu"), None, np.dtype(np.float32))
     for _ in range(3):
         runner.run(torch.zeros(2, 3, 32, 32))
     for parts in runner.chunks.values():

@@ -25,7 +25,7 @@ from medprobe.data.tiling import TilingConfig, plan_tiles, read_tile  # noqa: E4
 from medprobe.encoders import create_encoder  # noqa: E402
 from medprobe.errors import ConfigError  # noqa: E402
 from medprobe.features import ExtractConfig, FeatureStore, extract, lookup  # noqa: E402
-from medprobe.features import engine as engine_mod  # noqa: E402
+from medprobe.features import common as common_mod  # noqa: E402
 from medprobe.features.slides import export_h5, slide_coords, slide_files  # noqa: E402
 from medprobe.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 from medprobe.preprocess.tissue import TissueConfig, detect_tissue  # noqa: E402
@@ -68,7 +68,7 @@ def _same(a: FeatureStore, b: FeatureStore) -> None:
 def test_tiles_coords_and_features_match_an_independent_run(baseline: FeatureStore, enc) -> None:  # type: ignore[no-untyped-def]
     ds = make_slides()
     assert baseline.n_items == 2 and baseline.manifest["unit"] == "tile"
-    pre = Preprocessor(engine_mod.resolve_preprocess(PRE, ds, enc), enc.patch_size)
+    pre = Preprocessor(common_mod.resolve_preprocess(PRE, ds, enc), enc.patch_size)
     for i, mpp in enumerate((None, TCGA_MPP)):
         slide = open_slide(ds.rows[i][1], mpp=mpp)
         mask = detect_tissue(slide, TissueConfig())
@@ -109,25 +109,24 @@ def test_slide_entries_are_shared_and_options_change_keys(baseline: FeatureStore
     index = cache / baseline.path.name
     shutil.rmtree(index)
     calls = []
-    orig = engine_mod._Runner.run
+    orig = common_mod.Runner.run
 
     def counting(self, x):  # type: ignore[no-untyped-def]
         calls.append(len(x))
         return orig(self, x)
 
-    engine_mod._Runner.run = counting  # type: ignore[method-assign]
+    common_mod.Runner.run = counting  # type: ignore[method-assign]
     try:
         twice = make_slides(copies=2)  # another dataset listing the same two slides twice
         store = extract(twice, enc, PRE, CFG, cache_dir=cache, device="cpu")
         assert store is not None and store.n_items == 4 and calls == []  # every slide entry reused
         np.testing.assert_array_equal(store.item(2, "cls"), baseline.item(0, "cls"))
-        ds = make_slides()
-        ds.tiling = TilingConfig(min_tissue=0.9)
-        fewer = extract(ds, enc, PRE, CFG, cache_dir=cache, device="cpu")
+        fewer = extract(make_slides(), enc, PRE, CFG, cache_dir=cache, device="cpu",
+                        unit_options={"tiling": TilingConfig(min_tissue=0.9)})
         assert fewer is not None and fewer.path != baseline.path and sum(calls) == int(fewer.slices.sum())
         assert np.all(fewer.slices <= baseline.slices) and fewer.slices.sum() < baseline.slices.sum()
     finally:
-        engine_mod._Runner.run = orig  # type: ignore[method-assign]
+        common_mod.Runner.run = orig  # type: ignore[method-assign]
     with pytest.raises(ConfigError, match="one vector per tile"):
         extract(make_slides(), enc, PRE, replace(CFG, tokens=("patch",)), cache_dir=cache, device="cpu")
     pytest.importorskip("h5py")
@@ -145,7 +144,7 @@ def test_failed_run_resumes_at_its_slide_with_identical_features(baseline: Featu
     n0 = int(baseline.slices[0])
     k = n0 + 5  # fail 5 tiles into the second slide (batches of 16 tiles: mid-slide)
     seen: list[int] = []
-    orig = engine_mod._Runner.run
+    orig = common_mod.Runner.run
 
     def failing(self, x):  # type: ignore[no-untyped-def]
         if sum(seen) + len(x) > k:
@@ -153,12 +152,12 @@ def test_failed_run_resumes_at_its_slide_with_identical_features(baseline: Featu
         seen.append(len(x))
         return orig(self, x)
 
-    engine_mod._Runner.run = failing  # type: ignore[method-assign]
+    common_mod.Runner.run = failing  # type: ignore[method-assign]
     try:
         with pytest.raises(RuntimeError, match="killed"):
             extract(make_slides(), enc, PRE, CFG, cache_dir=tmp_path, device="cpu")
     finally:
-        engine_mod._Runner.run = orig  # type: ignore[method-assign]
+        common_mod.Runner.run = orig  # type: ignore[method-assign]
     done = [d for d in tmp_path.iterdir() if (d / "manifest.json").is_file()]
     assert len(done) == 1 and json.loads((done[0] / "manifest.json").read_text(encoding="utf-8"))["ids"] == \
         [baseline.ids[0]]  # the first slide is kept, nothing of the second, no index
@@ -169,11 +168,11 @@ def test_failed_run_resumes_at_its_slide_with_identical_features(baseline: Featu
         counted.append(len(x))
         return orig(self, x)
 
-    engine_mod._Runner.run = counting  # type: ignore[method-assign]
+    common_mod.Runner.run = counting  # type: ignore[method-assign]
     try:
         store = extract(make_slides(), enc, PRE, CFG, cache_dir=tmp_path, device="cpu")
     finally:
-        engine_mod._Runner.run = orig  # type: ignore[method-assign]
+        common_mod.Runner.run = orig  # type: ignore[method-assign]
     assert store is not None and sum(counted) == int(baseline.slices[1])  # only the interrupted slide, from tile 0
     assert [(f.name, f.stat().st_mtime_ns) for f in sorted((done[0] / "shard-00000").iterdir())] == stamp
     assert store.path.name == baseline.path.name

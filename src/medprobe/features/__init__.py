@@ -1,7 +1,7 @@
-"""Features: the extraction engine and the content-addressed, memory-mapped feature cache.
+"""Features: the extraction engine, its units and the content-addressed, memory-mapped feature cache.
 
-The cache side (listing, verifying, reading entries) is torch-free; the engine (torch) is imported on first
-use of one of its names, so ``medprobe cache`` starts without loading a model library."""
+The cache side (listing, verifying, reading entries) and the unit registry are torch-free; the engine (torch) is
+imported on first use of one of its names, so ``medprobe cache`` starts without loading a model library."""
 
 from __future__ import annotations
 
@@ -17,11 +17,20 @@ from medprobe.features.cache import (
     verify_entry,
 )
 from medprobe.features.config import ExtractConfig
+from medprobe.features.units import UNITS, ExtractionUnit, ResolvedEntry, register_unit, unit_for, unit_names
 
 if TYPE_CHECKING:
-    from medprobe.features.engine import amp_dtype, entry_spec, extract, lookup, resolve_preprocess
+    from medprobe.features.engine import (
+        amp_dtype,
+        entry_spec,
+        extract,
+        extraction_unit,
+        lookup,
+        resolve_entry,
+        resolve_preprocess,
+    )
 
-_ENGINE = ("amp_dtype", "entry_spec", "extract", "lookup", "resolve_preprocess")
+_ENGINE = ("amp_dtype", "entry_spec", "extract", "extraction_unit", "lookup", "resolve_entry", "resolve_preprocess")
 _SLIDES = ("extract_slides", "lookup_slides", "slide_coords", "slide_files", "export_h5")  # slide tile bags (torch)
 
 
@@ -37,5 +46,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'medprobe.features' has no attribute {name!r}")
 
 
-__all__ = ["CorruptEntry", "ExtractConfig", "FeatureStore", "amp_dtype", "cache_key", "entry_spec", "extract",
-           "is_entry", "list_entries", "lookup", "remove_entry", "resolve_preprocess", "verify_entry"]
+__all__ = ["UNITS", "CorruptEntry", "ExtractConfig", "ExtractionUnit", "FeatureStore", "ResolvedEntry", "amp_dtype",
+           "cache_key", "entry_spec", "extract", "extraction_unit", "is_entry", "list_entries", "lookup",
+           "register_unit", "remove_entry", "resolve_entry", "resolve_preprocess", "unit_for", "unit_names",
+           "verify_entry"]

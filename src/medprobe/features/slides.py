@@ -16,6 +16,10 @@ deterministic function of the tile pixels). Slides are shared across ``torchrun`
 ``k % world``) or job-array shards (``shard=(i, n)``); whoever finds every slide done writes the bag index.
 Tiles are streamed (one batch of pixels per read; a whole level never sits in memory) and, with
 ``workers > 0``, read, resized and normalised in worker processes while the encoder runs.
+
+The ``tile`` extraction unit (:class:`TileUnit`): it claims slide datasets (``dataset.unit == "slide"``) and takes
+the unit options ``tiling`` (:class:`~medprobe.data.tiling.TilingConfig`) and ``tissue``
+(:class:`~medprobe.preprocess.tissue.TissueConfig`), typed objects or their mappings (defaults when absent).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from medprobe.data.base import Dataset, Item
+from medprobe.data.tiling import TilingConfig
 from medprobe.encoders.base import Encoder
 from medprobe.errors import ConfigError, MedprobeError
 from medprobe.features.cache import (
@@ -47,30 +52,42 @@ from medprobe.features.cache import (
     array_checksums,
     array_name,
     cache_key,
+    remove_entry,
     shard_dir,
     write_manifest,
 )
+from medprobe.features.common import (
+    Runner,
+    cache_root,
+    check_memory,
+    device_of,
+    effective_amp,
+    entry_spec,
+    found_entry,
+    open_entry,
+    open_or_drop,
+    ranks,
+    resolve_preprocess,
+)
+from medprobe.features.config import ExtractConfig
+from medprobe.features.units import ExtractionUnit, ResolvedEntry, register_unit
 from medprobe.preprocess import PreprocessConfig, Preprocessor
-from medprobe.utils import Progress, atomic_save_npy, atomic_write_bytes, atomic_write_json, default_cache_dir
+from medprobe.preprocess.tissue import TissueConfig
+from medprobe.schema import parse_section
+from medprobe.utils import Progress, atomic_save_npy, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("medprobe.features")
 
 SLIDE_FORMAT = 1  # layout of a slide entry (coords, tissue mask, plan); part of every key
 
 
-def is_slide_dataset(dataset: Any) -> bool:
-    """True for a dataset whose items are whole slides (read by region, encoded tile by tile)."""
-    return getattr(dataset, "unit", None) == "slide"
-
-
-def slide_options(dataset: Any, tiling: Any = None, tissue: Any = None) -> tuple[Any, Any]:
-    """The tiling and tissue options: given, else set on the dataset by the slide family, else the defaults."""
-    from medprobe.data.tiling import TilingConfig
-    from medprobe.preprocess.tissue import TissueConfig
-
-    tiling = tiling if tiling is not None else getattr(dataset, "tiling", None) or TilingConfig()
-    tissue = tissue if tissue is not None else getattr(dataset, "tissue", None) or TissueConfig()
-    return tiling, tissue
+def slide_options(unit_options: Mapping[str, Any] | None = None, where: str | None = None) -> tuple[Any, Any]:
+    """The tile unit's ``tiling`` and ``tissue`` options as typed objects: given (a
+    :class:`~medprobe.data.tiling.TilingConfig` / :class:`~medprobe.preprocess.tissue.TissueConfig`, or a mapping
+    parsed like a task section: a mistyped key is one line with the closest one), else the defaults."""
+    opts = unit_options or {}
+    return (parse_section(TilingConfig, opts.get("tiling"), "tiling", where),
+            parse_section(TissueConfig, opts.get("tissue"), "tissue", where))
 
 
 def _slide_identity(item: Item) -> dict[str, Any]:
@@ -328,6 +345,111 @@ def _slide_done(entry: Path) -> bool:
     return (entry / "manifest.json").is_file()
 
 
+class TileUnit(ExtractionUnit):
+    """Whole slides -> tissue mask -> tile grid -> one row per tile (claims slide datasets)."""
+
+    name = "tile"
+    dataset_unit = "slide"
+    options = ("tiling", "tissue")
+
+    def resolve(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+                device: Any) -> ResolvedEntry:
+        """The bag index's entry; ``extra``: the typed ``tiling`` / ``tissue`` and the per-slide specs and keys."""
+        cfg = _vector_tokens(config or ExtractConfig(), dataset)
+        tiling, tissue = slide_options(options, getattr(dataset, "name", None))
+        pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
+        spec, slide_specs, keys = _specs(dataset, entry_spec(dataset, encoder, pre, cfg, torch.device(device)),
+                                         tiling, tissue)
+        return ResolvedEntry(preprocess=pre, config=cfg, spec=spec, key=cache_key(spec),
+                             extra={"tiling": tiling, "tissue": tissue, "slide_specs": slide_specs, "keys": keys})
+
+    def lookup(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+               cache_dir: Any, device: Any) -> FeatureStore | None:
+        r = self.resolve(dataset, encoder, preprocess, config, options=options, device=device)
+        index = found_entry(cache_dir, r, what="slide features")
+        return _open_index(index, r.preprocess, r.config) if index is not None else None
+
+    def extract(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+                cache_dir: Any, device: Any, rank: int | None, world: int | None,
+                shard: tuple[int, int] | None) -> FeatureStore | None:
+        dev = device_of(encoder, device)
+        r = self.resolve(dataset, encoder, preprocess, config, options=options, device=dev)
+        pre, cfg, spec = r.preprocess, r.config, r.spec
+        check_memory(encoder, pre.resolution, cfg.batch_size, dev)
+        slide_specs, keys = r.extra["slide_specs"], r.extra["keys"]
+        root = cache_root(cache_dir)
+        index = root / r.key
+        if (index / "manifest.json").is_file():
+            store = _open_index(index, pre, cfg)
+            if store is not None:
+                return store
+
+        dist, rank, world = ranks(rank, world, shard)
+
+        n = len(dataset)
+        ids = dataset.ids()
+        mine = [i for i in range(n) if i % world == rank and not _usable(root / keys[i])]
+        layers = spec["layers"]
+        ad, _ = effective_amp(cfg.amp, dev, encoder)
+        storage = np.dtype(cfg.storage)
+        src = _TileSource(dataset, pre, encoder.patch_size, r.extra["tiling"], r.extra["tissue"])
+        desc = f"extract {encoder.spec.name} (slides)" + (f" [rank {rank}/{world}]" if world > 1 else "")
+        prog = Progress(len(mine), desc=desc, unit="slides", enabled=cfg.progress)
+        t_start = time.perf_counter()
+        n_tiles = 0
+        pool = _executor(src, cfg.workers, dev.type != "cpu")
+        try:
+            runner = Runner(encoder, layers, cfg.tokens, dev, ad, storage)
+            t_slide = time.perf_counter()
+            current: tuple[Any, Any] | None = None
+            ahead = max(2, 2 * max(cfg.workers, 1))
+            for ev in _stream(pool, mine, cfg.batch_size, ahead):
+                if ev[0] == "start":
+                    current, t_slide = (ev[2], ev[3]), time.perf_counter()
+                elif ev[0] == "tiles":
+                    runner.run(ev[2])
+                    n_tiles += len(ev[2])
+                else:
+                    i = ev[1]
+                    assert current is not None
+                    plan, mask = current
+                    arrays = _take(runner, pre, len(plan))
+                    _write_slide(root / keys[i], slide_specs[i], ids[i], arrays, plan, mask,
+                                 time.perf_counter() - t_slide, {"encoder_info": encoder.describe(),
+                                                                 "extract_config": asdict(cfg), "device": str(dev),
+                                                                 "torch": torch.__version__})
+                    dt = time.perf_counter() - t_start
+                    prog.desc = f"{desc}: {n_tiles} tiles, {n_tiles / max(dt, 1e-9):.1f} tiles/s"
+                    if getattr(prog, "_bar", None) is not None:  # a terminal: tqdm's bar shows its own description
+                        prog._bar.set_description(prog.desc, refresh=False)
+                    prog.update()
+        except MedprobeError:
+            raise  # bad input (a broken slide): finished slides stay valid entries of their own
+        except OSError as e:
+            raise ConfigError(f"cannot write the feature cache ({e.strerror or type(e).__name__}); finished slides "
+                              "are kept and a rerun resumes from them", root) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            prog.close()
+        elapsed = time.perf_counter() - t_start
+
+        if dist and shard is None:
+            torch.distributed.barrier()
+        if all(_slide_done(root / k) for k in keys):
+            if (rank == 0 or shard is not None) and not (index / "manifest.json").is_file():
+                _write_index(index, spec, root, keys, ids, {"encoder_info": encoder.describe(),
+                                                            "extract_config": asdict(cfg), "device": str(dev),
+                                                            "seconds_last_run": elapsed, "world": world,
+                                                            "torch": torch.__version__, "tiles_this_run": n_tiles})
+            if dist and shard is None:
+                torch.distributed.barrier()
+            return open_entry(index, pre, cfg, reused=False)
+        return None
+
+
+TILE = register_unit(TileUnit())
+
+
 def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessConfig | None = None,
                    config: Any = None, *, cache_dir: str | Path | None = None,
                    device: str | torch.device | None = None, rank: int | None = None, world: int | None = None,
@@ -335,94 +457,15 @@ def extract_slides(dataset: Dataset, encoder: Encoder, preprocess: PreprocessCon
     """Tile features of every slide of ``dataset`` (or reuse them); returns the bag index as a
     :class:`FeatureStore` (``store.bags()``, :func:`slide_coords`), or ``None`` while other shards are missing.
 
-    ``config``: the engine's :class:`~medprobe.features.engine.ExtractConfig` (``batch_size`` = tiles per encoder
+    ``config``: the engine's :class:`~medprobe.features.config.ExtractConfig` (``batch_size`` = tiles per encoder
     batch, ``workers`` = reader processes); ``tiling`` / ``tissue``: :class:`~medprobe.data.tiling.TilingConfig`
-    and :class:`~medprobe.preprocess.tissue.TissueConfig` (default: set on the dataset by the slide family)."""
-    from medprobe.features.engine import (
-        ExtractConfig,
-        _opened,
-        _Runner,
-        check_memory,
-        effective_amp,
-        entry_spec,
-        ranks,
-        resolve_preprocess,
-    )
+    and :class:`~medprobe.preprocess.tissue.TissueConfig` (default: their defaults)."""
+    return TILE.extract(dataset, encoder, preprocess, config, options=_given(tiling, tissue), cache_dir=cache_dir,
+                        device=device, rank=rank, world=world, shard=shard)
 
-    cfg = _vector_tokens(config or ExtractConfig(), dataset)
-    tiling, tissue = slide_options(dataset, tiling, tissue)
-    dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
-    pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
-    check_memory(encoder, pre.resolution, cfg.batch_size, dev)  # type: ignore[arg-type]
-    spec, slide_specs, keys = _specs(dataset, entry_spec(dataset, encoder, pre, cfg, dev), tiling, tissue)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    index = root / cache_key(spec)
-    if (index / "manifest.json").is_file():
-        store = _open_index(index, pre, cfg)
-        if store is not None:
-            return store
 
-    dist, rank, world = ranks(rank, world, shard)
-
-    n = len(dataset)
-    ids = dataset.ids()
-    mine = [i for i in range(n) if i % world == rank and not _usable(root / keys[i])]
-    layers = spec["layers"]
-    ad, _ = effective_amp(cfg.amp, dev, encoder)
-    storage = np.dtype(cfg.storage)
-    src = _TileSource(dataset, pre, encoder.patch_size, tiling, tissue)
-    desc = f"extract {encoder.spec.name} (slides)" + (f" [rank {rank}/{world}]" if world > 1 else "")
-    prog = Progress(len(mine), desc=desc, unit="slides", enabled=cfg.progress)
-    t_start = time.perf_counter()
-    n_tiles = 0
-    pool = _executor(src, cfg.workers, dev.type != "cpu")
-    try:
-        runner = _Runner(encoder, layers, cfg.tokens, dev, ad, storage)
-        t_slide = time.perf_counter()
-        current: tuple[Any, Any] | None = None
-        ahead = max(2, 2 * max(cfg.workers, 1))
-        for ev in _stream(pool, mine, cfg.batch_size, ahead):
-            if ev[0] == "start":
-                current, t_slide = (ev[2], ev[3]), time.perf_counter()
-            elif ev[0] == "tiles":
-                runner.run(ev[2])
-                n_tiles += len(ev[2])
-            else:
-                i = ev[1]
-                assert current is not None
-                plan, mask = current
-                arrays = _take(runner, encoder, pre, len(plan))
-                _write_slide(root / keys[i], slide_specs[i], ids[i], arrays, plan, mask,
-                             time.perf_counter() - t_slide, {"encoder_info": encoder.describe(),
-                                                             "extract_config": asdict(cfg), "device": str(dev),
-                                                             "torch": torch.__version__})
-                dt = time.perf_counter() - t_start
-                prog.desc = f"{desc}: {n_tiles} tiles, {n_tiles / max(dt, 1e-9):.1f} tiles/s"
-                if getattr(prog, "_bar", None) is not None:  # a terminal: tqdm's bar shows its own description
-                    prog._bar.set_description(prog.desc, refresh=False)
-                prog.update()
-    except MedprobeError:
-        raise  # bad input (a broken slide): finished slides stay valid entries of their own
-    except OSError as e:
-        raise ConfigError(f"cannot write the feature cache ({e.strerror or type(e).__name__}); finished slides "
-                          "are kept and a rerun resumes from them", root) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        prog.close()
-    elapsed = time.perf_counter() - t_start
-
-    if dist and shard is None:
-        torch.distributed.barrier()
-    if all(_slide_done(root / k) for k in keys):
-        if (rank == 0 or shard is not None) and not (index / "manifest.json").is_file():
-            _write_index(index, spec, root, keys, ids, {"encoder_info": encoder.describe(),
-                                                        "extract_config": asdict(cfg), "device": str(dev),
-                                                        "seconds_last_run": elapsed, "world": world,
-                                                        "torch": torch.__version__, "tiles_this_run": n_tiles})
-        if dist and shard is None:
-            torch.distributed.barrier()
-        return _opened(index, pre, cfg, reused=False)
-    return None
+def _given(tiling: Any, tissue: Any) -> dict[str, Any]:
+    return {k: v for k, v in (("tiling", tiling), ("tissue", tissue)) if v is not None}
 
 
 def _vector_tokens(cfg: Any, dataset: Any) -> Any:
@@ -444,13 +487,11 @@ def _usable(entry: Path) -> bool:
     except CorruptEntry as e:
         print(f"medprobe: cached slide features {entry.name} are damaged ({e.problem}): recomputing them",
               file=sys.stderr, flush=True)
-        from medprobe.features.cache import remove_entry
-
         remove_entry(entry)
         return False
 
 
-def _take(runner: Any, encoder: Encoder, pre: PreprocessConfig, n: int) -> dict[tuple[str, int], np.ndarray]:
+def _take(runner: Runner, pre: PreprocessConfig, n: int) -> dict[tuple[str, int], np.ndarray]:
     """The runner's rows of one slide; a slide without tissue tiles gets (0, C) arrays of the right width."""
     if n == 0:
         h, w = pre.resolution  # type: ignore[misc]
@@ -482,33 +523,15 @@ def _write_index(index: Path, spec: dict[str, Any], root: Path, keys: list[str],
 
 def _open_index(index: Path, pre: PreprocessConfig, cfg: Any) -> FeatureStore | None:
     """The complete bag index, or None after removing it when a slide entry is missing or damaged."""
-    from medprobe.features.cache import remove_entry
-    from medprobe.features.engine import _opened
-
-    try:
-        return _opened(index, pre, cfg, reused=True)
-    except CorruptEntry as e:
-        print(f"medprobe: slide bag index {index.name} is damaged ({e.problem}): recomputing what is missing",
-              file=sys.stderr, flush=True)
-        remove_entry(index)
-        return None
+    return open_or_drop(index, pre, cfg, "slide bag index {key} is damaged ({problem}): recomputing what is missing")
 
 
 def lookup_slides(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None, config: Any = None,
                   *, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
                   tiling: Any = None, tissue: Any = None) -> FeatureStore | None:
     """The complete bag index for these inputs, or ``None`` (``encoder`` may be an ``EncoderInfo``)."""
-    from medprobe.features.engine import ExtractConfig, entry_spec, resolve_preprocess
-
-    cfg = _vector_tokens(config or ExtractConfig(), dataset)
-    tiling, tissue = slide_options(dataset, tiling, tissue)
-    pre = resolve_preprocess(preprocess or PreprocessConfig(), dataset, encoder)
-    spec, _, _ = _specs(dataset, entry_spec(dataset, encoder, pre, cfg, torch.device(device)), tiling, tissue)
-    index = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / cache_key(spec)
-    if not (index / "manifest.json").is_file():
-        return None
-    log.info("slide features cached: %s (skipping extraction)", index)
-    return _open_index(index, pre, cfg)
+    return TILE.lookup(dataset, encoder, preprocess, config, options=_given(tiling, tissue), cache_dir=cache_dir,
+                       device=device)
 
 
 # ------------------------------------------------------------------------------------------ reading bags
@@ -558,5 +581,5 @@ def export_h5(store: FeatureStore, out_dir: str | Path, token: str = "mean", lay
     return written
 
 
-__all__ = ["bag_spec", "export_h5", "extract_slides", "is_bag_store", "is_slide_dataset", "lookup_slides",
+__all__ = ["TILE", "TileUnit", "bag_spec", "export_h5", "extract_slides", "is_bag_store", "lookup_slides",
            "slide_coords", "slide_entry_spec", "slide_files", "slide_options"]

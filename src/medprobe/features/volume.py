@@ -4,8 +4,9 @@ Each item is encoded whole: one ``(V, 1, D, H, W)`` input (V = 1, or one view pe
 ``per_channel``) -> one row per item and tapped stage: ``cls`` ``(C)``, ``mean`` ``(C)`` (the patch grid's
 average) and ``patch`` ``(C, d, h, w)``; views are folded into the channel axis as for 2D. The entry is the
 same content-addressed, sharded, resumable cache entry as 2D features (:mod:`medprobe.features.cache`), its key
-over everything in :func:`~medprobe.features.engine.entry_spec` plus the resolved volume geometry
-(``spec["volume"]``). :func:`medprobe.features.engine.extract` and ``lookup`` hand volumetric encoders here.
+over everything in :func:`~medprobe.features.common.entry_spec` plus the resolved volume geometry
+(``spec["volume"]``). The ``volume`` extraction unit: it claims every encoder whose family is volumetric, so
+:func:`medprobe.features.engine.extract` and ``lookup`` hand those here.
 
 Manifest additions: ``grid`` is ``[d, h, w]`` of the last tapped stage, ``dims`` / ``grids`` per stage (stages
 differ in width), ``volume``: the geometry, intensity, normalisation and feature contract (what results record).
@@ -13,9 +14,6 @@ differ in width), ``volume``: the geometry, intensity, normalisation and feature
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,40 +25,28 @@ import torch
 from medprobe.data.base import Dataset
 from medprobe.encoders.families import get_family
 from medprobe.encoders.volume3d import native_size, volume_size
-from medprobe.errors import ConfigError, MedprobeError
-from medprobe.features.cache import (
-    FeatureStore,
-    ShardPlan,
-    array_checksums,
-    array_name,
-    cache_key,
-    remove_entry,
-    shard_dir,
-    shard_done,
-    write_manifest,
-)
-from medprobe.features.engine import (
-    ExtractConfig,
-    _opened,
-    _opened_or_dropped,
+from medprobe.errors import ConfigError
+from medprobe.features.cache import FeatureStore, ShardPlan, array_name, shard_dir
+from medprobe.features.common import (
+    Runner,
+    available_memory,
+    cache_root,
+    device_of,
     effective_amp,
     entry_spec,
-    ranks,
+    found_entry,
+    keyed,
+    open_entry,
+    open_or_drop,
+    run_shards,
+    write_shard,
 )
+from medprobe.features.config import ExtractConfig
+from medprobe.features.units import ExtractionUnit, ResolvedEntry, register_unit
 from medprobe.preprocess import PreprocessConfig
 from medprobe.preprocess.intensity import resolve_intensity
 from medprobe.preprocess.volume import VolumeGeometry, VolumePreprocessor, volume_geometry
-from medprobe.utils import Progress, atomic_save_npy, atomic_write_json, default_cache_dir
-
-log = logging.getLogger("medprobe.features")
-
-
-def is_volumetric(encoder: Any) -> bool:
-    """True when the encoder's family takes whole volumes."""
-    try:
-        return bool(getattr(get_family(encoder.spec.family), "volumetric", False))
-    except (ConfigError, AttributeError):
-        return False
+from medprobe.utils import Progress
 
 
 def resolve_volume(pre: PreprocessConfig, dataset: Dataset, encoder: Any) -> tuple[PreprocessConfig, VolumeGeometry]:
@@ -100,42 +86,95 @@ def _facts(encoder: Any, pre: PreprocessConfig, geom: VolumeGeometry) -> dict[st
                                                      "taps": fam.taps}}
 
 
-def _spec(dataset: Dataset, encoder: Any, pre: PreprocessConfig, geom: VolumeGeometry, cfg: ExtractConfig,
-          device: torch.device) -> dict[str, Any]:
-    return {**entry_spec(dataset, encoder, pre, cfg, device), "volume": geom.to_dict()}
-
-
-def _open(entry: Path, pre: PreprocessConfig, cfg: ExtractConfig, reused: bool) -> FeatureStore | None:
-    store = _opened_or_dropped(entry, pre, cfg) if reused else _opened(entry, pre, cfg, reused=False)
+def _with_volume(store: FeatureStore | None) -> FeatureStore | None:
     if store is not None:
         store.volume = store.manifest.get("volume")  # type: ignore[attr-defined]
     return store
-
-
-def lookup_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None,
-                   config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
-                   device: str | torch.device = "cpu") -> FeatureStore | None:
-    """The complete cache entry of a volumetric encoder for these inputs, or ``None``."""
-    cfg = config or ExtractConfig()
-    pre, geom = resolve_volume(preprocess or PreprocessConfig(), dataset, encoder)
-    spec = _spec(dataset, encoder, pre, geom, cfg, torch.device(device))
-    entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / cache_key(spec)
-    if not (entry / "manifest.json").is_file():
-        return None
-    log.info("features cached: %s (skipping extraction)", entry)
-    return _open(entry, pre, cfg, reused=True)
 
 
 def volumes_per_batch(encoder: Any, size: tuple[int, int, int], asked: int, device: torch.device) -> int:
     """Volumes per forward pass: at most ``asked``, and no more than a rough memory bound allows (about 200
     input-sized float32 activations per volume: Swin's window attention at stage 0 alone holds ~140); batching
     changes no feature value."""
-    from medprobe.features.engine import available_memory
-
     per = int(np.prod(size)) * 4 * 200
     free = available_memory(device)
     fit = max(1, (free // 2) // per) if free else asked
     return max(1, min(asked, fit))
+
+
+class VolumeUnit(ExtractionUnit):
+    """Whole volumes through a 3D encoder: one row per volume (claims every volumetric encoder)."""
+
+    name = "volume"
+
+    def claims(self, dataset: Any, encoder: Any) -> bool:
+        try:
+            return bool(get_family(encoder.spec.family).volumetric)
+        except (ConfigError, AttributeError):
+            return False
+
+    def check(self, dataset: Any, encoder: Any) -> None:
+        if not self.claims(dataset, encoder):
+            name = getattr(getattr(encoder, "spec", None), "name", "?")
+            raise ConfigError(f"the volume extraction unit takes whole-volume (3D) encoders; {name} is 2D",
+                              "features")
+
+    def resolve(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+                device: Any) -> ResolvedEntry:
+        cfg = config or ExtractConfig()
+        pre, geom = resolve_volume(preprocess or PreprocessConfig(), dataset, encoder)
+        spec = {**entry_spec(dataset, encoder, pre, cfg, torch.device(device)), "volume": geom.to_dict()}
+        return keyed(pre, cfg, spec, geometry=geom)
+
+    def lookup(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+               cache_dir: Any, device: Any) -> FeatureStore | None:
+        r = self.resolve(dataset, encoder, preprocess, config, options=options, device=device)
+        entry = found_entry(cache_dir, r)
+        return _with_volume(open_or_drop(entry, r.preprocess, r.config)) if entry is not None else None
+
+    def extract(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
+                cache_dir: Any, device: Any, rank: int | None, world: int | None,
+                shard: tuple[int, int] | None) -> FeatureStore | None:
+        dev = device_of(encoder, device)
+        r = self.resolve(dataset, encoder, preprocess, config, options=options, device=dev)
+        pre, cfg, spec, geom = r.preprocess, r.config, r.spec, r.extra["geometry"]
+        entry = cache_root(cache_dir) / r.key
+        if (entry / "manifest.json").is_file():
+            store = _with_volume(open_or_drop(entry, pre, cfg))
+            if store is not None:
+                return store
+        assert pre.mean is not None and pre.std is not None
+        prep = VolumePreprocessor(pre.intensity, pre.channels, geom, pre.mean[0], pre.std[0], pre.slice_axis)
+        ad, _ = effective_amp(cfg.amp, dev, encoder)
+        per_batch = volumes_per_batch(encoder, geom.size, cfg.batch_size, dev)
+        layers = list(spec["layers"])
+
+        def work(k: int, bounds: tuple[int, int], prog: Progress) -> None:
+            _shard(entry, k, bounds, dataset, encoder, prep, cfg, layers, dev, ad, per_batch, prog)
+
+        def manifest(plan: ShardPlan, shard_items: int, elapsed: float, world: int) -> dict[str, Any]:
+            dims, grids = _shapes(entry, plan, layers, cfg.tokens)
+            last = str(layers[-1])
+            return {"ids": dataset.ids(), "dim": dims.get(last, 0), "grid": grids.get(last, [0, 0, 0]),
+                    "dims": dims, "grids": grids, "volume": _facts(encoder, pre, geom),
+                    "encoder_info": encoder.describe(), "extract_config": asdict(cfg), "shard_items": shard_items,
+                    "volumes_per_batch": per_batch, "device": str(dev), "seconds_last_run": elapsed,
+                    "world": world, "torch": torch.__version__}
+
+        done = run_shards(entry, spec, len(dataset), cfg.shard_items or 8, rank=rank, world=world, shard=shard,
+                          progress=cfg.progress, desc=f"extract {encoder.spec.name}", unit="volumes", work=work,
+                          manifest=manifest)
+        return _with_volume(open_entry(entry, pre, cfg, reused=False)) if done else None
+
+
+VOLUME = register_unit(VolumeUnit())
+
+
+def lookup_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None,
+                   config: ExtractConfig | None = None, *, cache_dir: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> FeatureStore | None:
+    """The complete cache entry of a volumetric encoder for these inputs, or ``None``."""
+    return VOLUME.lookup(dataset, encoder, preprocess, config, options={}, cache_dir=cache_dir, device=device)
 
 
 def extract_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None = None,
@@ -144,62 +183,8 @@ def extract_volumes(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig
                     shard: tuple[int, int] | None = None) -> FeatureStore | None:
     """Extract (or reuse) whole-volume features of every item; same sharding, resume and return value as
     :func:`medprobe.features.engine.extract`."""
-    cfg = config or ExtractConfig()
-    dev = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
-    pre, geom = resolve_volume(preprocess or PreprocessConfig(), dataset, encoder)
-    spec = _spec(dataset, encoder, pre, geom, cfg, dev)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = root / cache_key(spec)
-    if (entry / "manifest.json").is_file():
-        store = _open(entry, pre, cfg, reused=True)
-        if store is not None:
-            return store
-    dist, rank, world = ranks(rank, world, shard)
-    spec_file = entry / "spec.json"
-    shard_items = cfg.shard_items or 8
-    if spec_file.is_file():
-        shard_items = int(json.loads(spec_file.read_text(encoding="utf-8"))["shard_items"])
-    plan = ShardPlan.make(len(dataset), shard_items)
-    if (rank == 0 or shard is not None) and not spec_file.is_file():
-        atomic_write_json(spec_file, {**spec, "shard_items": shard_items, "key": entry.name})
-    assert pre.mean is not None and pre.std is not None
-    prep = VolumePreprocessor(pre.intensity, pre.channels, geom, pre.mean[0], pre.std[0], pre.slice_axis)
-    ad, _ = effective_amp(cfg.amp, dev, encoder)
-    per_batch = volumes_per_batch(encoder, geom.size, cfg.batch_size, dev)
-    layers = list(spec["layers"])
-    mine = [k for k in range(len(plan)) if k % world == rank and not shard_done(entry, k)]
-    prog = Progress(sum(plan.bounds[k][1] - plan.bounds[k][0] for k in mine), desc=f"extract {encoder.spec.name}",
-                    unit="volumes", enabled=cfg.progress)
-    t0 = time.perf_counter()
-    try:
-        for k in mine:
-            _shard(entry, k, plan.bounds[k], dataset, encoder, prep, cfg, layers, dev, ad, per_batch, prog)
-    except MedprobeError:
-        remove_entry(entry)
-        raise
-    except OSError as e:
-        raise ConfigError(f"cannot write the feature cache ({e.strerror or type(e).__name__}); finished shards "
-                          "are kept and a rerun resumes from them", entry) from None
-    finally:
-        prog.close()
-    elapsed = time.perf_counter() - t0
-    if dist and shard is None:
-        torch.distributed.barrier()
-    if not all(shard_done(entry, k) for k in range(len(plan))):
-        return None
-    if (rank == 0 or shard is not None) and not (entry / "manifest.json").is_file():
-        dims, grids = _shapes(entry, plan, layers, cfg.tokens)
-        last = str(layers[-1])
-        write_manifest(entry, spec, plan, {
-            "ids": dataset.ids(), "dim": dims.get(last, 0), "grid": grids.get(last, [0, 0, 0]),
-            "dims": dims, "grids": grids, "volume": _facts(encoder, pre, geom),
-            "encoder_info": encoder.describe(), "extract_config": asdict(cfg), "shard_items": shard_items,
-            "volumes_per_batch": per_batch, "device": str(dev), "seconds_last_run": elapsed, "world": world,
-            "torch": torch.__version__,
-        })
-    if dist and shard is None:
-        torch.distributed.barrier()
-    return _open(entry, pre, cfg, reused=False)
+    return VOLUME.extract(dataset, encoder, preprocess, config, options={}, cache_dir=cache_dir, device=device,
+                          rank=rank, world=world, shard=shard)
 
 
 def _shapes(entry: Path, plan: ShardPlan, layers: list[int], tokens: tuple[str, ...]
@@ -220,29 +205,12 @@ def _shapes(entry: Path, plan: ShardPlan, layers: list[int], tokens: tuple[str, 
     return dims, grids
 
 
-@torch.inference_mode()
-def _run(encoder: Any, x: torch.Tensor, layers: list[int], tokens: tuple[str, ...], dev: torch.device,
-         ad: torch.dtype | None, storage: np.dtype, out: dict[tuple[str, int], list[np.ndarray]]) -> None:
-    x = x.to(dev, non_blocking=True)
-    if ad is not None:
-        with torch.autocast(dev.type, dtype=ad):
-            o = encoder.forward_features(x, layers)
-    else:
-        o = encoder.forward_features(x, layers)
-    for layer in layers:
-        p = o.patch[layer].float()
-        for t in tokens:
-            v = o.cls[layer].float() if t == "cls" else p.mean((2, 3, 4)) if t == "mean" else p
-            out[(t, layer)].append(v.cpu().numpy().astype(storage, copy=False))
-
-
 def _shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Dataset, encoder: Any, prep: VolumePreprocessor,
            cfg: ExtractConfig, layers: list[int], dev: torch.device, ad: torch.dtype | None, per_batch: int,
            prog: Progress) -> None:
     t0 = time.perf_counter()
     start, stop = bounds
-    storage = np.dtype(cfg.storage)
-    out: dict[tuple[str, int], list[np.ndarray]] = {(t, layer): [] for t in cfg.tokens for layer in layers}
+    runner = Runner(encoder, layers, cfg.tokens, dev, ad, np.dtype(cfg.storage))
     views: int | None = None
     pending: list[torch.Tensor] = []
     for i in range(start, stop):
@@ -254,25 +222,12 @@ def _shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Dataset, encod
                               "everywhere")
         pending.append(x)
         if sum(int(p.shape[0]) for p in pending) >= per_batch:
-            _run(encoder, torch.cat(pending), layers, cfg.tokens, dev, ad, storage, out)
+            runner.run(torch.cat(pending))
             pending = []
         prog.update()
     if pending:
-        _run(encoder, torch.cat(pending), layers, cfg.tokens, dev, ad, storage, out)
-    d = shard_dir(entry, k)
-    d.mkdir(parents=True, exist_ok=True)
-    names = []
-    v = views or 1
-    for (t, layer), parts in out.items():
-        a = np.concatenate(parts) if parts else np.zeros((0,), storage)
-        if v > 1 and a.size:
-            a = a.reshape(a.shape[0] // v, v * a.shape[1], *a.shape[2:])
-        names.append(array_name(t, layer))
-        atomic_save_npy(d / array_name(t, layer), a)
-    atomic_save_npy(d / "rows.npy", np.ones(stop - start, dtype=np.int64))
-    atomic_write_json(d / "done.json", {"items": [start, stop], "rows": stop - start,
-                                        "seconds": time.perf_counter() - t0, "pid": os.getpid(),
-                                        "files": array_checksums(d, [*names, "rows.npy"])})
+        runner.run(torch.cat(pending))
+    write_shard(entry, k, bounds, runner.take(views or 1), [1] * (stop - start), time.perf_counter() - t0)
 
 
-__all__ = ["extract_volumes", "is_volumetric", "lookup_volumes", "resolve_volume", "volumes_per_batch"]
+__all__ = ["VOLUME", "VolumeUnit", "extract_volumes", "lookup_volumes", "resolve_volume", "volumes_per_batch"]

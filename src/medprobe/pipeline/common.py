@@ -6,6 +6,7 @@ import json
 import math
 import resource
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -145,28 +146,33 @@ def extract_config(spec: TaskSpec, tokens: tuple[str, ...]) -> ExtractConfig:
     return ExtractConfig.from_features(f, tokens)
 
 
-def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tuple[str, ...], info: Any = None
+def features_for(ds: Dataset, spec: TaskSpec, device: torch.device, tokens: tuple[str, ...], info: Any = None,
+                 unit: str | None = None, unit_options: Mapping[str, Any] | None = None
                  ) -> tuple[Any, FeatureStore, dict[str, Any]]:
     """Cached features when they exist (the encoder is then never built), else build + extract.
 
+    ``unit`` / ``unit_options``: the extraction unit the family asks for and its options (a unit that runs no
+    encoder -- registration pairs -- never has the network built here either).
     Returns (encoder or :class:`EncoderInfo`, store, {timing, compute, cache_key, precision});
     ``store.preprocess`` is the resolved preprocessing the features were made with; ``precision`` is the
     encoder's effective autocast (the one the cache key holds) and why."""
-    from medprobe.features.engine import precision_facts
+    from medprobe.features.engine import extraction_unit, precision_facts
 
     cfg = extract_config(spec, tokens)
     t0 = time.perf_counter()
     info = info if info is not None else encoder_identity(spec)
-    store = lookup(ds, info, spec.preprocess, cfg, cache_dir=spec.cache_dir, device=device) if info is not None \
-        else None
+    store = lookup(ds, info, spec.preprocess, cfg, unit=unit, unit_options=unit_options, cache_dir=spec.cache_dir,
+                   device=device) if info is not None else None
     if store is not None:
         out = _describe(store, info, device, time.perf_counter() - t0)
         return info, store, {**out, "precision": precision_facts(cfg.amp, cfg.storage, device, info)}
-    enc = info if isinstance(info, Encoder) else build_encoder(spec, device)
+    runs_encoder = info is None or extraction_unit(ds, info, unit).runs_encoder
+    enc = info if isinstance(info, Encoder) or not runs_encoder else build_encoder(spec, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    store = extract(ds, enc, spec.preprocess, cfg, cache_dir=spec.cache_dir, device=device)
+    store = extract(ds, enc, spec.preprocess, cfg, unit=unit, unit_options=unit_options, cache_dir=spec.cache_dir,
+                    device=device)
     assert store is not None
     out = _describe(store, enc, device, time.perf_counter() - t0)
     return enc, store, {**out, "precision": precision_facts(cfg.amp, cfg.storage, device, enc)}

@@ -2,8 +2,9 @@
 shares (one run context, one result record built in one place, one table printer).
 
 A family says which dataset task types it serves, which head inputs it can feed (``vector``, ``bag``,
-``dense``, ``pair``), which features it asks the engine for (per image / slice today; tiles and pairs are the
-units slides and registration will add), and how it fits, predicts and scores one head. Everything else --
+``dense``, ``pair``), which features it asks the engine for (``tokens``, and the extraction unit
+``feature_unit`` with its ``unit_options``: per image / slice, tiles of slides, pairs), and how it fits,
+predicts and scores one head. Everything else --
 dataset, splits, label budget, encoder, cached features, head look-up and parameter checks, the record,
 writing results, the printed table -- is done once, by :func:`medprobe.pipeline.run.run_task`.
 
@@ -26,7 +27,6 @@ from medprobe.pipeline.options import register_data_schema, schema_keys
 from medprobe.pipeline.task import TaskSpec
 from medprobe.registry import Registry
 
-FEATURE_UNITS = ("image", "tile", "pair")  # image: a 2D image or each slice of a volume
 _BUILTIN = ("classification", "segmentation", "regression", "instances", "registration", "slides", "retrieval",
             "survival")
 FAMILIES: Registry[type[TaskFamily]] = Registry(
@@ -37,8 +37,8 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
     """Class decorator: make ``cls`` the family named ``cls.name``."""
     if not getattr(cls, "name", None):
         raise ConfigError(f"task family {cls.__qualname__} has no name", "medprobe.pipeline")
-    if cls.feature_unit not in FEATURE_UNITS:
-        raise ConfigError(f"task family {cls.name!r}: feature_unit must be one of {', '.join(FEATURE_UNITS)}",
+    if not isinstance(cls.feature_unit, str) or not cls.feature_unit:  # the unit registry checks the name
+        raise ConfigError(f"task family {cls.name!r}: feature_unit must name an extraction unit",
                           "medprobe.pipeline")
     if cls.data_schema is not None:  # its typed data: section; the keys it reads are that section's fields
         cls.data_options = tuple(dict.fromkeys((*cls.data_options, *schema_keys(cls.data_schema))))
@@ -133,7 +133,8 @@ class TaskFamily:
     name: ClassVar[str] = ""
     task_types: ClassVar[tuple[str, ...]] = ()  # dataset task types served
     head_inputs: ClassVar[tuple[str, ...]] = ("vector",)  # head input kinds this family can feed, preferred first
-    feature_unit: ClassVar[str] = "image"
+    feature_unit: ClassVar[str] = "image"  # the extraction unit asked for (medprobe.features.units; image: the
+    # default, a 2D image or each slice of a volume, unless a unit claims the dataset/encoder: tile, volume)
     dataset_unit: ClassVar[str | None] = None  # datasets with this ``unit`` (e.g. "slide") come to this family
     by_kind_only: ClassVar[bool] = False  # chosen only when a task names it (kind: retrieval), never by task type
     head_outputs: ClassVar[tuple[str, ...] | None] = None  # a head must give one of these outputs (None: any)
@@ -152,6 +153,10 @@ class TaskFamily:
     unit_label: ClassVar[str] = "px"
 
     # ------------------------------------------------------------------------------ set-up
+    def unit_options(self, spec: TaskSpec) -> dict[str, Any]:
+        """Options handed to the extraction unit (``extract(..., unit_options=...)``); default: none."""
+        return {}
+
     def prepare_dataset(self, ds: Any, spec: TaskSpec, verbose: bool) -> tuple[Any, dict[str, Any]]:
         """Checks or filters the dataset; returns it and notes to record (e.g. skipped cases)."""
         return ds, {}

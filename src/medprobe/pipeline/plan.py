@@ -85,9 +85,7 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
     cache) for the time estimate."""
     from medprobe.data import Subset
     from medprobe.encoders.flops import spec_gflops
-    from medprobe.features import lookup
-    from medprobe.features.cache import cache_key
-    from medprobe.features.engine import entry_spec, extract, resolve_preprocess
+    from medprobe.features.engine import extract, extraction_unit, lookup, resolve_entry
     from medprobe.pipeline.common import build_encoder, encoder_identity, extract_config, pick_device
     from medprobe.pipeline.run import load_dataset, resolve_heads
     from medprobe.results import ResultsDB
@@ -106,13 +104,19 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
         notes.append("the encoder was loaded to learn its identity (hub id)")
     rspec = family.resolve(spec, ds, info)
     cfg = extract_config(rspec, family.tokens)
-    pre = resolve_preprocess(rspec.preprocess, ds, info)
-    key = cache_key(entry_spec(ds, info, pre, cfg, device))
+    unit, unit_options = family.feature_unit, family.unit_options(rspec)
+    entry = resolve_entry(ds, info, rspec.preprocess, cfg, unit=unit, unit_options=unit_options, device=device)
+    pre, key = entry.preprocess, entry.key
     root = Path(rspec.cache_dir) if rspec.cache_dir else default_cache_dir()
-    store = lookup(ds, info, rspec.preprocess, cfg, cache_dir=rspec.cache_dir, device=device)
+    store = lookup(ds, info, rspec.preprocess, cfg, unit=unit, unit_options=unit_options, cache_dir=rspec.cache_dir,
+                   device=device)
     layers = list(info.resolve_layers(cfg.layers))
+    runs_encoder = extraction_unit(ds, info, unit).runs_encoder
     if store is not None:
         n_rows, exact = int(store.offsets[-1]), True
+    elif not runs_encoder:
+        n_rows, exact = 0, True
+        notes.append(f"the {extraction_unit(ds, info, unit).name} extraction unit runs no encoder: nothing to extract")
     else:
         n_rows, exact = _count_rows(ds, pre.slice_axis)
     res = tuple(pre.resolution) if pre.resolution else None
@@ -132,7 +136,7 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
         if row is not None:
             hp.stored_run, hp.stored_created = row["run_id"], row["created"]
         plan.heads.append(hp)
-    if plan.cached or not measure or not len(ds):
+    if plan.cached or not measure or not len(ds) or not runs_encoder:
         return plan
     # one quick batch, extracted into a throw-away cache, for the time estimate
     enc = enc if enc is not None else build_encoder(rspec, device)
@@ -141,8 +145,8 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
     sub = Subset(ds, list(range(k)), tag="dry-run")
     with tempfile.TemporaryDirectory(prefix="medprobe-dry-run-") as tmp:
         t0 = time.perf_counter()
-        probe = extract(sub, enc, rspec.preprocess, dataclasses.replace(cfg, progress=False), cache_dir=tmp,
-                        device=device)
+        probe = extract(sub, enc, rspec.preprocess, dataclasses.replace(cfg, progress=False), unit=unit,
+                        unit_options=unit_options, cache_dir=tmp, device=device)
         dt = time.perf_counter() - t0
     rows = int(probe.offsets[-1]) if probe is not None else k
     plan.measured = {"rows": rows, "seconds": round(dt, 3), "rows_per_s": rows / dt if dt > 0 else None}

@@ -128,7 +128,8 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     splits = make_splits(ds, spec, labels, info=split_info)
     splits["train"] = apply_budget(splits["train"], ds.patients(), labels, spec.budget, spec.seed)
     found = audit_splits(ds, splits, spec)  # before extraction: mode error stops here
-    enc, store, extraction = features_for(ds, spec, device, family.tokens, info=info)
+    enc, store, extraction = features_for(ds, spec, device, family.tokens, info=info, unit=family.feature_unit,
+                                          unit_options=family.unit_options(spec))
     if extraction["timing"]["cached"]:
         log.info("features reused from cache %s: extraction skipped", extraction["cache_key"])
     notes = {**notes, "audit": settle_audit(found, ds, splits, spec, store, enc.pretrained)}

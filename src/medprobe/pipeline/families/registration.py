@@ -28,13 +28,15 @@ class RegistrationFamily(TaskFamily):
     name = "registration"
     task_types = ("registration",)
     head_inputs = ("pair",)
-    feature_unit = "pair"
-    tokens = ("cls",)
+    feature_unit = "pair"  # the pair unit writes no encoder rows: the heads compute the features they use
+    tokens = ("cls",)  # (what the options name; the pair entry stores none)
     headline = ("dice", "dice_before", "hd95", "folding_pct")
     rank_by = ("dice",)
     unit_label = "px"
 
     def _encoder(self, ctx: RunContext) -> Any:
+        """The network, built once and only for a head that encodes the images (DINO-Reg features): the pair
+        unit never builds it, so ``ctx.encoder`` is then an ``EncoderInfo``."""
         from medprobe.encoders.base import Encoder
 
         if isinstance(ctx.encoder, Encoder):

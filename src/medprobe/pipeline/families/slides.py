@@ -142,11 +142,16 @@ class SlidesFamily(TaskFamily):
                               spec.name)
         super().check_dataset(ds, spec)
 
+    def unit_options(self, spec: Any) -> dict[str, Any]:
+        """The tile unit's typed ``tiling`` (:class:`~medprobe.data.tiling.TilingConfig`) and ``tissue``
+        (:class:`~medprobe.preprocess.tissue.TissueConfig`): the task's ``data.tiling`` / ``data.tissue`` as
+        :func:`~medprobe.pipeline.task.parse_task` parsed them (defaults when the task does not set them)."""
+        opts = family_options(self.name, spec.data, spec.name)
+        return {"tiling": opts.tiling, "tissue": opts.tissue}
+
     def prepare_dataset(self, ds: Any, spec: Any, verbose: bool) -> tuple[Any, dict[str, Any]]:
-        """Parse ``data.tiling`` / ``data.tissue`` and hand them to the engine's slide path (set on the dataset)."""
-        opts = family_options(self.name, spec.data, spec.name)  # typed by parse_task (defaults if not set)
-        ds.tiling, ds.tissue = opts.tiling, opts.tissue
-        return ds, {"tiling": ds.tiling.to_dict(), "tissue": ds.tissue.to_dict()}
+        """Check the tiling / tissue options before any work; both are recorded with every row."""
+        return ds, {k: v.to_dict() for k, v in self.unit_options(spec).items()}
 
     def budget_labels(self, ds: Any) -> list[Any] | None:
         return ds.labels() if ds.task.type != "multilabel" else None
