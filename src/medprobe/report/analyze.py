@@ -31,8 +31,9 @@ LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "are", "arand", "cremi_score
 CLASSIFICATION_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
 # What a row says about itself for reports is in its record (``report``: ``rank_by``, ``paired_scores``, ``panels``,
 # ``probe``, declared by its task family and head). Rows recorded before those facts were stored read the
-# equivalents from their metrics and task type:
+# equivalents from their metrics, task type and head:
 LEGACY_RANK_BY = ("auc", "acc", "balanced_acc", "dice", "miou", "iou", "r2", "mae", "arand", "voi")
+LEGACY_LINEAR_PROBES = ("linear", "logreg")  # the heads that were the study's linear probe before heads said so
 SLIDE_PANEL = "slide-mil"  # medprobe.report.slides (legacy rows: those that count their seeds)
 
 
@@ -150,7 +151,7 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "rank_by": tuple(facts.get("rank_by", LEGACY_RANK_BY)),
             "paired_scores": bool(facts.get("paired_scores", r["task_type"] in CLASSIFICATION_TYPES)),
             "panels": tuple(facts.get("panels", (SLIDE_PANEL,) if "n_seeds" in metrics else ())),
-            "probe": str(facts.get("probe") or r["head"]),
+            "probe": str(facts.get("probe") or ("linear" if r["head"] in LEGACY_LINEAR_PROBES else r["head"])),
             "gflops": comp.get("gflops"), "images_per_s": comp.get("images_per_s"), "peak_mem_mb": mem,
             "params_m": params, "cache_key": labels.get("cache_key"), "config": cfg, "sweep": r.get("sweep"),
             "preprocess": r.get("preprocess"), "units": dict(extra.get("units") or {}),
