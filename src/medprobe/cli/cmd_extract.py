@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 from medprobe.cli import common
 
@@ -24,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from medprobe.data import create_dataset
     from medprobe.features import extract
+    from medprobe.pipeline.common import build_encoder
 
     dist = "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if dist and not torch.distributed.is_initialized():
@@ -33,11 +34,13 @@ def run(args: argparse.Namespace) -> int:
     device = common.pick_device(args.device)
     if dist and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    ds = create_dataset(args.dataset, **common.dataset_options(args))
-    enc = common.build_encoder(args, device)
+    spec = common.extract_task(args)  # the flags through the one task parser (typos, values: one line)
+    cfg = common.build_extract_config(args)
+    ds, unit_options = _dataset(spec)
+    enc = build_encoder(spec, device)
     t0 = time.perf_counter()
-    store = extract(ds, enc, common.build_preprocess(args), common.build_extract_config(args),
-                    cache_dir=common.cache_root(args), device=device, shard=common.parse_shard(args.shard))
+    store = extract(ds, enc, spec.preprocess, cfg, unit_options=unit_options, cache_dir=common.cache_root(args),
+                    device=device, shard=common.parse_shard(args.shard))
     dt = time.perf_counter() - t0
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     if store is None:
@@ -55,3 +58,22 @@ def run(args: argparse.Namespace) -> int:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _dataset(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """The dataset (its own options) and the options of its extraction unit: the data options the serving task
+    family reads itself (e.g. the slides family's typed ``tiling`` / ``tissue``), as ``medprobe run`` passes them."""
+    from medprobe.data import create_dataset
+    from medprobe.errors import ConfigError
+    from medprobe.pipeline.family import family_for_dataset
+    from medprobe.pipeline.options import family_data_keys, family_of_data
+
+    own = family_data_keys(spec.kind, spec.data)
+    ds = create_dataset(spec.dataset, **{k: v for k, v in spec.data.items() if k not in own})
+    family = family_for_dataset(ds, spec.dataset)
+    named = family_of_data(None, spec.data)
+    if named is not None and named != family.name:
+        keys = ", ".join(f"data.{k}" for k in sorted(own))
+        raise ConfigError(f"{keys}: options of the {named} family, but {ds.name} is served by the {family.name} "
+                          "family", "command line")
+    return ds, family.unit_options(spec)
