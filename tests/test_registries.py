@@ -104,8 +104,9 @@ def _registries() -> dict[str, Any]:
     from medprobe.features.units import UNITS
     from medprobe.heads.base import HEADS
     from medprobe.pipeline.family import FAMILIES as TASK_FAMILIES
+    from medprobe.results.db import SERVERS
 
-    return {"dataset kind": DATASETS, "encoder family": ENCODER_FAMILIES, "encoder": SPECS,
+    return {"results server": SERVERS, "dataset kind": DATASETS, "encoder family": ENCODER_FAMILIES, "encoder": SPECS,
             "encoder name prefix": RESOLVERS, "head": HEADS, "task family": TASK_FAMILIES, "extraction unit": UNITS}
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from medprobe.errors import ConfigError
+from medprobe.registry import Registry
 from medprobe.results.shards import decode, encode, list_shards, publish, shard_dir, shard_name
 from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json, hash_obj
 
@@ -242,6 +243,11 @@ def _check_predictions(predictions: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+# results stores on a server: a back-end module registers its ResultsDB subclass (imported on first use, so this
+# module never imports it and there is no cycle)
+SERVERS: Registry[type[ResultsDB]] = Registry("results server", builtin=("medprobe.results.postgres",), where="db")
+
+
 def is_server_url(path: Any) -> bool:
     """True for a PostgreSQL URL (``postgresql://...`` or ``postgres://...``): a server store, not a file."""
     return isinstance(path, str) and path.strip().lower().startswith(("postgresql://", "postgres://"))
@@ -263,9 +269,7 @@ class ResultsDB:
 
     def __new__(cls, path: str | Path | None = None, *args: Any, **kwargs: Any) -> ResultsDB:
         if cls is ResultsDB and (is_server_url(path) or (path is None and is_server_url(_env_results()))):
-            from medprobe.results.postgres import PostgresResultsDB
-
-            return super().__new__(PostgresResultsDB)
+            return super().__new__(SERVERS.get("postgresql"))
         return super().__new__(cls)
 
     def __init__(self, path: str | Path | None = None, timeout: float = 120.0, shards: bool = False) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medprobe.errors import ConfigError
-from medprobe.results.db import _SCHEMA, SCHEMA_VERSION, MetricRow, ResultsDB
+from medprobe.results.db import _SCHEMA, SCHEMA_VERSION, SERVERS, MetricRow, ResultsDB
 
 # the SQLite DDL with PostgreSQL's types: 8-byte floats (SQLite's REAL), a regex for the task-type check, and an
 # insertion-order column (SQLite's rowid)
@@ -164,5 +164,7 @@ class PostgresResultsDB(ResultsDB):
     def _decode(self, row: Mapping[str, Any], metric_rows: list[Any]) -> dict[str, Any]:
         return super()._decode({k: v for k, v in row.items() if k != "seq"}, metric_rows)
 
+
+SERVERS.register("postgresql", PostgresResultsDB)
 
 __all__ = ["PostgresResultsDB", "mask_url"]
