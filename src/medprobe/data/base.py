@@ -194,6 +194,9 @@ class Subset(Dataset):
         self.base, self.indices = base, list(indices)
         self.name = f"{base.name}[{tag}]" if tag else base.name
         self.spatial_dims, self.modality, self.task = base.spatial_dims, base.modality, base.task
+        unit = getattr(base, "unit", None)
+        if unit is not None:  # a view of slides is a slide dataset (the tile unit claims it)
+            self.unit = unit
 
     def __len__(self) -> int:
         return len(self.indices)

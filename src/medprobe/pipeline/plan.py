@@ -19,8 +19,10 @@ from typing import Any
 import yaml
 
 from medprobe.pipeline.task import TaskSpec
+from medprobe.preprocess.tissue import KEPT_WARNING
 
 MAX_SLICE_PROBE = 16  # volumes opened to count slices; more items: the mean of these, times the item count
+MAX_SLIDE_PROBE = 4  # slides whose tissue is detected and tiles planned; more slides: the mean, times the count
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Plan:
     measured: dict[str, Any] | None = None  # {rows, seconds, rows_per_s}
     estimate_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    row_unit: str | None = None  # what a row is when not an image or slice ("tiles" of slides)
 
     @property
     def to_extract(self) -> int:
@@ -76,6 +79,74 @@ def _count_rows(ds: Any, slice_axis: int | None) -> tuple[int, bool]:
     if len(probe) == n:
         return sum(counts), True
     return round(sum(counts) / len(counts) * n), False
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
+    return list(range(n)) if n <= k else sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+@dataclass
+class _SlideProbe:
+    """Tiles counted on some slides (the tile unit's tissue mask and tile plan), and what the timing probe reads."""
+
+    rows: int
+    exact: bool
+    probed: int
+    mask_s: float  # seconds per slide for its thumbnail, tissue mask and tile plan
+    first: tuple[Any, Any] | None = None  # (slide, plan) of the first probed slide with tiles, left open
+    kept: list[float] = field(default_factory=list)  # the probed slides' tissue kept fractions
+
+
+def _slide_rows(ds: Any, unit_options: dict[str, Any]) -> _SlideProbe:
+    """Tiles the tile unit would encode: tissue mask and tile plan of up to ``MAX_SLIDE_PROBE`` slides (spread over
+    the dataset), extrapolated to every slide."""
+    from medprobe.data.tiling import TilingConfig, plan_tiles
+    from medprobe.preprocess.tissue import TissueConfig, detect_tissue
+
+    tiling = unit_options.get("tiling") or TilingConfig()
+    tissue = unit_options.get("tissue") or TissueConfig()
+    n = len(ds)
+    probe = _spread(n, MAX_SLIDE_PROBE)
+    counts: list[int] = []
+    out = _SlideProbe(0, True, len(probe), 0.0)
+    t0 = time.perf_counter()
+    for i in probe:
+        slide = ds.load(i).image
+        tm = detect_tissue(slide, tissue)
+        plan = plan_tiles(slide, tiling, tm)
+        counts.append(len(plan))
+        out.kept.append(float(tm.stats.get("kept_fraction", 1.0)))
+        if out.first is None and len(plan):
+            out.first = (slide, plan)
+        elif callable(getattr(slide, "close", None)):
+            slide.close()
+    out.mask_s = (time.perf_counter() - t0) / max(len(probe), 1)
+    out.exact = len(probe) == n
+    out.rows = sum(counts) if out.exact else round(sum(counts) / max(len(counts), 1) * n)
+    return out
+
+
+def _measure_tiles(ds: Any, probe: _SlideProbe, enc: Any, rspec: TaskSpec, cfg: Any, device: Any,
+                   tmp: str) -> tuple[int, float]:
+    """Read one batch of the first probed slide's tiles (as the tile unit reads them) and encode them through the
+    image unit into the throw-away cache ``tmp``; returns (tiles, seconds)."""
+    from medprobe.data.base import ArrayDataset
+    from medprobe.data.tiling import iter_tiles
+    from medprobe.features.engine import extract
+
+    assert probe.first is not None
+    slide, plan = probe.first
+    k = max(1, min(len(plan), int(cfg.batch_size)))
+    part = dataclasses.replace(plan, coords=plan.coords[:k], tissue_fraction=plan.tissue_fraction[:k])
+    t0 = time.perf_counter()
+    tiles = [t for _, batch in iter_tiles(slide, part, batch_size=k) for t in batch]
+    tiles_ds = ArrayDataset(tiles, name=f"{ds.name}[dry-run tiles]", modality=ds.modality, task=ds.task)
+    extract(tiles_ds, enc, rspec.preprocess, dataclasses.replace(cfg, progress=False), cache_dir=tmp, device=device)
+    dt = time.perf_counter() - t0
+    if callable(getattr(slide, "close", None)):
+        slide.close()
+    return len(tiles), dt
 
 
 def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure: bool = True) -> Plan:
@@ -112,8 +183,16 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
                    device=device)
     layers = list(info.resolve_layers(cfg.layers))
     runs_encoder = extraction_unit(ds, info, unit).runs_encoder
+    slides: _SlideProbe | None = None
     if store is not None:
         n_rows, exact = int(store.offsets[-1]), True
+    elif getattr(ds, "unit", None) == "slide":  # rows are tiles: count them on a few slides' tissue masks
+        slides = _slide_rows(ds, unit_options)
+        n_rows, exact = slides.rows, slides.exact
+        low = sum(f < KEPT_WARNING for f in slides.kept)
+        notes.append(f"tiles counted on {slides.probed} of {len(ds)} slides (tissue mask and tile plan: "
+                     f"{slides.mask_s:.1f} s per slide)" + (f"; {low} of them keep under {KEPT_WARNING:.0%} of their "
+                                                            "non-background area (data.tissue?)" if low else ""))
     elif not runs_encoder:
         n_rows, exact = 0, True
         notes.append(f"the {extraction_unit(ds, info, unit).name} extraction unit runs no encoder: nothing to extract")
@@ -129,7 +208,8 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
     plan = Plan(spec=rspec, family=family.name, family_from="kind" if spec.kind else ds.task.type,
                 dataset=ds.name, n_items=len(ds), n_rows=n_rows, rows_exact=exact,
                 resolution=(int(res[0]), int(res[1])) if res else None, layers=layers, tokens=cfg.tokens,
-                cache_key=key, cached=store is not None, cache_path=str(root / key), gflops=gflops, notes=notes)
+                cache_key=key, cached=store is not None, cache_path=str(root / key), gflops=gflops, notes=notes,
+                row_unit="tiles" if getattr(ds, "unit", None) == "slide" else None)
     for h in spec.heads:
         hp = HeadPlan(h, spec.config_hash(h))  # the hash of the config as written, as the stored rows carry it
         row = db.find(hp.config_hash)
@@ -140,6 +220,16 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
         return plan
     # one quick batch, extracted into a throw-away cache, for the time estimate
     enc = enc if enc is not None else build_encoder(rspec, device)
+    if slides is not None:  # tiles of one slide; a slide is never encoded whole
+        if slides.first is None:
+            notes.append("no probed slide has a tissue tile: no batch measured")
+            return plan
+        with tempfile.TemporaryDirectory(prefix="medprobe-dry-run-") as tmp:
+            rows, dt = _measure_tiles(ds, slides, enc, rspec, cfg, device, tmp)
+        plan.measured = {"rows": rows, "seconds": round(dt, 3), "rows_per_s": rows / dt if dt > 0 else None}
+        if dt > 0 and rows:
+            plan.estimate_s = n_rows * dt / rows + len(ds) * slides.mask_s
+        return plan
     per_item = max(1.0, n_rows / max(1, len(ds)))
     k = max(1, min(len(ds), round(cfg.batch_size / per_item)))
     sub = Subset(ds, list(range(k)), tag="dry-run")
@@ -176,7 +266,8 @@ def format_plan(plan: Plan, db_path: Any) -> str:
                  "skips it; run adds another row)" if h.stored_run else "no row stored: will run")
         out.append(f"  {h.name:<10} {h.config_hash}  {state}")
     approx = "" if plan.rows_exact else "~"
-    unit = "images" if plan.n_rows == plan.n_items and plan.rows_exact else "images/slices"
+    unit = plan.row_unit or ("images" if plan.n_rows == plan.n_items and plan.rows_exact else "images/slices")
+    row = "tile" if plan.row_unit == "tiles" else "image"
     res = f"{plan.resolution[0]}x{plan.resolution[1]}" if plan.resolution else "?"
     what = (f"{plan.n_items} items ({approx}{plan.n_rows} {unit}) of {plan.dataset} at {res}, layers "
             f"{','.join(map(str, plan.layers))}, tokens {','.join(plan.tokens)}")
@@ -187,11 +278,11 @@ def format_plan(plan: Plan, db_path: Any) -> str:
                    f"will extract {what}")
         cost = []
         if plan.gflops is not None:
-            cost.append(f"{plan.gflops:.4g} GFLOP/image x {approx}{plan.n_rows} = "
+            cost.append(f"{plan.gflops:.4g} GFLOP/{row} x {approx}{plan.n_rows} = "
                         f"{plan.gflops * plan.n_rows / 1e3:.4g} TFLOP")
         m = plan.measured
         if m and m.get("rows_per_s"):
-            rate = f"{m['rows_per_s']:.1f} images/s"
+            rate = f"{m['rows_per_s']:.1f} {row}s/s"
             if plan.gflops is not None:
                 rate += f" = {plan.gflops * m['rows_per_s']:.4g} GFLOP/s"
             cost.append(f"one batch of {m['rows']} measured: {rate}")
