@@ -4,6 +4,7 @@ count on the two real slides, the kept-fraction check, Otsu, holes, minimum area
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medprobe.errors import ConfigError
-from medprobe.preprocess.tissue import (
+sys.path.insert(0, str(Path(__file__).parent))
+from _slide_mosaic import NCT, mosaic_slide  # noqa: E402
+
+from medprobe.errors import ConfigError  # noqa: E402
+from medprobe.preprocess.tissue import (  # noqa: E402
     TissueConfig,
     detect_tissue,
     otsu_threshold,
@@ -174,34 +178,6 @@ def test_dark_tissue_is_not_marker(shared_data: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ pale tissue
-NCT = "nct-crc-he-tiles"
-TISSUE = ("ADI", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
-
-
-def mosaic_slide(shared: Path, out: Path, rows: int = 12, cols: int = 16, seed: int = 0) -> tuple[Path, np.ndarray]:
-    """A slide at 0.5 µm/px made of real 224 px NCT-CRC-HE patches, one per grid cell (rotated / flipped): a
-    pale piece (fat ADI, mucin MUC, stroma STR), a piece of every tissue class, five single-cell pieces, and
-    background cells (the BACK patch: glass). Returns the PNG and the class of every cell."""
-    rng = np.random.default_rng(seed)
-    patches = {p.name.split("-")[0]: np.asarray(Image.open(p).convert("RGB")) for p in (shared / NCT).glob("*.tif")}
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    cls = np.full((rows, cols), "BACK", dtype=object)
-    pale = ((yy - 3.0) / 2.6) ** 2 + ((xx - 4.0) / 3.4) ** 2 <= 1
-    mixed = ((yy - 7.5) / 3.2) ** 2 + ((xx - 11.0) / 3.6) ** 2 <= 1
-    cls[pale] = rng.choice(["ADI", "MUC", "STR", "ADI"], size=int(pale.sum()))
-    cls[mixed] = rng.choice(list(TISSUE), size=int(mixed.sum()))
-    for r, c in ((9, 1), (10, 4), (1, 10), (1, 14), (6, 7)):
-        cls[r, c] = rng.choice(list(TISSUE))
-    img = np.zeros((rows * 224, cols * 224, 3), np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            t = np.rot90(patches[str(cls[r, c])], int(rng.integers(4)))
-            img[r * 224:(r + 1) * 224, c * 224:(c + 1) * 224] = t[:, ::-1] if rng.integers(2) else t
-    path = out / "mosaic.png"
-    Image.fromarray(img).save(path)
-    return path, cls
-
-
 def kept_cells(path: Path, cls: np.ndarray, cfg: TissueConfig) -> tuple[np.ndarray, dict]:
     """Cells whose tile (the default grid: 224 px at 0.5 µm/px = one cell) the tissue mask keeps."""
     from medprobe.data.slides import open_slide

@@ -1,7 +1,8 @@
 """Render report content as ONE self-contained HTML file (inline CSS, base64 PNGs, no external URL), plus
 Markdown and one CSV per table.
 
-The page carries a tiny inline script that, on load, writes ``{images, loaded, tables, errors}`` as JSON
+The page carries a tiny inline script that shows a figure at full size when it is clicked (an overlay made on
+the click, closed by the next one) and, on load, writes ``{images, loaded, tables, errors}`` as JSON
 into ``<div id="status">`` (images counted as loaded when ``naturalWidth > 0``; errors from
 ``window.onerror``, failed resources and ``console.error``), so a headless browser can check the page with
 ``--dump-dom``. A Content-Security-Policy forbids any network load.
@@ -36,7 +37,9 @@ th,td{border:1px solid #d0d0d0;padding:3px 7px;text-align:left;white-space:nowra
 th{background:#eef3f8}tr:nth-child(even) td{background:#f7f9fb}
 .tnote,.cap{color:#555;font-size:.82em;margin:2px 0 12px}
 .figs{display:flex;flex-wrap:wrap;gap:14px}.fig{background:#fff;border:1px solid #ddd;padding:6px;border-radius:4px}
-.fig img{max-width:540px;height:auto;display:block}.wide img{max-width:1100px}
+.fig img{max-width:540px;height:auto;display:block;cursor:zoom-in}.wide img{max-width:1100px}
+#zoom{position:fixed;inset:0;background:rgba(0,0,0,.88);overflow:auto;z-index:10;cursor:zoom-out}
+#zoom img{display:block;margin:16px auto;max-width:none;background:#fff}
 .note{color:#8a4b00;font-size:.88em}nav a{margin-right:12px}
 #status{color:#999;font-size:.7em;margin-top:30px}
 """
@@ -48,6 +51,11 @@ window.addEventListener('error',function(e){var t=e.target;
  :String(e.message||'error'));},true);
 var ce=console.error;console.error=function(){errs.push(Array.prototype.join.call(arguments,' '));
  return ce.apply(console,arguments);};
+document.addEventListener('click',function(e){var t=e.target,z=document.getElementById('zoom');
+ if(z){z.parentNode.removeChild(z);return;}
+ if(t&&t.tagName==='IMG'&&t.parentNode&&(' '+t.parentNode.className+' ').indexOf(' fig ')>=0){
+ z=document.createElement('div');z.id='zoom';var i=document.createElement('img');i.src=t.src;i.alt=t.alt;
+ z.appendChild(i);document.body.appendChild(z);}});
 window.addEventListener('load',function(){var im=document.images,k=0;
  for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0){k++;}}
  var s=document.getElementById('status');

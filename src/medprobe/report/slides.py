@@ -63,16 +63,30 @@ def _outputs(db_root: Path, p: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]
         return None
 
 
+def tissue_kept(r: Mapping[str, Any]) -> float | None:
+    """The share of a slide's non-background thumbnail area its tissue mask kept (None: not recorded)."""
+    v = ((r.get("mask") or {}).get("stats") or {}).get("kept_fraction")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def tiles_table(info: Mapping[str, Any]) -> Table:
-    """Per test slide: tiles, label, predicted score (mean over seeds)."""
-    t = Table("slide-tiles", "Tiles per test slide", ["slide", "label", "score", "tiles", "tile level", "µm/px"])
+    """Per test slide: tiles, label, predicted score (mean over seeds), the tissue kept (share of the thumbnail's
+    non-background area inside the tissue mask; flagged under ``KEPT_WARNING``)."""
+    from medprobe.preprocess.tissue import KEPT_WARNING
+
+    t = Table("slide-tiles", "Tiles per test slide", ["slide", "label", "score", "tiles", "tissue kept",
+                                                      "tile level", "µm/px"],
+              note=f"tissue kept: share of the thumbnail's non-background area inside the tissue mask ('low' under "
+                   f"{KEPT_WARNING:.0%}: tiles miss tissue the slide shows)")
     for r in info.get("items", []):
         s = r.get("score")
         score = s[-1] if isinstance(s, list) and s and not isinstance(s[0], list) else s
         plan = r.get("plan") or {}
+        kept = tissue_kept(r)
+        shown = "n/a" if kept is None else f"{kept:.1%}" + (" (low)" if kept < KEPT_WARNING else "")
         t.add([str(r["id"]), str(r.get("label")), _ci(score) if isinstance(score, (int, float)) else str(score),
-               str(r.get("n_tiles")), str(plan.get("level", "?")), str(plan.get("target_mpp", "?"))],
-              [r["id"], r.get("label"), score, r.get("n_tiles"), plan.get("level"), plan.get("target_mpp")])
+               str(r.get("n_tiles")), shown, str(plan.get("level", "?")), str(plan.get("target_mpp", "?"))],
+              [r["id"], r.get("label"), score, r.get("n_tiles"), kept, plan.get("level"), plan.get("target_mpp")])
     return t
 
 
@@ -107,16 +121,94 @@ def heatmap(thumb: np.ndarray, coords: np.ndarray, scores: np.ndarray, size0: fl
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _png(a: np.ndarray) -> bytes:
-    from PIL import Image
+MIN_FIGURE_PX = 600  # a slide figure is at least this wide (smaller views are enlarged)
 
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a boolean mask (inside pixels with a 4-neighbour outside or on the border)."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return np.asarray(mask, dtype=bool) & ~inner
+
+
+def _fig_png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
+    fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
+def heatmap_figure(view: np.ndarray, coords: np.ndarray, scores: np.ndarray, size0: float,
+                   scale: tuple[float, float], mask: np.ndarray | None, title: str) -> bytes:
+    """PNG: the slide view with each tile tinted by its attention rank, the tissue mask's outline over it, and a
+    colour bar; the view is drawn pixel for pixel (enlarged by a whole factor to at least ``MIN_FIGURE_PX``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+    from PIL import Image
+
+    k = max(1, -(-MIN_FIGURE_PX // max(view.shape[1], 1)))  # ceil
+    if k > 1:
+        view = np.repeat(np.repeat(view, k, axis=0), k, axis=1)
+        scale = (scale[0] * k, scale[1] * k)
+    hm = heatmap(view, coords, scores, size0, scale)
+    h, w = hm.shape[:2]
+    if mask is not None and mask.size:
+        m = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST))
+        edge = _outline(m > 127)
+        if max(h, w) >= 800:  # 2 px lines on a large view
+            thick = edge.copy()
+            thick[1:] |= edge[:-1]
+            thick[:, 1:] |= edge[:, :-1]
+            edge = thick
+        hm[edge] = (0, 160, 60)
+    bar, top = 110, 34  # px for the colour bar column and the title
+    fig = MplFigure(figsize=((w + bar) / 100, (h + top) / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, w / (w + bar), h / (h + top)))
+    ax.imshow(hm, interpolation="nearest")
+    ax.set_axis_off()
+    fig.text(0.01, 1 - 6 / (h + top), title, va="top", ha="left", fontsize=11)
+    cax = fig.add_axes((w / (w + bar) + 12 / (w + bar), 0.1 * h / (h + top), 16 / (w + bar), 0.8 * h / (h + top)))
+    stops = _colormap(np.linspace(0, 1, 256)) / 255.0
+    cax.imshow(stops[::-1, None, :], aspect="auto", extent=(0, 1, 0, 1))
+    cax.set_xticks([])
+    cax.yaxis.tick_right()
+    cax.set_yticks([0, 0.5, 1], ["least", "median", "most"], fontsize=8)
+    cax.set_title("attention\nrank", fontsize=8)
+    fig.text(w / (w + bar) + 4 / (w + bar), 0.02, "green: tissue\noutline", fontsize=7, color=(0, 0.5, 0.2))
+    return _fig_png(fig)
+
+
+def top_tiles_figure(strip: np.ndarray, tile_px: int, attention: Sequence[float], title: str,
+                     per_row: int = 4) -> bytes:
+    """PNG: the most attended tiles at the tile scale (each drawn pixel for pixel), ``per_row`` to a row, each
+    captioned with its rank and attention weight."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    n = strip.shape[1] // max(tile_px, 1)
+    cols = min(per_row, max(n, 1))
+    rows = max(1, -(-n // cols))
+    gap, cap, top = 8, 22, 30
+    w = cols * tile_px + (cols + 1) * gap
+    h = rows * (tile_px + cap) + rows * gap + top
+    fig = MplFigure(figsize=(w / 100, h / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.text(gap / w, 1 - 6 / h, title, va="top", ha="left", fontsize=11)
+    for t in range(n):
+        r, c = divmod(t, cols)
+        x0 = gap + c * (tile_px + gap)
+        y0 = top + r * (tile_px + cap + gap) + cap  # from the top
+        ax = fig.add_axes((x0 / w, 1 - (y0 + tile_px) / h, tile_px / w, tile_px / h))
+        ax.imshow(strip[:, t * tile_px:(t + 1) * tile_px], interpolation="nearest")
+        ax.set_axis_off()
+        fig.text(x0 / w, 1 - (y0 - 4) / h, f"#{t + 1}  attention {attention[t]:.3g}", fontsize=8,
+                 va="bottom", ha="left")
+    return _fig_png(fig)
+
+
 def slide_figures(d: Path, info: Mapping[str, Any], limit: int = 4) -> list[Figure]:
-    """Heat-map (thumbnail + attention) and tissue mask of up to ``limit`` test slides, positives first."""
+    """Per test slide (up to ``limit``, positives first, slides with a view first): the attention heat-map over
+    the slide with its tissue outline, and its most attended tiles at full resolution."""
     from PIL import Image
 
     try:
@@ -124,32 +216,46 @@ def slide_figures(d: Path, info: Mapping[str, Any], limit: int = 4) -> list[Figu
     except (OSError, ValueError):
         return []
     rows = list(info.get("items", []))
-    rows.sort(key=lambda r: -float(np.max(r.get("label") or 0)))  # positive slides first, order kept within
+    # positive slides first, those given a view (larger image, top tiles) first among them; order kept within
+    rows.sort(key=lambda r: (-float(np.max(r.get("label") or 0)), "view" not in r))
     figs: list[Figure] = []
-    for r in rows[:limit]:
+    for r in rows:
+        if len(figs) >= 2 * limit:
+            break
         j = r["index"]
-        thumb_f, mask_f = d / str(r.get("thumbnail", "")), d / str(r.get("tissue_png", ""))
-        if not thumb_f.is_file() or f"attention_{j}" not in att.files:
+        mask_meta, plan = r.get("mask") or {}, r.get("plan") or {}
+        mshape, ds = mask_meta.get("shape"), mask_meta.get("downsample")
+        view_f, thumb_f = d / str(r.get("view", "")), d / str(r.get("thumbnail", ""))
+        if f"attention_{j}" not in att.files or not mshape or not ds:
             continue
-        thumb = np.asarray(Image.open(thumb_f).convert("RGB"))
-        mask = r.get("mask") or {}
-        plan = r.get("plan") or {}
-        mshape, ds = mask.get("shape"), mask.get("downsample")
-        if not mshape or not ds:
+        w0, h0 = mshape[1] * float(ds[0]), mshape[0] * float(ds[1])  # level-0 size the mask covers
+        if r.get("view") and view_f.is_file():
+            view = np.asarray(Image.open(view_f).convert("RGB"))
+        elif thumb_f.is_file():
+            view = np.asarray(Image.open(thumb_f).convert("RGB"))
+        else:
             continue
-        # thumbnail px per level-0 px: the JPEG may be smaller than the mask it was saved with
-        sx = thumb.shape[1] / (mshape[1] * float(ds[0]))
-        sy = thumb.shape[0] / (mshape[0] * float(ds[1]))
-        hm = heatmap(thumb, att[f"coords_{j}"], att[f"attention_{j}"], float(plan.get("size0", 0)), (sx, sy))
-        panels = [hm]
-        if mask_f.is_file():
-            m = np.asarray(Image.open(mask_f).convert("L").resize((thumb.shape[1], thumb.shape[0])))
-            panels.append(np.repeat(m[..., None], 3, axis=2))
-        gap = np.full((thumb.shape[0], 6, 3), 255, np.uint8)
-        both = np.concatenate([panels[0], *(x for p in panels[1:] for x in (gap, p))], axis=1)
-        figs.append(Figure(f"slide-{info.get('head', '')}-{r['id']}", f"{r['id']} (label {r.get('label')})",
-                           _png(both), f"attention rank over the thumbnail (red: most attended) and the tissue mask; "
-                                       f"{r.get('n_tiles')} tiles"))
+        scale = (view.shape[1] / w0, view.shape[0] / h0)  # view px per level-0 px
+        mask_f = d / str(r.get("tissue_png", ""))
+        mask = np.asarray(Image.open(mask_f).convert("L")) > 127 if r.get("tissue_png") and mask_f.is_file() else None
+        kept = tissue_kept(r)
+        label = f"{r['id']} (label {r.get('label')}, {r.get('n_tiles')} tiles"
+        label += f", tissue kept {kept:.0%})" if kept is not None else ")"
+        png = heatmap_figure(view, att[f"coords_{j}"], att[f"attention_{j}"], float(plan.get("size0", 0)), scale,
+                             mask, label)
+        figs.append(Figure(f"slide-{info.get('head', '')}-{r['id']}", f"{r['id']} (label {r.get('label')})", png,
+                           "attention rank over the slide (red: most attended), tissue-mask outline in green; click "
+                           "to enlarge"))
+        top: dict[str, Any] = r.get("top_tiles") or {}
+        top_f = d / str(top.get("file", ""))
+        if top.get("file") and top_f.is_file():
+            strip = np.asarray(Image.open(top_f).convert("RGB"))
+            tpx = int(top["tile_px"]) if top.get("tile_px") else int(strip.shape[0])
+            png = top_tiles_figure(strip, tpx, top.get("attention", []),
+                                   f"{r['id']}: the {strip.shape[1] // max(tpx, 1)} most attended tiles "
+                                   f"({tpx} px at {plan.get('target_mpp', '?')} µm/px, as encoded)")
+            figs.append(Figure(f"slide-top-{info.get('head', '')}-{r['id']}", f"{r['id']}: most attended tiles",
+                               png, "full resolution; #1 is the most attended tile"))
     return figs
 
 
@@ -160,7 +266,7 @@ def slide_sections(db_root: Path, points: Sequence[Mapping[str, Any]], limit: in
         return []
     task = str(pts[0]["task"])
     slug = "".join(ch if ch.isalnum() else "-" for ch in task.lower()).strip("-") or "task"
-    sec = Section("Slides: MIL heads, attention and tissue", f"slides-{slug}", tables=[slide_table(pts)])
+    sec = Section("Slides: MIL heads, attention and tissue", f"slides-{slug}", tables=[slide_table(pts)], wide=True)
     best = max(pts, key=lambda p: _point(p.get("metrics", {}).get("auc")))
     found = _outputs(db_root, best)
     if found is None:
@@ -185,4 +291,5 @@ def _point(v: Any) -> float:
     return f if math.isfinite(f) else -math.inf
 
 
-__all__ = ["heatmap", "is_slide_point", "slide_figures", "slide_sections", "slide_table", "tiles_table"]
+__all__ = ["heatmap", "heatmap_figure", "is_slide_point", "slide_figures", "slide_sections", "slide_table",
+           "tiles_table", "tissue_kept", "top_tiles_figure"]

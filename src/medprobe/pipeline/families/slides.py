@@ -109,6 +109,80 @@ def evaluate_bags(head_cls: type[Any], params: dict[str, Any], bags: Sequence[np
             "params": head.get_params() if head is not None else {}}
 
 
+def check_tissue_kept(ctx: RunContext, ids: Sequence[str]) -> None:
+    """Record per slide the share of its thumbnail's non-background area that the tissue mask kept
+    (``notes.tissue_kept``); when a slide keeps less than ``KEPT_WARNING`` of it, one warning line (printed and
+    recorded as ``notes.tissue_warning``): its tiles miss tissue the slide shows (pale tissue under a strict
+    rule, small pieces under a large ``min_area_um2``)."""
+    import sys
+
+    from medprobe.features.slides import slide_files
+    from medprobe.preprocess.tissue import KEPT_WARNING
+
+    kept: dict[str, float] = {}
+    for i in range(ctx.store.n_items):
+        stats = (slide_files(ctx.store, i).get("mask") or {}).get("stats") or {}
+        if stats.get("kept_fraction") is not None:
+            kept[str(ids[i])] = round(float(stats["kept_fraction"]), 4)
+    if not kept:
+        return
+    ctx.notes["tissue_kept"] = kept
+    low = sorted((f, sid) for sid, f in kept.items() if f < KEPT_WARNING)
+    if low:
+        named = ", ".join(f"{sid} {f:.0%}" for f, sid in low[:3]) + (", ..." if len(low) > 3 else "")
+        line = (f"{len(low)} of {len(kept)} slides keep much less tissue than their thumbnail shows (share of the "
+                f"non-background area in the tissue mask under {KEPT_WARNING:.0%}: {named}); check data.tissue "
+                "(rule, min_saturation, min_area_um2) and the masks in the report")
+        ctx.notes["tissue_warning"] = line
+        print(f"medprobe: warning: {line}", file=sys.stderr, flush=True)
+
+
+VIEW_SLIDES = 6  # test slides given a report view (positives first, then by score): the report shows up to 4
+VIEW_PX = 1024  # longer side of the view the heat-map is drawn on
+TOP_TILES = 8  # most attended tiles kept per viewed slide, at the tile scale (what the encoder read)
+
+
+def view_assets(ctx: RunContext, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray], out_dir: Path) -> None:
+    """For up to ``VIEW_SLIDES`` test slides (positives first, then by predicted score): ``<id>_view.jpg``, the
+    slide at ``VIEW_PX`` px on its longer side, and ``<id>_top.jpg``, its ``TOP_TILES`` most attended tiles side by
+    side at the tile scale; their names, scales and tile indices go into the rows (``view``, ``top_tiles``). The
+    slide is read here, once, so the report never opens a slide."""
+    from PIL import Image
+
+    def order(r: dict[str, Any]) -> tuple[float, float]:
+        s = r.get("score")
+        score = float(np.max(s)) if isinstance(s, (list, float, int)) and np.size(s) else 0.0
+        return (-float(np.max(r.get("label") or 0)), -score)
+
+    for row in sorted(rows, key=order)[:VIEW_SLIDES]:
+        j = row["index"]
+        i = ctx.test[j]
+        att = arrays.get(f"attention/{j}")
+        plan = row.get("plan") or {}
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(row["id"]))
+        slide = ctx.dataset.load(i).image
+        try:
+            w0, h0 = slide.dimensions
+            view = slide.thumbnail(max_px=VIEW_PX)
+            Image.fromarray(view).save(out_dir / f"{safe}_view.jpg", quality=90)
+            row["view"] = f"{safe}_view.jpg"
+            row["view_scale"] = [view.shape[1] / w0, view.shape[0] / h0]  # view px per level-0 px (x, y)
+            size0, tile_px = int(plan.get("size0", 0)), int(plan.get("tile_px", 0))
+            if att is not None and len(att) and size0 > 0 and tile_px > 0:
+                top = [int(t) for t in np.argsort(-np.asarray(att), kind="stable")[:TOP_TILES]]
+                coords = arrays[f"coords/{j}"]
+                tiles = [slide.read_region(int(coords[t][1]), int(coords[t][0]), size0, size0, scale=tile_px / size0)
+                         for t in top]
+                strip = np.concatenate([np.asarray(t)[:tile_px, :tile_px] for t in tiles], axis=1)
+                Image.fromarray(strip).save(out_dir / f"{safe}_top.jpg", quality=95, subsampling=0)  # 4:4:4
+                row["top_tiles"] = {"file": f"{safe}_top.jpg", "indices": top, "tile_px": tile_px,
+                                    "attention": [float(att[t]) for t in top]}
+        finally:
+            close = getattr(slide, "close", None)
+            if callable(close):
+                close()
+
+
 def slide_bags(ctx: RunContext) -> list[np.ndarray]:
     """Per slide its (N_i, C) tile vectors: chosen token(s) x block(s), read slide by slide from the memory-mapped
     entries (no copy of the whole dataset's rows is made here)."""
@@ -182,6 +256,7 @@ class SlidesFamily(TaskFamily):
         n_tiles = [len(b) for b in bags]
         ctx.notes["tiles_per_slide"] = {"min": int(min(n_tiles)), "median": float(np.median(n_tiles)),
                                         "max": int(max(n_tiles)), "total": int(sum(n_tiles))}
+        check_tissue_kept(ctx, ids)
         tile_labels = None
         if callable(getattr(ds, "tile_labels", None)):
             from medprobe.features.slides import slide_coords, slide_files
@@ -222,7 +297,8 @@ class SlidesFamily(TaskFamily):
 
     def write_outputs(self, result: HeadResult, ctx: RunContext) -> None:
         """Per test slide: tile coordinates + attention (mean over seeds) in ``attention.npz``, its tissue mask and
-        thumbnail, and ``slides.json`` (id, label, score, tiles) -- what the report draws."""
+        thumbnail, and ``slides.json`` (id, label, score, tiles, tissue kept); for the slides the report shows
+        (:func:`view_assets`) a larger view and the most attended tiles -- what the report draws."""
         from medprobe.features.slides import slide_coords, slide_files
 
         att = ctx.state.pop(f"attention/{result.head}", [])
@@ -249,6 +325,7 @@ class SlidesFamily(TaskFamily):
                     shutil.copyfile(src, out_dir / name)
                     row[key] = name
             rows.append(row)
+        view_assets(ctx, rows, arrays, out_dir)
         np.savez_compressed(out_dir / "attention.npz", **{k.replace("/", "_"): v for k, v in arrays.items()})  # type: ignore[arg-type]
         atomic_write_json(out_dir / "slides.json", {"head": result.head, "task": ctx.spec.name, "items": rows})
         result.notes["outputs"] = str(out_dir)
