@@ -33,6 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a task option in every cell run, e.g. head_params.decoder3d.epochs=2 or "
                         "data.limit=20 (a smaller check; recorded with the rows)")
     p.add_argument("--report", default=None, metavar="HTML", help="write the report afterwards, e.g. runs/study.html")
+    g = p.add_argument_group("sizing the run (--plan: nothing runs)")
+    g.add_argument("--plan", action="store_true",
+                   help="per table and in total: cells, extractions, images/volumes/slides to encode, GFLOPs, "
+                        "GPU-hours; for the whole grid, data found or not")
+    g.add_argument("--gpu", default=None, metavar="NAME", help="the GPU the hours are for, e.g. A100 (measured rows "
+                   "in --db whose device names it count)")
+    g.add_argument("--images-per-s", type=float, default=None, metavar="N",
+                   help="extraction speed of --reference on that GPU, e.g. 2400 (measured with bench/extract.py)")
+    g.add_argument("--reference", default="dinov3-vitb16@224", metavar="ENCODER@RES",
+                   help="what --images-per-s was measured with, e.g. dinov3-vits16@256 (default dinov3-vitb16@224)")
+    g.add_argument("--measure", action="store_true",
+                   help="measure --reference's images/s on this machine's GPU now (random weights; ~10 s)")
+    from medprobe.cli.launch_args import add_launcher_args
+
+    add_launcher_args(p)
     p.set_defaults(func=run)
 
 
@@ -76,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"study sweep {sw.name} ({path}); data roots: {', '.join(str(Path(r).expanduser()) for r in roots)}")
     for line in coverage_lines(cov, sw):
         print(line)
+    if args.plan:
+        return print_plan(sw, cov, args)
     runnable = study_sweep(sw, cov, trained_only=args.trained_only, tasks=args.task or None)
     if runnable is None:
         print("nothing to run on this machine (no study data found" + (" with weights" if args.trained_only else "")
@@ -86,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         parse_task({**overrides, "name": "check"}, source="--set")  # a misspelt key stops here, before any run
         print(f"--set applies {', '.join(args.sets)} to every cell run (cell keys keep the sweep's names; the rows "
               "record what ran)")
+    if args.status or args.cancel:
+        from medprobe.cli.launch_args import launched_action
+        from medprobe.results import ResultsDB
+
+        code = launched_action(runnable, expand(runnable), ResultsDB(args.db) if args.db else ResultsDB(), args)
+        return 0 if code is None else code
     if args.dry_run:
         cells = expand(runnable)
         todo = cells if args.limit is None else cells[: max(args.limit, 0)]
@@ -97,10 +120,54 @@ def run(args: argparse.Namespace) -> int:
     from medprobe.results import ResultsDB
 
     db = ResultsDB(args.db) if args.db else ResultsDB()
-    res = run_sweep(runnable, db=db, cache_dir=args.cache_dir, overrides=overrides or None, limit=args.limit)
-    if args.report:
+    launched = args.launcher != "inprocess"
+    cluster = None
+    if launched:
+        from medprobe.cli.launch_args import cluster_from_args
+
+        cluster = cluster_from_args(args)
+    res = run_sweep(runnable, db=db, cache_dir=args.cache_dir, overrides=overrides or None, limit=args.limit,
+                    launcher=args.launcher if launched else None, cluster=cluster, detach=args.detach)
+    if args.report and not res.get("detached"):
         from medprobe.report import build_report
 
         out = build_report(db, args.report, sweep=runnable.name, cache_dir=args.cache_dir)
         print(f"report: {out}")
     return 1 if res["failed"] else 0
+
+
+def print_plan(sw: Any, cov: Any, args: argparse.Namespace) -> int:
+    """``--plan``: the study's size per table (torch-free unless --measure)."""
+    from medprobe.pipeline.study_plan import (
+        _gflops,
+        measure_images_per_s,
+        parse_reference,
+        plan_lines,
+        speed_from_db,
+        study_plan,
+    )
+
+    plan = study_plan(sw, cov)
+    plan.gpu = args.gpu
+    ref, res = parse_reference(args.reference)
+    ips, source = args.images_per_s, "given"
+    if args.measure:
+        ips, name = measure_images_per_s(args.reference)
+        plan.gpu = plan.gpu or name
+        source = f"measured here now, {ips:,.0f} img/s"
+    if ips:
+        g = _gflops(ref, res, None)
+        if not g:
+            from medprobe.errors import ConfigError
+
+            raise ConfigError(f"--reference {args.reference}: its FLOPs cannot be counted; name a ViT or CNN")
+        plan.gflops_per_s, plan.speed_from = float(ips) * g, f"{args.reference} at {ips:,.0f} img/s, {source}"
+    else:
+        from medprobe.results import ResultsDB
+
+        hit = speed_from_db(ResultsDB(args.db) if args.db else ResultsDB(), args.gpu)
+        if hit is not None:
+            plan.gflops_per_s, plan.speed_from = hit
+    for line in plan_lines(plan):
+        print(line)
+    return 0

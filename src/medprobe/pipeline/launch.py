@@ -223,13 +223,20 @@ def load_cluster_config(path: str | Path | None = None, overrides: dict[str, Any
 
 
 # ------------------------------------------------------------------------------------------------ job graph
+_LABEL_ONLY = ("fold", "folds", "target", "val_fraction", "val_sequences")  # data options that pick labels/splits
+
+
 def feature_group(spec: Any) -> str:
-    """Cells with the same group read the same cached features (one extraction serves them all)."""
+    """Cells with the same group read the same cached features (one extraction serves them all): same dataset and
+    pixel options, encoder, weights, encoder options, preprocessing and extraction options. Data options that
+    only pick labels or splits (a fold, a target) do not split a group; a group too coarse costs nothing but a
+    head job extracting for itself."""
     d = spec.to_dict()
     feats = dict(d.get("features") or {})
     feats.pop("select", None)
-    return hash_obj({**{k: d.get(k) for k in ("kind", "dataset", "data", "encoder", "weights", "encoder_options",
-                                               "preprocess", "cache_dir", "device")}, "features": feats}, n=10)
+    data = {k: v for k, v in (d.get("data") or {}).items() if k not in _LABEL_ONLY}
+    keys = ("kind", "dataset", "encoder", "weights", "encoder_options", "preprocess", "cache_dir", "device")
+    return hash_obj({**{k: d.get(k) for k in keys}, "data": data, "features": feats}, n=10)
 
 
 @dataclass

@@ -102,7 +102,8 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     ds, notes = family.prepare_dataset(ds, spec, verbose)
     heads = resolve_heads(spec, family, ds, source)
     db = db if db is not None else ResultsDB()
-    _check_writable(Path(db.path).parent)
+    results_root = Path(getattr(db, "root", None) or Path(db.path).parent)  # a server store keeps files here
+    _check_writable(results_root)
     stored: list[dict[str, Any]] = []
     if not rerun:
         for name, _cls in heads:
@@ -139,7 +140,7 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     extraction = {**extraction, "split": split_info, "inputs": input_facts(ds, found)}
     ctx = RunContext(spec=spec, user_spec=user_spec, dataset=ds, splits=splits, device=device, encoder=enc,
                      store=store, preprocess=store.preprocess, layers=feature_layers(store, spec),
-                     extraction=extraction, verbose=verbose, results_root=Path(db.path).parent, notes=notes)
+                     extraction=extraction, verbose=verbose, results_root=results_root, notes=notes)
     family.prepare(ctx)
     env = collect_environment(str(device))
     results: list[tuple[HeadResult, dict[str, Any]]] = []

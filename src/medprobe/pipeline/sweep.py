@@ -219,6 +219,7 @@ def _fmt_budget(b: Any) -> str:
 def expand(sweep: Sweep) -> list[Cell]:
     """Every cell of the sweep, grouped so one extraction serves many cells."""
     cells: list[Cell] = []
+    sweep_hash = sweep.hash  # once: it hashes every task
     for task in sweep.tasks:
         g = sweep.grid_for(task.name)
         weights = dict(g.get("weights") or {})
@@ -253,7 +254,8 @@ def expand(sweep: Sweep) -> list[Cell]:
                                                  else task.heads):
                                         cells.append(_cell(task, sweep, enc, w, res, layer, layer_spec, budget,
                                                            seed, head, len(cells) + 1, fold=fold,
-                                                           encoder_options=opts, inputs=inputs))
+                                                           encoder_options=opts, inputs=inputs,
+                                                           sweep_hash=sweep_hash))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid produces duplicate cells (repeated axis values?)", sweep.source or sweep.name)
@@ -293,7 +295,7 @@ def _folds(task: TaskSpec, axis: Any, where: str) -> list[int | None]:
 
 def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer: int | None, layer_spec: Any,
           budget: Any, seed: Any, head: str, index: int, fold: int | None = None,
-          encoder_options: dict[str, Any] | None = None, inputs: Any = None) -> Cell:
+          encoder_options: dict[str, Any] | None = None, inputs: Any = None, sweep_hash: str | None = None) -> Cell:
     over: dict[str, Any] = {"encoder": enc, "weights": weights, "heads": [head], "budget": budget,
                             "seed": int(seed)}
     data = dict(task.data)
@@ -321,7 +323,7 @@ def _cell(task: TaskSpec, sweep: Sweep, enc: str, weights: Any, res: Any, layer:
     in_label = [] if inputs is None else [f"i{inputs if isinstance(inputs, str) else '+'.join(map(str, inputs))}"]
     key = "/".join([task.name, enc, f"r{res_label}", *in_label, *([] if fold is None else [f"f{fold}"]),
                     "Ldefault" if layer is None else f"L{layer}", head, f"b{_fmt_budget(budget)}", f"s{seed}"])
-    over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep.hash, "cell": key}
+    over["notes"] = {"sweep": sweep.name, "sweep_hash": sweep_hash or sweep.hash, "cell": key}
     try:
         base = task.to_dict()
         if encoder_options is not None:  # replaced, not merged: another encoder's options must not leak in
