@@ -193,3 +193,39 @@ def test_zeroshot_pipeline_on_pneumoniamnist(shared_data: Path, tmp_path: Path, 
     with pytest.raises(ConfigError, match="pooled output"):
         run_task(parse_task({**raw, "heads": ["zeroshot"], "features": {"token": "mean"}}),
                  db=ResultsDB(tmp_path / "db2" / "r.db"), verbose=False)
+
+
+def test_siglip_transformers_layout_equals_siglipmodel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformers SiglipModel folder: text tower (last token + head), the MAP-pooled image feature as the image
+    embedding, logit scale and bias equal SiglipModel's logits_per_image (tokenizer files stubbed: ids given)."""
+    from medprobe.encoders import clip as clip_mod
+    from medprobe.encoders import text as text_mod
+
+    spec = EncoderSpec(name="t-zs-siglip", family="siglip2", patch_size=16, width=64, depth=2, params_m=0.0,
+                       default_layers=(0, 1, 1, 1), native_resolution=32,
+                       hf_config={k: v for k, v in TINY.items() if k not in ("text_heads", "hidden_act")})
+    register(spec)
+    try:
+        tr = clip_mod.transformers_module()
+        text = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=300,
+                    max_position_embeddings=8)
+        vis = {k: v for k, v in spec.hf_config.items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            model = tr.SiglipModel(tr.SiglipConfig(vision_config=vis, text_config=text))
+        model = perturb(model, 6)
+        model.save_pretrained(tmp_path / "s")
+        ids = torch.tensor([[5, 17, 33, 2, 1, 1, 1, 1], [9, 2, 1, 1, 1, 1, 1, 1]])
+        monkeypatch.setattr(text_mod, "_folder_tokenizer", lambda folder, context: (lambda texts: ids[:len(texts)]))
+        tower = text_mod.load_text_tower("t-zs-siglip", str(tmp_path / "s"))
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(3, 3, 32, 32, generator=g)
+        enc = create_encoder("t-zs-siglip", str(tmp_path / "s"))
+        with torch.no_grad():
+            ref = model(input_ids=ids, pixel_values=x).logits_per_image
+            img = torch.nn.functional.normalize(tower.project(enc.forward_features(x, [1]).cls[1].numpy()), dim=-1)
+            txt = torch.nn.functional.normalize(tower.encode_text(["a", "b"]), dim=-1)
+        assert tower.logit_bias != 0.0
+        assert float((tower.logit_scale * img @ txt.T + tower.logit_bias - ref).abs().max()) <= 1e-3
+    finally:
+        unregister(spec.name)

@@ -209,9 +209,11 @@ def _hf_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path, folde
         own = {k: v for k, v in sd.items() if k.startswith("text_model.")}
         proj = None
     mine = model.state_dict()
-    own.update({k: mine[k] for k in mine if k.endswith("position_ids") and k not in own})
     if not any(k.startswith("text_model.") for k in own):
         raise WeightsError(f"no text tower ('text_model.*') in this {kind} checkpoint", source)
+    if not any(k.startswith("text_model.") for k in mine):  # transformers 5 SiglipTextModel: no nesting
+        own = {k.removeprefix("text_model."): v for k, v in own.items()}
+    own.update({k: mine[k] for k in mine if k.endswith("position_ids") and k not in own})
     load_exact(model, own, source, f"{spec.name} text tower (transformers layout)")
     scale = sd.get("logit_scale")
     if scale is None:
