@@ -51,12 +51,17 @@ def listing(name):
     if name == "units":
         from medprobe.features.units import unit_names
         return unit_names()
+    if name == "serving":  # which family a dataset task type goes to (never the import order)
+        from medprobe.pipeline.family import family_for_task_type
+        return [f"{t}={family_for_task_type(t).name}" for t in ("binary", "multiclass", "multilabel", "ordinal",
+                                                               "segmentation", "regression", "registration",
+                                                               "instances")]
     raise KeyError(name)
 
 
 print(json.dumps({n: listing(n) for n in sys.argv[2].split(",")}))
 """
-NAMES = ("datasets", "encoder_families", "encoders", "encoder_prefixes", "heads", "task_families", "units")
+NAMES = ("datasets", "encoder_families", "encoders", "encoder_prefixes", "heads", "task_families", "units", "serving")
 # a few built-ins of each registry, from different built-in modules
 KNOWN = {
     "datasets": {"phantom", "medmnist", "csv", "folder", "msd", "em", "seg-pairs", "ct-rate", "external", "slides"},
@@ -69,6 +74,8 @@ KNOWN = {
               "decoder2d/dense", "decoder3d/dense", "affinity/dense", "convexadam/pair", "identity/pair"},
     "task_families": {"classification", "segmentation", "regression", "instances", "registration", "slides"},
     "units": {"image", "volume", "tile", "pair"},
+    "serving": {"binary=classification", "ordinal=classification", "segmentation=segmentation",
+                "registration=registration", "instances=instances"},
 }
 # modules imported first: nothing, leaves of several registries (built-in modules of heads, encoders, datasets,
 # task families, units), every module of the package

@@ -59,21 +59,29 @@ def get_family(name: str) -> TaskFamily:
     return FAMILIES.get(name)()
 
 
+def _in_order() -> list[type[TaskFamily]]:
+    """The registered families, built-in ones first in ``_BUILTIN`` order, then plug-ins in registration order
+    (so which module was imported first never decides)."""
+    rank = {f"medprobe.pipeline.families.{m}": i for i, m in enumerate(_BUILTIN)}
+    return sorted((cls for _, cls in FAMILIES.items()), key=lambda c: rank.get(c.__module__, len(rank)))
+
+
 def family_for_dataset(ds: Any, where: str | None = None) -> TaskFamily:
     """The family serving a dataset: the one declaring its unit (``ds.unit``, e.g. whole slides), else the first
-    registered that lists its task type."""
+    that lists its task type."""
     unit = getattr(ds, "unit", None)
     if unit is not None:
-        for _, cls in FAMILIES.items():
+        for cls in _in_order():
             if cls.dataset_unit == unit:
                 return cls()
     return family_for_task_type(ds.task.type, where)
 
 
 def family_for_task_type(task_type: str, where: str | None = None) -> TaskFamily:
-    """The family serving a dataset task type (the first registered that lists it; families that declare a
-    ``dataset_unit`` serve only datasets of that unit)."""
-    for _, cls in FAMILIES.items():
+    """The family serving a dataset task type: the first (built-ins in ``_BUILTIN`` order, then plug-ins) that
+    lists it; families that declare a ``dataset_unit`` serve only datasets of that unit, ``by_kind_only`` ones
+    only tasks that name them."""
+    for cls in _in_order():
         if task_type in cls.task_types and cls.dataset_unit is None and not cls.by_kind_only:
             return cls()
     raise ConfigError(f"no task family serves {task_type!r} datasets (families: {', '.join(family_names())})",
