@@ -364,3 +364,62 @@ def test_recorded_devices_are_those_that_computed(tmp_path: Path, capsys: pytest
     (row,) = ResultsDB(tmp_path / "db1").runs()
     assert row["device"] == "cpu" and row["timings"]["cached"] is True
     assert row["compute"]["devices"] == {"features": "cuda:0", "heads": "cpu"}
+
+
+# -- issue 22: nothing lost, nothing stale ------------------------------------------------------------------------
+def test_case01_export_never_overwrites_a_database_or_an_existing_file(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from medprobe.results import ResultsDB
+
+    _run(tmp_path, "db", tmp_path / "c", capsys)
+    dbf = tmp_path / "db" / "results.db"
+    before = dbf.read_bytes()[:16]
+    for target in (dbf, tmp_path / "db"):  # the database itself, and its folder
+        assert main(["results", "export", "--db", str(tmp_path / "db"), "--csv", str(target), "--force"]) == 2
+        assert str(target) in _one_line_error(capsys)
+    other = tmp_path / "other.db"
+    shutil.copy(dbf, other)  # another medprobe database: never written over, --force or not
+    assert main(["results", "export", "--db", str(tmp_path / "db"), "--csv", str(other), "--force"]) == 2
+    assert "is a database" in _one_line_error(capsys)
+    assert dbf.read_bytes()[:16] == before == other.read_bytes()[:16] and len(ResultsDB(dbf).runs()) == 1
+    out = tmp_path / "r.csv"
+    out.write_text("mine\n", encoding="utf-8")
+    assert main(["results", "export", "--db", str(tmp_path / "db"), "--csv", str(out)]) == 2
+    assert "--force" in _one_line_error(capsys) and out.read_text(encoding="utf-8") == "mine\n"
+    assert main(["results", "export", "--db", str(tmp_path / "db"), "--csv", str(out), "--force"]) == 0
+    assert out.read_text(encoding="utf-8").startswith("run_id,") or "," in out.read_text(encoding="utf-8")
+    assert main(["results", "export", "--db", str(tmp_path / "db"), "--csv", str(tmp_path / "new.csv")]) == 0
+    assert (tmp_path / "new.csv").read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+
+
+def test_case04_cache_rm_needs_a_real_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    _run(tmp_path, "db", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    for prefix in ("", entry.name[:3]):
+        assert main(["cache", "rm", prefix, "--cache-dir", str(cache)]) == 2
+        assert "too short" in _one_line_error(capsys)
+        assert entry.is_dir()
+    assert main(["cache", "rm", entry.name[:4], "--cache-dir", str(cache)]) == 0
+    assert not entry.exists()
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b"{not json", b"[1, 2, 3]", b'{"spec": 7}'])
+def test_case05_cache_commands_survive_a_damaged_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          damage: bytes) -> None:
+    cache = tmp_path / "cache"
+    _run(tmp_path, "db", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    (entry / "manifest.json").write_bytes(damage)
+    if not damage.startswith(b'{"'):  # both damaged: still an entry by its shards (an object naming no key is
+        (entry / "spec.json").write_bytes(damage)  # someone else's folder, never ours to list or remove)
+    capsys.readouterr()
+    assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr()
+    assert entry.name in out.out and "DAMAGED" in out.out and "Traceback" not in out.err
+    assert main(["cache", "verify", "--cache-dir", str(cache)]) == 1
+    out = capsys.readouterr()
+    assert f"{entry.name}: " in out.out and "manifest.json" in out.out and not out.err
+    assert main(["cache", "rm", "--all", "--yes", "--cache-dir", str(cache)]) == 0
+    assert not entry.exists()

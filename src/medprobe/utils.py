@@ -82,6 +82,62 @@ def atomic_write_text(path: str | Path, text: str, encoding="utf-8") -> None:
     atomic_write_bytes(path, text.encode())
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: str | Path) -> bool:
+    """True when ``path`` is a SQLite database file (its 16-byte header), e.g. a medprobe results database."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def check_output_path(path: str | Path, force: bool = False) -> Path:
+    """An output file the caller may write: never a SQLite database (whatever ``force``), never a folder, and an
+    existing file only with ``force``. Raises ``ConfigError`` naming the file."""
+    from medprobe.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError("is a folder, not an output file", p)
+    if is_sqlite_file(p) or (p.exists() and p.suffix.lower() in (".db", ".sqlite", ".sqlite3") and p.stat().st_size):
+        raise ConfigError("is a database: medprobe never writes an export over it; name another file", p)
+    if p.exists() and not force:
+        raise ConfigError("exists already: not overwritten (add --force to replace it)", p)
+    return p
+
+
+def write_new_file(path: str | Path, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically after :func:`check_output_path`; without ``force`` the file is
+    published with a hard link, so a file someone creates meanwhile is never replaced either."""
+    from medprobe.errors import ConfigError
+
+    p = check_output_path(path, force)
+    if force:
+        atomic_write_bytes(p, data)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            raise ConfigError("exists already: not overwritten (add --force to replace it)", p) from None
+        except OSError:  # a filesystem without hard links: the check above is the guard
+            if p.exists():
+                raise ConfigError("exists already: not overwritten (add --force to replace it)", p) from None
+            os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
 

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     vf = s.add_parser("verify", help="check each entry's files against its manifest (exit 1 on a problem)",
                       description="Example: medprobe cache verify 3f2a")
     _common(vf, "only entries whose key starts with one of these, e.g. 3f2a (default: every entry)")
-    rm = s.add_parser("rm", help="remove entries (by key prefix, --all or --incomplete)",
+    rm = s.add_parser("rm", help="remove entries (by key or a key prefix of >= 4 characters, --all --yes or "
+                      "--incomplete)",
                       description="Example: medprobe cache rm 3f2a 9bc1")
     _common(rm, "entry keys or prefixes to remove, e.g. 3f2a (or use --all / --incomplete)")
     rm.add_argument("--all", action="store_true", help="remove every entry")
@@ -40,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     root = common.cache_root(args)
     entries = list_entries(root)
+    short = [k for k in args.keys if len(k) < 4]
+    if short and args.action == "rm":  # an empty or short prefix would match (almost) every entry
+        raise ConfigError(f"cache rm: key prefix {short[0]!r} is too short: give at least 4 characters of a key "
+                          "(or --all --yes)", root)
     if args.keys:
         entries = [e for e in entries if any(e["key"].startswith(k) for k in args.keys)]
         if not entries:
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"(no cached features under {root})")
         for e in entries:
             state = f"{e.get('n_items')} items" if e["complete"] else f"INCOMPLETE ({e.get('shards_done', 0)} shards)"
+            if e.get("damaged"):
+                state = f"DAMAGED ({e['damaged']}; 'medprobe cache rm {e['key']}' removes it)"
             print(f"{e['key']}  {e['encoder']:<22} {str(e['weights'])[:24]:<24} {e['dataset']:<28} "
                   f"res={e['resolution']} layers={e['layers']} {state} {e['bytes'] / 1e6:.1f} MB")
         return 0
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         bad = 0
         for e in entries:
             problems = verify_entry(e["path"])
+            if e.get("damaged") and not any("manifest.json" in q for q in problems):
+                problems.insert(0, f"damaged: {e['damaged']}")
             print(f"{e['key']}: {'ok' if not problems else '; '.join(problems)}")
             bad += bool(problems)
         return 1 if bad else 0

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs = p.add_subparsers(dest="results_action", metavar="ACTION", required=True)
     pl = rs.add_parser("list", help="one line per run with one metric and its CI")
     _add_common(pl)
-    pl.add_argument("--metric", default="auc", help="metric to show, e.g. dice or r2 (default auc)")
+    pl.add_argument("--metric", default=None, help="one metric for every run, e.g. dice or r2 (default: each "
+                    "family's own columns, e.g. auc for classification, voi and arand for EM instances)")
     pl.add_argument("--split", default="test", choices=["test", "val"], help="whose metric, e.g. val (default test)")
     pl.set_defaults(func=run_list)
     ps = rs.add_parser("show", help="everything stored for one run")
@@ -38,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(ps, filters=False)
     ps.set_defaults(func=run_show)
     pe = rs.add_parser("export", help="CSV with one row per run x metric")
-    pe.add_argument("--csv", required=True, help="output file, e.g. results.csv")
+    pe.add_argument("--csv", required=True, help="output file, e.g. results.csv (never a database; an existing "
+                    "file only with --force)")
+    pe.add_argument("--force", action="store_true", help="replace an existing CSV file (never a database)")
     _add_common(pe)
     pe.set_defaults(func=run_export)
     pm = rs.add_parser("merge", help="move the result shards of launched jobs into the database file",
@@ -96,20 +99,47 @@ def _fmt_metric(m: tuple[float, float | None, float | None] | None) -> str:
     return _fmt_num(value) + ci
 
 
+def _family(r: dict[str, Any]) -> str:
+    """The task family a stored run came from ('' for rows that did not record it)."""
+    fam = (r.get("config") or {}).get("family") or (r.get("labels") or {}).get("family")
+    return str(fam or "")
+
+
+def _family_metrics(runs: list[dict[str, Any]], split: str) -> list[str]:
+    """The metric columns of one family's runs: the headline (else ranking) metrics their records list, those
+    present in at least one run; ``auc`` for rows that recorded neither (as before families)."""
+    listed: list[str] = []
+    for r in runs:
+        rep = (r.get("extra") or {}).get("report") or {}
+        for m in rep.get("headline") or rep.get("rank_by") or ():
+            if m not in listed:
+                listed.append(m)
+    have = {m for r in runs for m in r["metrics_all"].get(split, {})}
+    cols = [m for m in listed if m in have]
+    return cols or ["auc"]
+
+
 def run_list(args: argparse.Namespace) -> int:
     db = _open(args)
     runs = db.runs(**_filters(args))
     if not runs:
         print(f"(no runs in {db.path} match)")
         return 0
-    header = ["id", "time (UTC)", "task", "encoder", "weights", "head", "res", "layer",
-              f"{args.split}/{args.metric} [CI]"]
-    rows = [[r["run_id"][:8], r["created"][:16].replace("T", " "), r["task"], r["encoder"], _short_weights(r),
-             r["head"], _fmt_json(r["resolution"], "x"), _fmt_json(r["layers"]),
-             _fmt_metric(r["metrics_all"].get(args.split, {}).get(args.metric))] for r in runs]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault("" if args.metric else _family(r), []).append(r)
+    for n, (fam, group) in enumerate(groups.items()):
+        metrics = [args.metric] if args.metric else _family_metrics(group, args.split)
+        if len(groups) > 1:
+            print(("\n" if n else "") + f"{fam or 'other'} ({len(group)} run{'s' if len(group) > 1 else ''})")
+        header = ["id", "time (UTC)", "task", "encoder", "weights", "head", "res", "layer",
+                  *(f"{args.split}/{m} [CI]" for m in metrics)]
+        rows = [[r["run_id"][:8], r["created"][:16].replace("T", " "), r["task"], r["encoder"], _short_weights(r),
+                 r["head"], _fmt_json(r["resolution"], "x"), _fmt_json(r["layers"]),
+                 *(_fmt_metric(r["metrics_all"].get(args.split, {}).get(m)) for m in metrics)] for r in group]
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return 0
 
 
@@ -136,7 +166,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     db = _open(args)
-    n = db.export_csv(args.csv, **_filters(args))
+    n = db.export_csv(args.csv, force=args.force, **_filters(args))
     print(f"wrote {n} rows to {args.csv}")
     return 0
 

@@ -125,18 +125,20 @@ class FeatureStore:
         mf = self.path / "manifest.json"
         if not mf.is_file():
             raise DataError("feature cache entry is incomplete (no manifest.json)", self.path)
-        try:
+        try:  # any damage (not UTF-8, not JSON, not an object, keys missing or of the wrong type) is one error
             self.manifest: dict[str, Any] = json.loads(mf.read_text(encoding="utf-8"))
+            if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("spec"), dict):
+                raise TypeError("not a manifest object")
             self.spec: dict[str, Any] = self.manifest["spec"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.layers: list[int] = list(self.spec["layers"])
+            self.tokens: list[str] = list(self.spec["tokens"])
+            self.ids: list[str] = list(self.manifest["ids"])
+            self.slices = np.asarray(self.manifest["slices_per_item"], dtype=np.int64)
+            self.offsets = np.concatenate([[0], np.cumsum(self.slices)])
+            self._shard_items = [tuple(s["items"]) for s in self.manifest["shards"]]
+            self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CorruptEntry(f"unreadable manifest.json ({type(e).__name__})", self.path) from None
-        self.layers: list[int] = list(self.spec["layers"])
-        self.tokens: list[str] = list(self.spec["tokens"])
-        self.ids: list[str] = list(self.manifest["ids"])
-        self.slices = np.asarray(self.manifest["slices_per_item"], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.slices)])
-        self._shard_items = [tuple(s["items"]) for s in self.manifest["shards"]]
-        self._shard_row0 = np.concatenate([[0], np.cumsum([s["rows"] for s in self.manifest["shards"]])])
         self._mm: dict[tuple[str, int, int], np.ndarray] = {}
         self.reused = False  # set by the engine when the entry was found complete (no extraction ran)
         if verify:
@@ -262,20 +264,44 @@ def list_entries(root: str | Path) -> list[dict[str, Any]]:
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         info["bytes"] = size
         spec_f, mf = d / "spec.json", d / "manifest.json"
-        spec = json.loads(spec_f.read_text(encoding="utf-8")) if spec_f.is_file() else {}
+        spec, spec_bad = _json_object(spec_f) if spec_f.is_file() else ({}, None)
         info["complete"] = mf.is_file()
-        info["encoder"] = spec.get("encoder", "?")
-        info["weights"] = spec.get("weights", "?")
-        info["dataset"] = spec.get("dataset_name", "?")
+        info["encoder"] = str(spec.get("encoder", "?"))
+        info["weights"] = str(spec.get("weights", "?"))
+        info["dataset"] = str(spec.get("dataset_name", "?"))
         info["layers"] = spec.get("layers")
-        info["resolution"] = (spec.get("preprocess") or {}).get("resolution")
+        pre = spec.get("preprocess")
+        info["resolution"] = pre.get("resolution") if isinstance(pre, dict) else None
+        damage = [f"spec.json {spec_bad}"] if spec_bad else []
         if mf.is_file():
-            info["n_items"] = json.loads(mf.read_text(encoding="utf-8")).get("n_items")
+            manifest, mf_bad = _json_object(mf)
+            info["n_items"] = manifest.get("n_items")
+            wrong = [k for k, t in (("spec", dict), ("shards", list), ("ids", list))
+                     if not isinstance(manifest.get(k), t)]
+            if mf_bad or wrong:
+                damage.append(f"manifest.json {mf_bad or 'lacks ' + ', '.join(wrong)}")
         else:
             n = len(list(d.glob("shard-*/done.json")))
             info["shards_done"] = n
+        if damage:
+            info["damaged"] = "; ".join(damage)
         out.append(info)
     return out
+
+
+def _json_object(f: Path) -> tuple[dict[str, Any], str | None]:
+    """``(object, None)`` for a readable JSON object file, ``({}, what is wrong)`` for any damage."""
+    try:
+        obj = json.loads(f.read_text(encoding="utf-8"))
+    except OSError as e:
+        return {}, f"unreadable ({e.strerror or type(e).__name__})"
+    except UnicodeDecodeError:
+        return {}, "is not UTF-8 text"
+    except ValueError:
+        return {}, "is not valid JSON"
+    if not isinstance(obj, dict):
+        return {}, f"is a JSON {type(obj).__name__}, not an object"
+    return obj, None
 
 
 def verify_entry(entry: str | Path) -> list[str]:

@@ -45,7 +45,7 @@ import numpy as np
 from medprobe.errors import ConfigError
 from medprobe.registry import Registry
 from medprobe.results.shards import decode, encode, list_shards, publish, shard_dir, shard_name
-from medprobe.utils import atomic_write_bytes, atomic_write_text, canonical_json, hash_obj
+from medprobe.utils import atomic_write_bytes, canonical_json, check_output_path, hash_obj, write_new_file
 
 log = logging.getLogger("medprobe.results")
 SCHEMA_VERSION = 2  # 2: task_type is any lowercase word (task families are plug-ins); 1 listed them
@@ -797,8 +797,12 @@ class ResultsDB:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
-    def export_csv(self, path: str | Path, **filters: Any) -> int:
-        """Write one CSV row per run x metric (atomic); returns the number of data rows."""
+    def export_csv(self, path: str | Path, force: bool = False, **filters: Any) -> int:
+        """Write one CSV row per run x metric (atomic); returns the number of data rows. An existing ``path`` is
+        replaced only with ``force``, and never when it is a database (this one or any other SQLite file)."""
+        check_output_path(path, force)
+        if isinstance(self.path, Path) and Path(path).resolve() == self.path.resolve():
+            raise ConfigError("is the results database itself: name another file for the export", path)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_CSV_FIELDS)
@@ -809,7 +813,7 @@ class ResultsDB:
                     vals = {**r, "split": sp, "metric": name, "value": value, "low": low, "high": high}
                     w.writerow([_csv_cell(vals[k]) for k in _CSV_FIELDS])
                     n += 1
-        atomic_write_text(path, buf.getvalue(), encoding="utf-8")
+        write_new_file(path, buf.getvalue().encode("utf-8"), force=force)
         return n
 
 
