@@ -193,6 +193,13 @@ def test_zeroshot_pipeline_on_pneumoniamnist(shared_data: Path, tmp_path: Path, 
     with pytest.raises(ConfigError, match="pooled output"):
         run_task(parse_task({**raw, "heads": ["zeroshot"], "features": {"token": "mean"}}),
                  db=ResultsDB(tmp_path / "db2" / "r.db"), verbose=False)
+    # "zero-shot vs a probe at k labels" in one run: zeroshot learns nothing from labels, so it is fitted once
+    few = run_task(parse_task({**raw, "heads": ["zeroshot", "prototype"], "budget": "kshot:2x3"}),
+                   db=ResultsDB(tmp_path / "db3" / "r.db"), verbose=False)
+    by = {r["head"]: r for r in few}
+    assert by["zeroshot"]["record"]["notes"]["kshot"]["applied"] is False
+    assert by["zeroshot"]["metrics"]["auc"] == zs["metrics"]["auc"]
+    assert by["prototype"]["record"]["notes"]["kshot"]["n_train_per_draw"] == [4, 4, 4]
 
 
 def test_siglip_transformers_layout_equals_siglipmodel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

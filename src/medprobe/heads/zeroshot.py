@@ -32,6 +32,7 @@ class ZeroShotHead(Head):
 
     tasks = ("binary", "multiclass", "ordinal")
     context_params = ("tower",)  # given by the run (context_kwargs), never by head_params
+    uses_labels = False  # a k-shot budget fits it once (no draws): it learns nothing from training labels
 
     def __init__(self, task: str = "multiclass", n_classes: int | None = None, seed: int = 0,
                  templates: list[str] | None = None, classnames: list[str] | None = None,

@@ -91,11 +91,17 @@ class ClassificationFamily(TaskFamily):
         def rows(idx: list[int]) -> Any:
             return [X[i] for i in idx] if isinstance(X, list) else X[idx]
 
-        if kshot is not None:
-            return self._evaluate_kshot(head_cls, head_name, ctx, X, params, kshot, calibrate)
+        if kshot is not None and calibrate != "none":
+            raise ConfigError(f"head_params.{head_name}.calibrate: temperature scaling needs validation labels, "
+                              f"which a k-shot budget ({spec.budget}) does not give", spec.name)
+        notes: dict[str, Any] = {}
+        if kshot is not None and getattr(head_cls, "uses_labels", True):
+            return self._evaluate_kshot(head_cls, head_name, ctx, X, params, kshot)
+        if kshot is not None:  # a head that learns nothing from labels (zeroshot): one fit, no draws
+            notes["kshot"] = {"k": kshot[0], "draws": kshot[1], "applied": False,
+                              "why": f"head {head_name} uses no training labels"}
         head = head_cls(task=task, n_classes=n_classes, seed=spec.seed, **params)
         head.fit(rows(train), y[train], rows(val) if val else None, y[val] if val else None)
-        notes: dict[str, Any] = {}
         if "proba_ks" in head_cls.outputs:  # several k from one search; the headline k is scored with CIs
             by_k = head.predict_proba_ks(rows(test))
             proba = by_k[head.k_]
@@ -113,15 +119,12 @@ class ClassificationFamily(TaskFamily):
         return HeadResult(head=head_name, metrics=ci, predictions=preds, head_params=hp, notes=notes)
 
     def _evaluate_kshot(self, head_cls: type[Any], head_name: str, ctx: RunContext, X: Any,
-                        params: dict[str, Any], kshot: tuple[int, int], calibrate: str) -> HeadResult:
+                        params: dict[str, Any], kshot: tuple[int, int]) -> HeadResult:
         """``budget: kshot:<k>x<draws>``: one fit per seeded draw of k training cases per class (validation labels
         stay unused: heads select on their own hold-out of the draw); metrics are the mean over draws with a
         bootstrap CI over the draws (:mod:`medprobe.pipeline.fewshot`)."""
         ds, spec = ctx.dataset, ctx.spec
         task, y, n_classes, test = ds.task.type, ctx.state["y"], ctx.state["n_classes"], ctx.test
-        if calibrate != "none":
-            raise ConfigError(f"head_params.{head_name}.calibrate: temperature scaling needs validation labels, "
-                              f"which a k-shot budget ({spec.budget}) does not give", spec.name)
         draws, facts = kshot_draws(ctx.train, y, kshot[0], kshot[1], spec.seed)
 
         def rows(idx: list[int]) -> Any:
