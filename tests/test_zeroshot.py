@@ -236,3 +236,18 @@ def test_siglip_transformers_layout_equals_siglipmodel(tmp_path: Path, monkeypat
         assert float((tower.logit_scale * img @ txt.T + tower.logit_bias - ref).abs().max()) <= 1e-3
     finally:
         unregister(spec.name)
+
+
+def test_demo_zeroshot_part(tmp_path: Path) -> None:
+    """The demo's zero-shot part: a tiny random CLIP checkpoint written once, zeroshot (temperature-scaled on
+    validation) beside logreg on the X-ray phantom, rows tagged with the demo sweep so its report shows them."""
+    import_reference("open_clip")
+    from medprobe.pipeline.demo import demo_zeroshot
+    from medprobe.results import ResultsDB
+
+    db = ResultsDB(tmp_path / "r.db")
+    rows = {r["head"]: r for r in demo_zeroshot(db, tmp_path / "cache", sweep="demo") or []}
+    assert sorted(rows) == ["logreg", "zeroshot"]
+    assert rows["zeroshot"]["record"]["head_params"]["selected"]["temperature"] > 0
+    assert all(np.isfinite(r["metrics"]["ece"][0]) for r in rows.values())
+    assert {r["run_id"] for r in db.runs(sweep="demo")} == {r["run_id"] for r in rows.values()}
