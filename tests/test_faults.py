@@ -423,3 +423,51 @@ def test_case05_cache_commands_survive_a_damaged_manifest(tmp_path: Path, capsys
     assert f"{entry.name}: " in out.out and "manifest.json" in out.out and not out.err
     assert main(["cache", "rm", "--all", "--yes", "--cache-dir", str(cache)]) == 0
     assert not entry.exists()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "---\n"])
+def test_case08_an_empty_task_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    f = tmp_path / "task.yaml"
+    f.write_text(text, encoding="utf-8")
+    assert main(["run", str(f), "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = _one_line_error(capsys)
+    assert str(f) in err and "empty" in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "db").exists()  # nothing ran
+
+
+def test_case09_one_line_per_event(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged entry: one line (no 'features cached' first, no second damage line); a dataset option that
+    takes a list read from one string; --layers out of range for a blockless encoder refused; encoder none is
+    the image-only baseline, not 'UNTRAINED weights'."""
+    import logging
+
+    from medprobe.data.io import write_png
+    from medprobe.features import cache as cache_mod
+
+    cache = tmp_path / "c"
+    _, err = _run(tmp_path, "db0", cache, capsys)
+    (entry,) = [Path(e["path"]) for e in list_entries(cache)]
+    (entry / "manifest.json").write_text("{broken", encoding="utf-8")
+    cache_mod._VERIFIED.clear()
+    with caplog.at_level(logging.INFO, logger="medprobe"):
+        assert main(["run", *FLAGS, "--db", str(tmp_path / "db1"), "--cache-dir", str(cache)]) == 0
+    cap = capsys.readouterr()
+    said = [ln for ln in cap.err.splitlines() + caplog.text.splitlines() if entry.name in ln]
+    assert len(said) == 1 and "damaged" in said[0], said
+    assert "no encoder: the image-only baseline" in cap.out and "UNTRAINED" not in cap.out
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(6):
+            write_png(tmp_path / "imgs" / c / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+        write_png(tmp_path / "imgs" / c / "x.jpg.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    assert main(["config", "show", "--dataset", f"folder:{tmp_path / 'imgs'}", "--data-opt", "extensions=.png",
+                 "--encoder", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "extensions: [.png]" in out.replace("'", "") and "(., .p" not in out
+
+    argv = ["run", *FLAGS, "--layers", "99", "--db", str(tmp_path / "db2"), "--cache-dir", str(cache)]
+    assert main(argv) == 2
+    assert "layer 99 out of range for none" in _one_line_error(capsys)
+    assert not (tmp_path / "db2" / "results.db").exists()

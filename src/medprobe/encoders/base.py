@@ -35,7 +35,12 @@ def resolve_layers(layers: str | int | Sequence[int] | None, spec: EncoderSpec, 
     or a list -> those blocks (negative counts from the end).
     """
     depth = depth or spec.depth
-    if depth <= 1:  # encoders without blocks (onnx / none) expose one output, whatever was asked
+    if depth <= 1:  # encoders without blocks (onnx / none) expose one output: a word or 0 / -1 names it
+        asked = Layers(layers, "layers") if layers is not None else None
+        bad = [i for i in (asked.indices if asked is not None else ()) if i not in (0, -1)]
+        if bad:
+            raise ConfigError(f"layers: layer {bad[0]} out of range for {spec.name}, which has one output and no "
+                              "blocks (use layers: last)")
         return (0,) if depth == 1 else (-1,)
     sel = Layers("last" if layers is None else layers, "layers")
     if sel.symbol == "auto":
@@ -129,7 +134,8 @@ class EncoderInfo:
         return self.spec.patch_size
 
     def resolve_layers(self, layers: Any) -> tuple[int, ...]:
-        if self.blockless:
+        if self.blockless:  # one output: a word or 0 / -1 names it; another index is refused
+            resolve_layers(layers, self.spec, 1)
             return (self.depth - 1,)
         return resolve_layers(layers, self.spec, self.depth)
 

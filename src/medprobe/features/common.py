@@ -240,12 +240,14 @@ def open_or_drop(entry: Path, pre: PreprocessConfig, cfg: Any, message: str = DA
     """The complete entry, or None after removing it when its files fail their checksums (one line says so:
     ``message`` with ``{key}`` and ``{problem}`` filled in)."""
     try:
-        return open_entry(entry, pre, cfg, reused=True)
-    except CorruptEntry as e:
+        store = open_entry(entry, pre, cfg, reused=True)
+    except CorruptEntry as e:  # one line for the event (printed), nothing else said about it
         print("medprobe: " + message.format(key=entry.name, problem=e.problem), file=sys.stderr, flush=True)
-        log.warning("cache entry %s damaged: %s", entry, e.problem)
+        log.debug("cache entry %s damaged: %s", entry, e.problem)
         remove_entry(entry)
         return None
+    log.info("features cached: %s (skipping extraction)", entry)  # said once the entry proved whole
+    return store
 
 
 def found_entry(cache_dir: str | Path | None, resolved: ResolvedEntry, what: str = "features") -> Path | None:
@@ -253,7 +255,7 @@ def found_entry(cache_dir: str | Path | None, resolved: ResolvedEntry, what: str
     entry = cache_root(cache_dir) / resolved.key
     if not (entry / "manifest.json").is_file():
         return None
-    log.info("%s cached: %s (skipping extraction)", what, entry)
+    log.debug("%s found: %s", what, entry)  # reuse is said once the entry opens (open_or_drop)
     return entry
 
 

@@ -266,7 +266,8 @@ def feature_layers(store: Any, spec: TaskSpec) -> list[int]:
 def table_header(ctx: RunContext, unit: str = "px") -> str:
     """First line of a printed result table: task, data, encoder (untrained marked), input, layers, split."""
     enc, spec = ctx.encoder, ctx.spec
-    label = "pretrained" if enc.pretrained else "UNTRAINED weights: a pipeline check, not a score"
+    label = ("pretrained" if enc.pretrained else "no encoder: the image-only baseline"
+             if enc.spec.family == "none" else "UNTRAINED weights: a pipeline check, not a score")
     res = ctx.preprocess.resolution
     return (f"\n{spec.name}: {ctx.dataset.name} ({ctx.dataset.task.type}), {enc.spec.name} [{label}], "
             f"{res[0]}x{res[1]} {unit}, layer(s) {ctx.layers}, "

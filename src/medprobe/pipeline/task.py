@@ -428,11 +428,14 @@ def read_yaml(path: str | Path, what: str = "task") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{what} file not found", p)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError("not a UTF-8 text file", p) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", p) from None
+    if raw is None or raw == {}:  # never run every default (a full encoder on a phantom) for an empty file
+        raise ConfigError(f"the {what} file is empty (no keys): nothing to run (e.g. dataset: "
+                          "medmnist:pneumoniamnist, encoder: dinov3-vits16)", p)
     if not isinstance(raw, dict):
         raise ConfigError(f"a {what} file must be a mapping of options", p)
     return raw

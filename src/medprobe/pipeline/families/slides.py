@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,10 @@ class SlidesFamily(TaskFamily):
         empty = [i for i, b in enumerate(bags) if len(b) == 0]
         if empty:  # no tissue tile at this scale: nothing to score; recorded with every row
             ctx.notes["slides_without_tiles"] = [ids[i] for i in empty]
+            left = [ids[i] for i in empty if any(i in ctx.splits.get(k, ()) for k in ("train", "val", "test"))]
+            if left:  # one line: the user sees which slides do not take part
+                print(f"medprobe: warning: {len(left)} slide(s) have no tissue tile at this scale and are left out "
+                      f"(e.g. {left[0]}; lower data.tiling.min_tissue to keep them)", file=sys.stderr, flush=True)
             for k in ("train", "val", "test"):
                 if k in ctx.splits:
                     ctx.splits[k] = [i for i in ctx.splits[k] if len(bags[i])]
