@@ -31,7 +31,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-layer", type=int, default=None, help="use this one extracted block, e.g. 5")
     p.add_argument("--token", default=None, choices=["cls", "mean", "cls+mean"], help="vector token(s), e.g. cls")
     p.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "off"], help="autocast, e.g. bf16")
-    p.add_argument("--batch-size", default=None, help="encoder batch size, e.g. 64")
+    p.add_argument("--batch-size", default=None, help="encoder batch size, e.g. 64, or auto")
     p.add_argument("--split", default=None,
                    help="official | fractions:a,b,c | folds:k:i (k folds, fold i), e.g. folds:5:0")
     p.add_argument("--budget", default=None, help="fraction of training labels or <k>/class, e.g. 0.1")

@@ -49,7 +49,8 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="blocks to extract: last, four, all, or 0-based indices, e.g. 2,5,8,11")
     g.add_argument("--tokens", default="cls,mean,patch",
                    help="tokens to store, a subset of cls,mean,patch, e.g. cls,mean")
-    g.add_argument("--batch-size", default=64, help="images per encoder batch, e.g. 32 (default 64)")
+    g.add_argument("--batch-size", default="auto",
+                   help="images per encoder batch, e.g. 32 (default auto: the largest that fits in memory)")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="autocast, e.g. bf16 (auto: bf16 on GPU, off on CPU)")
     g.add_argument("--storage", default="float32", choices=["float32", "float16"],

@@ -55,6 +55,7 @@ import torch
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
+from medprobe.encoders.memory import cnn_memory
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register
 from medprobe.errors import WeightsError
 from medprobe.utils import torch_seeded
@@ -447,14 +448,14 @@ def _resnet_local(spec: EncoderSpec) -> list[Path]:
 
 
 register_family(EncoderFamily(
-    name="resnet", build=_build, identity=_identity, gflops=_gflops, local_weights=_resnet_local,
+    name="resnet", build=_build, identity=_identity, gflops=_gflops, local_weights=_resnet_local, memory=cnn_memory,
     description="transformers ResNetModel; torchvision / timm ImageNet checkpoints (same key layout)",
     cls_feature="global average pool of the stage's feature map (no norm)",
     patch_feature="the stage's feature map (its last bottleneck's output, after ReLU); stride 4 / 8 / 16 / 32",
     taps="the 4 residual stages (0-based: layer1..layer4)",
 ))
 register_family(EncoderFamily(
-    name="dinov3_convnext", build=_build, identity=_identity, gflops=_gflops,
+    name="dinov3_convnext", build=_build, identity=_identity, gflops=_gflops, memory=cnn_memory,
     description="transformers DINOv3ConvNextModel; Meta's dinov3_convnext_*.pth checkpoints",
     cls_feature="global average pool of the stage; last stage: LayerNorm(GAP) = Meta's pooled output",
     patch_feature="the stage's feature map (stride 4 / 8 / 16 / 32); last stage after the final LayerNorm",

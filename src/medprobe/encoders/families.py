@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medprobe.encoders.memory import MemoryFn, vit_memory
 from medprobe.errors import ConfigError
 from medprobe.registry import Registry
 
@@ -76,6 +77,8 @@ class EncoderFamily:
     ``options`` (extra build options :func:`~medprobe.encoders.create_encoder` accepts for it);
     ``adapt_spec(spec, options)``: the spec those options imply (e.g. an ONNX graph's patch size), applied
     before ``build`` and ``identity``;
+    ``memory(spec, shape)``: the family's :class:`~medprobe.encoders.memory.MemoryModel` (parameters +
+    per-item activations at that input; default: a global-attention ViT);
     ``autocast`` (False: the network runs outside torch autocast, e.g. an ONNX graph in fp32, so ``amp`` cannot
     change a feature value: it stays out of the cache key and the record says fp32).
     Feature contract: ``cls_feature``, ``patch_feature``, ``taps`` (plain-language facts shown by
@@ -101,6 +104,9 @@ class EncoderFamily:
     extra: str = ""
     # True: the encoder takes whole volumes (B, 1, D, H, W); extraction runs medprobe.features.volume
     volumetric: bool = False
+    # memory(spec, shape) -> MemoryModel: parameter bytes and peak activation bytes per item of ``shape``
+    # ((H, W) or (D, H, W)); the extraction engine sizes ``batch_size: auto`` and refuses a batch from it
+    memory: MemoryFn = vit_memory
 
     def check_options(self, spec: EncoderSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """The given options (``None`` values dropped); an option the family does not take is a ConfigError."""

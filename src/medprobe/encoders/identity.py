@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
+from medprobe.encoders.memory import pixels_memory
 from medprobe.encoders.registry import register
 from medprobe.encoders.spec import EncoderSpec
 
@@ -61,7 +62,7 @@ def _identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
 
 
 register_family(EncoderFamily(
-    name="none", build=_build, identity=_identity, needs_weights=False, blockless=True,
+    name="none", build=_build, identity=_identity, needs_weights=False, blockless=True, memory=pixels_memory,
     description="no encoder: the image's pixels on the patch grid (baseline)",
     cls_feature="the image's pixels on the patch grid (16 x 16 area means per channel), flattened: 3*(H/16)*(W/16)",
     patch_feature="the image area-averaged to the patch grid (3 channels); stride 16",

@@ -57,6 +57,7 @@ from medprobe.encoders.cnn import (
     weights_identity,
 )
 from medprobe.encoders.families import EncoderFamily, register_family
+from medprobe.encoders.memory import windowed_vit_memory
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def _local(spec: EncoderSpec) -> list[Path]:
 
 
 register_family(EncoderFamily(
-    name="sam", build=_build, identity=_identity, gflops=_gflops, local_weights=_local,
+    name="sam", build=_build, identity=_identity, gflops=_gflops, local_weights=_local, memory=windowed_vit_memory,
     description="transformers SamVisionModel; segment_anything checkpoints (SAM, MedSAM)",
     cls_feature="mean of the tap's patch tokens (SAM has no class token)",
     patch_feature="block output tokens (768 ch, no norm) for taps 0-11; tap 12 = the neck's 256-ch image "

@@ -11,7 +11,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +135,45 @@ def cache_root(cache_dir: str | Path | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ memory
+def _proc_kb(path: str, key: str) -> int | None:
+    try:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _address_space_left() -> int | None:
+    """Bytes this process may still map under an address-space limit (``ulimit -v`` / RLIMIT_AS), or None."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft in (resource.RLIM_INFINITY, -1) or soft <= 0:
+        return None
+    used = _proc_kb("/proc/self/status", "VmSize")
+    return max(int(soft) - (used or 0), 0)
+
+
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for one extraction: free GPU memory on CUDA, else the host's MemAvailable (None: unknown)."""
+    """Bytes free for one extraction: free GPU memory on CUDA, else the host's MemAvailable, lowered to what
+    an address-space limit (``ulimit -v``) still allows this process (None: unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+    free = _proc_kb("/proc/meminfo", "MemAvailable")
+    if free is None:
+        try:
+            free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            free = None
+    left = _address_space_left()
+    if left is not None:
+        free = left if free is None else min(free, left)
+    return free
 
 
 def batch_memory(encoder: Any, resolution: tuple[int, int], batch_size: int, views: int = 1) -> int:
@@ -158,15 +186,125 @@ def batch_memory(encoder: Any, resolution: tuple[int, int], batch_size: int, vie
     return int(batch_size * views * (3 * h * w * 4 * 2 + tokens * width * 4 * 6))
 
 
-def check_memory(encoder: Any, resolution: tuple[int, int], batch_size: int, device: torch.device) -> None:
-    """Refuse, before anything is written, an extraction whose single batch cannot fit in memory."""
-    need = batch_memory(encoder, resolution, batch_size)
+HEADROOM = 0.6  # share of the free memory an automatic batch may plan to use (the rest: the host, the store)
+AUTO_CAP = {"cpu": 64, "cuda": 128}  # the largest automatic batch (a bigger one buys no speed)
+
+
+@dataclass
+class BatchPlan:
+    """How one extraction batches: ``asked`` ('auto' or a number), ``batch`` (planned from the encoder's memory
+    model), ``used`` (after the first batch's measurement and any halving on an allocation failure),
+    ``model_per_item`` / ``measured_per_item`` (bytes), ``budget`` (bytes an automatic batch may use)."""
+
+    asked: int | str
+    batch: int
+    used: int
+    model_per_item: int
+    budget: int | None
+    measured_per_item: int | None = None
+    halvings: int = 0
+
+    def facts(self) -> dict[str, Any]:
+        return {"asked": self.asked, "planned": self.batch, "used": self.used,
+                "model_mb_per_item": round(self.model_per_item / 2**20, 1),
+                "measured_mb_per_item": (round(self.measured_per_item / 2**20, 1)
+                                         if self.measured_per_item is not None else None),
+                "halvings": self.halvings}
+
+
+_PLAN: ContextVar[BatchPlan | None] = ContextVar("medprobe_batch_plan", default=None)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def plan_batch(encoder: Any, shape: Sequence[int], asked: int | str, device: torch.device,
+               views: int = 1) -> BatchPlan:
+    """The batch of one extraction from the encoder family's memory model
+    (:func:`medprobe.encoders.memory.model_of`) and the free memory (:func:`available_memory`).
+
+    ``asked='auto'``: the largest batch whose need fits ``HEADROOM`` of the free memory (at most
+    ``AUTO_CAP``); an explicit number is kept. Either is refused in one line, before any work, when it cannot
+    fit (one item for 'auto'), naming the memory it needs."""
+    from medprobe.encoders.memory import model_of
+
+    model = model_of(encoder, shape)
+    per = model.per_item * max(int(views), 1)
+    free = available_memory(device)
+    what = "x".join(str(int(s)) for s in shape)
+    name = getattr(getattr(encoder, "spec", None), "name", "the encoder")
+    if asked == "auto":
+        cap = AUTO_CAP.get(device.type, 64)
+        if free is None:
+            return BatchPlan(asked, min(cap, 16), min(cap, 16), per, None)
+        budget = int(free * HEADROOM)
+        n = max(1, min(cap, (budget - model.params) // max(per, 1)))
+        need = model.params + per
+        if need > free:
+            raise ConfigError(f"{name} at {what} needs {_gb(need)} for one item ({_gb(model.params)} parameters + "
+                              f"{_gb(per)} activations: {model.why}); {_gb(free)} is free on {device}: lower "
+                              "the resolution or use a machine with more memory")
+        return BatchPlan(asked, int(n), int(n), per, budget)
+    n = int(asked)
+    need = model.params + n * per
+    if free is not None and need > free:
+        fit = max(0, (free - model.params) // max(per, 1))
+        hint = f"batch_size {fit} fits" if fit >= 1 else "not even one item fits: lower the resolution"
+        raise ConfigError(f"{name} at {what} with batch_size {n} needs {_gb(need)} ({_gb(model.params)} parameters "
+                          f"+ {_gb(per)} per item: {model.why}); {_gb(free)} is free on {device}: {hint} "
+                          "(or batch_size: auto)")
+    return BatchPlan(asked, n, n, per, None)
+
+
+@contextmanager
+def batch_plan(plan: BatchPlan) -> Iterator[BatchPlan]:
+    """Make ``plan`` the one the :class:`Runner` objects of this extraction follow (measure, halve, record)."""
+    token = _PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _PLAN.reset(token)
+
+
+def current_plan() -> BatchPlan | None:
+    """The :class:`BatchPlan` of the extraction in progress (None outside one)."""
+    return _PLAN.get()
+
+
+def check_memory(encoder: Any, resolution: tuple[int, int], batch_size: int | str, device: torch.device) -> None:
+    """Refuse, before anything is written, an extraction whose single batch cannot fit in memory
+    (:func:`plan_batch` with the family's memory model; the lower bound :func:`batch_memory` as well)."""
+    plan = current_plan()
+    asked = plan.used if plan is not None and batch_size == "auto" else batch_size
+    if asked == "auto":
+        plan_batch(encoder, resolution, "auto", device)
+        return
+    plan_batch(encoder, resolution, int(asked), device)
+    need = batch_memory(encoder, resolution, int(asked))
     free = available_memory(device)
     if free is not None and need > free:
-        gb = 2**30
-        raise ConfigError(f"resolution {resolution[0]}x{resolution[1]} with batch size {batch_size} needs at least "
-                          f"{need / gb:.1f} GB for one batch, {free / gb:.1f} GB is free on {device}: lower the "
+        raise ConfigError(f"resolution {resolution[0]}x{resolution[1]} with batch size {asked} needs at least "
+                          f"{_gb(need)} for one batch, {_gb(free)} is free on {device}: lower the "
                           f"resolution or features.batch_size")
+
+
+def _alloc_failure(e: BaseException) -> bool:
+    """An allocation failure a smaller batch can avoid (CPU "can't allocate", CUDA out of memory)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate" in text or "out of memory" in text
+                                            or "not enough memory" in text or "failed to allocate" in text)
+
+
+def _reset_peak() -> int | None:
+    """Reset this process's peak RSS (Linux clear_refs 5); the RSS now, or None when it cannot be measured."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        return None
+    return _proc_kb("/proc/self/status", "VmRSS")
 
 
 # ------------------------------------------------------------------------------------------ the runner
@@ -181,8 +319,56 @@ class Runner:
         self.device, self.autocast, self.storage = device, autocast, storage
         self.chunks: dict[tuple[str, int], list[np.ndarray]] = {(t, layer): [] for t in tokens for layer in layers}
 
+    def run(self, x: torch.Tensor) -> int:
+        """Encode the rows of ``x``; returns how many. Follows the extraction's :class:`BatchPlan`: the first
+        forward of an automatic batch is a small probe whose measured peak confirms (or lowers) the batch, and a
+        forward that fails to allocate is retried in halves (rows are independent: no feature value changes)."""
+        plan = current_plan()
+        if plan is None:
+            self._forward(x)
+            return len(x)
+        a = 0
+        while a < len(x):
+            if plan.measured_per_item is None and plan.budget is not None:
+                k = min(2, len(x) - a, plan.used)
+                self._measured(x[a:a + k], plan)
+                a += k
+                continue
+            k = min(plan.used, len(x) - a)
+            try:
+                self._forward(x[a:a + k])
+            except (RuntimeError, MemoryError) as e:
+                if not _alloc_failure(e) or k <= 1:
+                    raise
+                plan.used, plan.halvings = max(1, k // 2), plan.halvings + 1
+                log.warning("encoder batch of %d failed to allocate; retrying with %d", k, plan.used)
+                continue
+            a += k
+        return len(x)
+
+    def _measured(self, x: torch.Tensor, plan: BatchPlan) -> None:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base: int | None = int(torch.cuda.memory_allocated(self.device))
+        else:
+            base = _reset_peak()
+        self._forward(x)
+        peak = (int(torch.cuda.max_memory_allocated(self.device)) if cuda
+                else _proc_kb("/proc/self/status", "VmHWM"))
+        if base is None or peak is None:
+            plan.measured_per_item = plan.model_per_item
+            return
+        per = max((peak - base) // max(len(x), 1), 1)
+        plan.measured_per_item = int(per)
+        if plan.budget is not None:
+            fit = max(1, plan.budget // per)
+            if fit < plan.used:
+                log.info("measured %.1f MB per item: batch %d -> %d", per / 2**20, plan.used, fit)
+                plan.used = int(fit)
+
     @torch.inference_mode()
-    def run(self, x: torch.Tensor) -> None:
+    def _forward(self, x: torch.Tensor) -> None:
         x = x.to(self.device, non_blocking=True)
         if self.autocast is not None:
             with torch.autocast(self.device.type, dtype=self.autocast):
@@ -325,6 +511,7 @@ def keyed(resolved_pre: PreprocessConfig, cfg: Any, spec: dict[str, Any], **extr
     return ResolvedEntry(preprocess=resolved_pre, config=cfg, spec=spec, key=cache_key(spec), extra=extra)
 
 
-__all__ = ["DTYPE_NAMES", "Runner", "amp_dtype", "available_memory", "batch_memory", "cache_root", "check_memory",
+__all__ = ["AUTO_CAP", "DTYPE_NAMES", "HEADROOM", "BatchPlan", "Runner", "amp_dtype", "available_memory",
+           "batch_memory", "batch_plan", "cache_root", "check_memory", "current_plan", "plan_batch",
            "device_of", "effective_amp", "entry_spec", "found_entry", "keyed", "open_entry", "open_or_drop",
            "precision_facts", "ranks", "resolve_preprocess", "run_shards", "write_shard"]

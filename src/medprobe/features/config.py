@@ -30,6 +30,13 @@ def _tokens(v: Any, path: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(t) for t in items if t))
 
 
+def _batch(v: Any, path: str) -> int | str:
+    """``auto`` or a whole number >= 1 (a batch never changes a feature value: rows are independent)."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    return to_int(1)(v, path)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Options shared by the task's ``features`` section and the engine."""
@@ -40,7 +47,9 @@ class EngineOptions:
                    help="autocast (auto: bf16 on a GPU, off on the CPU)")
     storage: str = opt("float32", norm=choice(*STORAGE_DTYPES), type="|".join(STORAGE_DTYPES),
                        help="dtype of cached features")
-    batch_size: int = opt(64, norm=to_int(1), type="int", numbers=False, help="images per encoder batch")
+    batch_size: int | str = opt("auto", norm=_batch, type="auto|int", numbers=False,
+                                help="items per encoder batch (auto: the largest that fits the encoder's "
+                                     "memory model with headroom, confirmed on the first batch)")
     workers: int = opt(0, norm=to_int(0), type="int", numbers=False, help="reader processes")
     progress: bool = opt(True, norm=to_bool, type="bool", numbers=False, help="show a progress line")
 

@@ -12,12 +12,14 @@ names are re-exported here, where callers have always found them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medprobe.data.base import Dataset
+from medprobe.errors import MedprobeError
 from medprobe.features.cache import FeatureStore
 from medprobe.features.common import (
     DTYPE_NAMES,
@@ -25,9 +27,12 @@ from medprobe.features.common import (
     amp_dtype,
     available_memory,
     batch_memory,
+    batch_plan,
     check_memory,
+    device_of,
     effective_amp,
     entry_spec,
+    plan_batch,
     precision_facts,
     ranks,
     resolve_preprocess,
@@ -80,9 +85,26 @@ def extract(dataset: Dataset, encoder: Any, preprocess: PreprocessConfig | None 
     ``shard=(i, n)`` only shards ``k % n == i`` are computed; the return value is ``None`` until all shards exist.
     """
     u = unit_for(dataset, encoder, unit)
-    return u.extract(dataset, encoder, preprocess, config,
-                     options=u.parse_options(unit_options, getattr(dataset, "name", None)), cache_dir=cache_dir,
-                     device=device, rank=rank, world=world, shard=shard)
+    options = u.parse_options(unit_options, getattr(dataset, "name", None))
+    cfg = config or ExtractConfig()
+    if not u.runs_encoder:
+        return u.extract(dataset, encoder, preprocess, replace(cfg, batch_size=1) if cfg.batch_size == "auto"
+                         else cfg, options=options, cache_dir=cache_dir, device=device, rank=rank, world=world,
+                         shard=shard)
+    # the batch from the encoder family's memory model: 'auto' sized to fit, a number refused when it cannot
+    # (one line, before any work); the unit sees a number, its Runner follows (measures, halves) the plan
+    dev = device_of(encoder, device)
+    r = u.resolve(dataset, encoder, preprocess or PreprocessConfig(), cfg, options=options, device=dev)
+    try:
+        plan = plan_batch(encoder, u.item_shape(r), cfg.batch_size, dev)
+    except MedprobeError:  # features already made need no memory: reuse them, else the one line stands
+        store = u.lookup(dataset, encoder, preprocess, cfg, options=options, cache_dir=cache_dir, device=dev)
+        if store is not None:
+            return store
+        raise
+    with batch_plan(plan):
+        return u.extract(dataset, encoder, preprocess, replace(cfg, batch_size=plan.batch), options=options,
+                         cache_dir=cache_dir, device=device, rank=rank, world=world, shard=shard)
 
 
 __all__ = ["DTYPE_NAMES", "ExtractConfig", "Runner", "amp_dtype", "available_memory", "batch_memory",

@@ -24,6 +24,7 @@ from medprobe.features.common import (
     Runner,
     cache_root,
     check_memory,
+    current_plan,
     device_of,
     effective_amp,
     entry_spec,
@@ -127,12 +128,20 @@ class ImageUnit(ExtractionUnit):
                     "token_dims": _token_dims(entry, plan, layers, cfg.tokens),
                     "encoder_info": encoder.describe(), "extract_config": asdict(cfg),
                     "shard_items": shard_items, "device": str(dev), "seconds_last_run": elapsed,
-                    "world": world, "torch": torch.__version__}
+                    "world": world, "torch": torch.__version__, **_batch_facts(cfg)}
 
         done = run_shards(entry, spec, len(dataset), cfg.shard_items or (256 if dataset.spatial_dims == 2 else 8),
                           rank=rank, world=world, shard=shard, progress=cfg.progress,
                           desc=f"extract {encoder.spec.name}", unit="items", work=work, manifest=manifest)
         return open_entry(entry, pre, cfg, reused=False) if done else None
+
+
+def _batch_facts(cfg: ExtractConfig) -> dict[str, Any]:
+    """The batch the extraction ran with (``batch_size``: the one used last) and how it was chosen."""
+    plan = current_plan()
+    if plan is None:
+        return {"batch_size": cfg.batch_size}
+    return {"batch_size": plan.used, "batch": plan.facts()}
 
 
 def _token_dims(entry: Path, plan: ShardPlan, layers: Sequence[int], tokens: Sequence[str]) -> dict[str, int]:
@@ -171,6 +180,20 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
     views: int | None = None
     pending: list[torch.Tensor] = []
     n_pending = 0
+    # progress counts encoded items: an item is done once its last row has been through the encoder
+    ends: list[int] = []
+    read = encoded = 0
+
+    def encoded_rows(n: int) -> None:
+        nonlocal encoded
+        encoded += n
+        done = 0
+        while ends and ends[0] <= encoded:
+            ends.pop(0)
+            done += 1
+        if done:
+            prog.update(done)
+
     for _i, x in _iter_items(_ItemSource(dataset, prep, start, stop), cfg.workers, dev.type != "cpu"):
         s, v = x.shape[:2]
         if views is None:
@@ -180,14 +203,15 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
         rows.append(s)
         pending.append(x.reshape(s * v, *x.shape[2:]))
         n_pending += s * v
+        read += s * v
+        ends.append(read)
         while n_pending >= cfg.batch_size:
             flat = torch.cat(pending) if len(pending) > 1 else pending[0]
-            runner.run(flat[: cfg.batch_size])
+            encoded_rows(runner.run(flat[: cfg.batch_size]))
             rest = flat[cfg.batch_size:]
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
-        prog.update()
     if n_pending:
-        runner.run(torch.cat(pending))
+        encoded_rows(runner.run(torch.cat(pending)))
     write_shard(entry, k, bounds, runner.take(views or 1), rows, time.perf_counter() - t0)
 
 

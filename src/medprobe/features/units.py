@@ -88,6 +88,11 @@ class ExtractionUnit:
                 device: Any) -> ResolvedEntry:
         raise NotImplementedError
 
+    def item_shape(self, resolved: ResolvedEntry) -> tuple[int, ...]:
+        """The input of one encoder item, for the memory model: the resolved 2D resolution ``(H, W)`` (a unit
+        whose items are volumes returns ``(D, H, W)``)."""
+        return tuple(int(s) for s in resolved.preprocess.resolution)
+
     def lookup(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
                cache_dir: Any, device: Any) -> FeatureStore | None:
         raise NotImplementedError

@@ -126,6 +126,9 @@ class VolumeUnit(ExtractionUnit):
         spec = {**entry_spec(dataset, encoder, pre, cfg, torch.device(device)), "volume": geom.to_dict()}
         return keyed(pre, cfg, spec, geometry=geom)
 
+    def item_shape(self, resolved: ResolvedEntry) -> tuple[int, ...]:
+        return tuple(int(s) for s in resolved.extra["geometry"].size)
+
     def lookup(self, dataset: Any, encoder: Any, preprocess: Any, config: Any, *, options: dict[str, Any],
                cache_dir: Any, device: Any) -> FeatureStore | None:
         r = self.resolve(dataset, encoder, preprocess, config, options=options, device=device)

@@ -196,6 +196,10 @@ def _describe(store: FeatureStore, enc: Any, device: torch.device, dt: float) ->
         secs = store.manifest.get("seconds_last_run", dt)
         compute["images_per_s"] = round(n_rows / secs, 2) if secs else None
         compute["extraction_seconds"] = round(secs, 3)
+        cfg = store.manifest.get("extract_config") or {}
+        compute["batch_size"] = store.manifest.get("batch_size", cfg.get("batch_size"))
+        if "batch" in store.manifest:
+            compute["batch"] = store.manifest["batch"]
         if device.type == "cuda":
             compute["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         else:

@@ -63,6 +63,11 @@ class Plan:
         return 0 if self.cached else self.n_rows
 
 
+def _batch_number(batch_size: int | str) -> int:
+    """The items one timed dry-run batch holds: the number asked, or 8 for ``auto`` (sized by the engine)."""
+    return 8 if batch_size == "auto" else int(batch_size)
+
+
 def _count_rows(ds: Any, slice_axis: int | None) -> tuple[int, bool]:
     """Images the engine encodes: one per 2D item, one per slice of a volume (counted on up to
     ``MAX_SLICE_PROBE`` volumes, extrapolated beyond)."""
@@ -137,7 +142,7 @@ def _measure_tiles(ds: Any, probe: _SlideProbe, enc: Any, rspec: TaskSpec, cfg: 
 
     assert probe.first is not None
     slide, plan = probe.first
-    k = max(1, min(len(plan), int(cfg.batch_size)))
+    k = max(1, min(len(plan), _batch_number(cfg.batch_size)))
     part = dataclasses.replace(plan, coords=plan.coords[:k], tissue_fraction=plan.tissue_fraction[:k])
     t0 = time.perf_counter()
     tiles = [t for _, batch in iter_tiles(slide, part, batch_size=k) for t in batch]
@@ -231,7 +236,7 @@ def make_plan(spec: TaskSpec, db: Any = None, source: str | None = None, measure
             plan.estimate_s = n_rows * dt / rows + len(ds) * slides.mask_s
         return plan
     per_item = max(1.0, n_rows / max(1, len(ds)))
-    k = max(1, min(len(ds), round(cfg.batch_size / per_item)))
+    k = max(1, min(len(ds), round(_batch_number(cfg.batch_size) / per_item)))
     sub = Subset(ds, list(range(k)), tag="dry-run")
     with tempfile.TemporaryDirectory(prefix="medprobe-dry-run-") as tmp:
         t0 = time.perf_counter()
