@@ -88,6 +88,13 @@ def test_job_graph_extraction_once_per_feature_group() -> None:
     assert [j.kind for j in solo] == ["cells"] * 4 and all(not j.deps for j in solo)
     multi = build_graph(cells, cells_per_job=6, extract_gpus=4)  # multi-GPU extraction is always its own job
     assert [j.kind for j in multi].count("extract") == 4
+    auto = build_graph(cells, cells_per_job=None, workers=2)  # local default: 4 groups keep 2 workers busy
+    assert [len(j.cells) for j in auto] == [6, 6, 6, 6] and all(j.kind == "cells" for j in auto)
+    auto = build_graph(cells, cells_per_job=None, workers=8)  # 2 head jobs per group, after its extraction
+    assert [j.kind for j in auto].count("extract") == 4 and [len(j.cells) for j in auto if j.kind == "cells"] == \
+        [4, 2] * 4  # cells differing only in the head stay together (3 seeds x 2 heads over 2 jobs)
+    slurm = build_graph(cells, cells_per_job=None)  # SLURM default: one cell (one run of its heads) a job
+    assert [len(j.cells) for j in slurm if j.kind == "cells"] == [2] * 12
 
 
 def _metrics(db: ResultsDB) -> dict[str, Any]:
@@ -167,6 +174,38 @@ def test_job_killed_midway_is_resumed_by_a_rerun_without_duplicates(tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_ctrl_c_cancels_the_running_jobs(tmp_path: Path, cluster_file: Path) -> None:
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to find the job's worker process")
+    path = _sweep(tmp_path, "stop", [{"name": "xs", "data": {"seed": 5}}],
+                  {"resolution": [32], "head": ["logreg"], "seed": [0, 1]})
+    db = ResultsDB(tmp_path / "runs")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "medprobe.cli.main", "sweep", str(path), "--db", str(db.root),
+                             "--launcher", "local", "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    jobs = db.root / "jobs" / "stop" / "jobs.json"
+    worker = None
+    deadline = time.time() + 300
+    while time.time() < deadline and worker is None and proc.poll() is None:
+        if jobs.is_file():
+            (job,) = json.loads(jobs.read_text(encoding="utf-8"))["jobs"].values()
+            kids = _children(int(job["attempts"][-1]["id"])) if job["attempts"] else []
+            worker = kids[0] if kids else None
+        time.sleep(0.05)
+    assert worker is not None
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in the controller
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted: cancelled 1 job(s)" in out, out
+    deadline = time.time() + 30
+    while time.time() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists()  # the job's worker is gone too
+    (job,) = json.loads(jobs.read_text(encoding="utf-8"))["jobs"].values()
+    assert job["status"] == "cancelled" and db.runs() == []
+
+
+@pytest.mark.slow
 def test_slurm_path_sbatch_parameters_and_dependencies(tmp_path: Path, cluster_file: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,6 +253,10 @@ def test_slurm_path_sbatch_parameters_and_dependencies(tmp_path: Path, cluster_f
     status = capsys.readouterr().out
     assert "2 cells:" in status and "done" not in status.split(":", 1)[1].splitlines()[0]
     assert ("queued" in status or "waiting" in status) and "log " in status
+    n_sbatch = len([c for c in fake_slurm.calls(state) if c["cmd"] == "sbatch"])
+    assert main(["sweep", str(more), "--db", str(db), "--launcher", "slurm", "--detach"]) == 0  # launched again
+    assert "3 job(s) of an earlier launch still queued or running: followed" in capsys.readouterr().out
+    assert len([c for c in fake_slurm.calls(state) if c["cmd"] == "sbatch"]) == n_sbatch  # nothing resubmitted
     assert main(["sweep", str(more), "--db", str(db), "--cancel"]) == 0
     assert "cancelled" in capsys.readouterr().out
     cancels = [c for c in fake_slurm.calls(state) if c["cmd"] == "scancel"]

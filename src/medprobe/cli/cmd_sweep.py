@@ -60,7 +60,8 @@ def print_graph(cells: list[Any], db: Any, cfg: Any, launcher: str, name: str) -
 
     stored = db.stored_hashes([c.config_hash for c in cells])
     todo = [c for c in cells if c.config_hash not in stored]
-    jobs = build_graph(todo, cfg.cells_per_job, int(cfg.extract_gpus or 1))
+    jobs = build_graph(todo, cfg.cells_per_job, int(cfg.extract_gpus or 1),
+                       workers=cfg.workers if launcher == "local" else None)
     n_ext = sum(j.kind == "extract" for j in jobs)
     print(f"job graph ({launcher}): {n_ext} extraction job(s), {len(jobs) - n_ext} head job(s) for {len(todo)} "
           f"cell(s); jobs folder {jobs_folder(db, name, cfg)}")

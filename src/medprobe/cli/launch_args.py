@@ -32,7 +32,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--setup", action="append", default=[], metavar="CMD",
                    help="shell line run before each job (repeatable), e.g. 'module load cuda/12.4'")
     g.add_argument("--cells-per-job", type=int, default=None, metavar="N",
-                   help="cells one head job runs, e.g. 8 (default 1)")
+                   help="cells one head job runs, e.g. 8 (default: SLURM 1; local: each feature group's cells "
+                        "over the workers)")
     g.add_argument("--retries", type=int, default=None, metavar="N",
                    help="resubmissions of a failed job, e.g. 2 (default 1; bad input is never retried)")
     g.add_argument("--jobs-dir", default=None, metavar="DIR",

@@ -160,8 +160,9 @@ class ClusterConfig:
                                   help="extra sbatch lines, e.g. ['--constraint=a100', '--mail-type=FAIL']")
     setup: tuple[str, ...] = opt((), norm=_lines, numbers=False, type="list",
                                  help="shell lines run before each job, e.g. ['module load cuda/12.4']")
-    cells_per_job: int = opt(1, norm=_int_opt(1), numbers=False, type="int",
-                             help="cells one head job runs (in order; cells differing only in the head: one run)")
+    cells_per_job: int | None = opt(None, norm=_int_opt(1, optional=True), numbers=False, type="int",
+                                    help="cells one head job runs (cells differing only in the head: one run); "
+                                         "default SLURM 1, local: each group's cells over the workers")
     retries: int = opt(1, norm=_int_opt(0), numbers=False, type="int",
                        help="resubmissions of a job that failed for another reason than bad input")
     poll_s: float | None = opt(None, norm=_float_opt, numbers=False, type="seconds",
@@ -267,17 +268,23 @@ def _units(cells: Sequence[Any]) -> list[list[Any]]:
     return out
 
 
-def build_graph(cells: Sequence[Any], cells_per_job: int = 1, extract_gpus: int = 1) -> list[JobSpec]:
+def build_graph(cells: Sequence[Any], cells_per_job: int | None = 1, extract_gpus: int = 1,
+                workers: int | None = None) -> list[JobSpec]:
     """The job graph of ``cells`` (those still to run), in sweep order: per feature group an extraction job
-    (unless the group has one head job and extraction needs one GPU) and head jobs depending on it."""
+    (unless the group has one head job and extraction needs one GPU) and head jobs depending on it.
+    ``cells_per_job=None`` with ``workers`` (the local launcher): as few jobs as keep the workers busy -- each
+    group's cells split over ``ceil(workers / groups)`` jobs (every job is a Python start-up)."""
     groups: dict[str, list[Any]] = {}
     for c in cells:
         groups.setdefault(feature_group(c.spec), []).append(c)
     jobs: list[JobSpec] = []
     for g, members in groups.items():
+        per = cells_per_job
+        if per is None:  # SLURM: one cell a job; local: ceil(workers / groups) jobs per group
+            per = -(-len(members) // -(-int(workers) // len(groups))) if workers else 1
         heads: list[list[Any]] = []
         for unit in _units(members):
-            if heads and len(heads[-1]) + len(unit) <= max(cells_per_job, 1) and len(heads[-1]) < cells_per_job:
+            if heads and len(heads[-1]) < per:  # a run of several heads is never split (it may overshoot)
                 heads[-1] += unit
             else:
                 heads.append(list(unit))
@@ -650,8 +657,17 @@ class Controller:
         self.folder = jobs_folder(db, sweep.name, cfg)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.backend = make_backend(launcher, self.folder / "logs", cfg, sweep.name)
-        graph = build_graph(cells, cfg.cells_per_job, int(cfg.extract_gpus or 1))
-        self.runs = {j.name: _Run(j) for j in graph}
+        adopted = self._adoptable({c.key: c for c in cells})
+        covered = {k for r in adopted if r.spec.kind == "cells" for k in r.spec.keys}
+        graph = build_graph([c for c in cells if c.key not in covered], cfg.cells_per_job,
+                            int(cfg.extract_gpus or 1), workers=cfg.workers if launcher == "local" else None)
+        running_ext = {r.spec.group: r.spec.name for r in adopted if r.spec.kind == "extract"}
+        moved = {j.name: running_ext[j.group] for j in graph if j.kind == "extract" and j.group in running_ext}
+        for j in graph:  # a group whose extraction job still runs waits on that one, not on a new one
+            j.deps = [moved.get(d, d) for d in j.deps]
+        self.adopted = len(adopted)
+        self.runs = {r.spec.name: r for r in adopted}
+        self.runs.update({j.name: _Run(j) for j in graph if j.name not in moved})
         self.store = db.reopen_args()
         self.poll = cfg.poll_s or (15.0 if launcher == "slurm" else 0.5)
         self.gpus = cfg.gpus if cfg.gpus is not None else (1 if launcher == "slurm" else 0)
@@ -662,6 +678,7 @@ class Controller:
         jobs = {}
         for name, r in self.runs.items():
             jobs[name] = {"kind": r.spec.kind, "status": r.status, "deps": r.spec.deps, "cells": r.spec.keys,
+                          "group": r.spec.group,
                           "config_hashes": [c.config_hash for c in r.spec.cells], "attempts": r.attempts,
                           "error": r.error}
         atomic_write_json(self.folder / STATE_FILE, {
@@ -670,24 +687,27 @@ class Controller:
                       for k, v in self.store.items()},
             "logs": str(self.folder / "logs"), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs})
 
-    def adopt(self) -> int:
-        """Attach jobs of an earlier launch of the same graph that are still queued or running."""
+    def _adoptable(self, todo: dict[str, Any]) -> list[_Run]:
+        """Jobs of an earlier launch (``jobs.json``) still queued or running that serve cells still to do: followed
+        instead of submitted again (their cells leave the new graph; their group's new head jobs wait on a running
+        extraction job)."""
         old = read_state(self.folder)
         if not old or old.get("launcher") != self.launcher:
-            return 0
-        n = 0
+            return []
+        cand = []
         for name, j in (old.get("jobs") or {}).items():
-            r = self.runs.get(name)
-            if r is None or not j.get("attempts") or j.get("status") not in ACTIVE:
-                continue
-            last = j["attempts"][-1]
-            h = self.backend.handle(str(last["id"]), int(last.get("tasks", 1)))
+            cells = [todo[k] for k in j.get("cells", []) if k in todo]
+            if j.get("status") in ACTIVE and j.get("attempts") and cells:
+                last = j["attempts"][-1]
+                cand.append((name, j, cells, self.backend.handle(str(last["id"]), int(last.get("tasks", 1)))))
+        if cand:
             self.backend.refresh()
-            if self.backend.state(h) == "ended":
-                continue
-            r.handle, r.attempts, r.status = h, list(j["attempts"]), "queued"
-            n += 1
-        return n
+        out = []
+        for name, j, cells, h in cand:
+            if self.backend.state(h) != "ended":
+                spec = JobSpec(name, str(j["kind"]), cells, group=str(j.get("group") or ""))
+                out.append(_Run(spec, status="queued", attempts=list(j["attempts"]), handle=h))
+        return out
 
     # -- submitting ----------------------------------------------------------------------------------------------
     def _fn(self, r: _Run) -> SweepJob:
@@ -826,9 +846,8 @@ class Controller:
                  f"{self.skipped}); jobs: {jobs}; ETA {_fmt_s(eta) if left else '0m00s'}")
 
     def run(self, detach: bool = False) -> None:
-        adopted = self.adopt()
-        if adopted:
-            self.say(f"{adopted} job(s) of an earlier launch still queued or running: followed, not resubmitted")
+        if self.adopted:
+            self.say(f"{self.adopted} job(s) of an earlier launch still queued or running: followed, not resubmitted")
         n_ext = sum(r.spec.kind == "extract" for r in self.runs.values())
         self.say(f"job graph: {n_ext} extraction job(s), {len(self.runs) - n_ext} head job(s) for {len(self.cells)} "
                  f"cell(s); launcher {self.launcher}; jobs folder {self.folder}")
