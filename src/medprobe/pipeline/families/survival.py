@@ -33,7 +33,7 @@ class SurvivalFamily(TaskFamily):
     data_options = ("tiling", "tissue")  # slide datasets: the tile unit's options (as the slides family)
 
     def check_dataset(self, ds: Any, spec: Any) -> None:
-        if ds.task.type != "survival":
+        if ds.task.type not in self.task_types:
             raise ConfigError(f"dataset {ds.name} is a {ds.task.type} task; the survival family takes datasets with "
                               "time and event columns (task: survival)", spec.name)
 
@@ -73,7 +73,7 @@ class SurvivalFamily(TaskFamily):
         ids = ds.ids()
         preds = {"ids": np.asarray([ids[i] for i in test]), "time": y[test, 0], "event": y[test, 1],
                  "risk": risk}
-        notes = {"survival": {"events_train": int(y[train, 1].sum()), "events_test": int(y[test, 1].sum()),
+        notes = {"events": {"events_train": int(y[train, 1].sum()), "events_test": int(y[test, 1].sum()),
                               "n_features": int(X.shape[1])}}
         return HeadResult(head=head_name, metrics=metrics, predictions=preds, head_params=head.get_params(),
                           notes=notes)
