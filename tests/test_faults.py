@@ -471,3 +471,40 @@ def test_case09_one_line_per_event(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(argv) == 2
     assert "layer 99 out of range for none" in _one_line_error(capsys)
     assert not (tmp_path / "db2" / "results.db").exists()
+
+
+def _hashes(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
+    assert main(["config", "show", *argv]) == 0
+    out = capsys.readouterr().out.split("# config hash per head", 1)[1]
+    return [ln.split(":")[1].strip() for ln in out.splitlines() if ln.startswith("#   ")]
+
+
+def test_case02_weights_rewritten_at_the_same_path_change_the_config_hash(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "cache"))  # where the weights-hash memo lives
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(np.arange(64 * 1024, dtype=np.uint8).tobytes())
+    argv = ["--encoder", "dinov3-vits16", "--weights", str(f), "--no-verify", "--head", "logreg,knn"]
+    h1 = _hashes(capsys, argv)
+    assert len(h1) == 2 and _hashes(capsys, argv) == h1  # memoised, stable
+    st = f.stat()
+    with open(f, "r+b") as fh:  # 4 KiB overwritten in place: size kept, mtime restored
+        fh.seek(8192)
+        fh.write(b"\x07" * 4096)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    h2 = _hashes(capsys, argv)
+    assert all(a != b for a, b in zip(h1, h2))
+    moved = tmp_path / "elsewhere.safetensors"
+    shutil.copy(f, moved)  # the same bytes under another name: the same identity
+    assert _hashes(capsys, [*argv[:3], str(moved), *argv[4:]]) == h2
+    # weights: random and encoder none hash as before (no file behind them)
+    for extra in (["--encoder", "dinov3-vits16", "--weights", "random"], ["--encoder", "none"]):
+        base = _hashes(capsys, [*extra, "--head", "logreg"])
+        from medprobe.pipeline.task import parse_task
+
+        raw: dict = {"name": "cli", "encoder": extra[1], "heads": ["logreg"]}
+        if "--weights" in extra:
+            raw["weights"] = "random"
+        d = parse_task(raw)
+        assert base == [d.config_hash("logreg")]  # pinned values: test_typed_options (shipped hashes unchanged)

@@ -269,3 +269,50 @@ def timer() -> Iterator[dict[str, float]]:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDPROBE_CACHE", "./medprobe-cache"))
+
+
+def weights_memo_path() -> Path:
+    """Where remembered weight hashes live: beside the feature cache (per project, not per home directory)."""
+    return default_cache_dir() / "weights-sha256.json"
+
+
+def memo_sha256(path: str | Path, memo_file: Path) -> str:
+    """SHA-256 of a file, remembered in ``memo_file`` (so multi-GB files hash once) under a key that any change
+    of content invalidates: path, size, mtime, ctime and inode (rewriting a file in place and restoring its mtime
+    still moves its ctime, which no user call can set back)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return str(memo[key])
+    digest = sha256_file(path)
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}  # one entry per file: the latest
+    memo[key] = digest
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(memo_file, memo)
+    except OSError:
+        pass
+    return digest
+
+
+_WEIGHT_FILES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".onnx", ".npz", ".json", ".txt", ".model")
+
+
+def weights_content_id(path: str | Path, memo_file: Path | None = None) -> str:
+    """The identity of local weights by content: ``sha256:<hex>`` of a file, or for a model folder the hash of
+    its files' names and SHA-256s (weights, configs, tokenizers; each remembered as in :func:`memo_sha256`).
+    Moving or renaming the weights keeps the identity; any change of bytes changes it."""
+    memo = memo_file if memo_file is not None else weights_memo_path()
+    p = Path(path).expanduser()
+    if p.is_file():
+        return "sha256:" + memo_sha256(p, memo)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _WEIGHT_FILES
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    listing = [(f.relative_to(p).as_posix(), memo_sha256(f, memo)) for f in files]
+    return "sha256-folder:" + hashlib.sha256(canonical_json(listing).encode()).hexdigest()

@@ -15,7 +15,6 @@ Only ``torch.load(weights_only=True)`` or safetensors: never arbitrary pickle.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ import torch
 
 from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import WeightsError
-from medprobe.utils import atomic_write_json, sha256_file
+from medprobe.utils import memo_sha256, weights_memo_path
+from medprobe.utils import sha256_file as sha256_file  # re-exported: the hash of the bytes loaded
 
 META_NAME = re.compile(r"^dinov3_(?P<arch>[a-z0-9_]+?)_pretrain_(?P<data>[a-z0-9]+)-(?P<hash>[0-9a-f]{8})\.pth$")
 
@@ -72,34 +72,13 @@ def parse_weights_arg(weights: str | os.PathLike[str] | None, spec: EncoderSpec,
 
 def _sha_memo() -> Path:
     """Where remembered weight hashes live: beside the feature cache (per project, not per home directory)."""
-    from medprobe.utils import default_cache_dir
-
-    return default_cache_dir() / "weights-sha256.json"
+    return weights_memo_path()
 
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a weights file, remembered (so multi-GB files hash once) under a key that any change of
-    content invalidates: path, size, mtime, ctime and inode (rewriting a file in place and restoring its mtime
-    still moves its ctime, which no user call can set back)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-    memo_file = _sha_memo()
-    try:
-        memo = json.loads(memo_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    if key in memo:
-        return str(memo[key])
-    digest = sha256_file(path)
-    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}  # one entry per file: the latest
-    memo[key] = digest
-    try:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(memo_file, memo)
-    except OSError:
-        pass
-    return digest
+    content invalidates: path, size, mtime, ctime and inode (see :func:`medprobe.utils.memo_sha256`)."""
+    return memo_sha256(path, _sha_memo())
 
 
 def check_meta_name(path: str | Path, spec: EncoderSpec) -> None:

@@ -354,6 +354,13 @@ class TaskSpec:
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
         d["defaults"] = DEFAULTS_EPOCH
+        if self.weights and Path(self.weights).expanduser().exists():  # local weights: their content, not the path
+            from medprobe.utils import weights_content_id
+
+            try:
+                d["weights"] = weights_content_id(self.weights)
+            except OSError as e:
+                raise ConfigError(f"weights cannot be read ({e.strerror or type(e).__name__})", self.weights) from None
         return hash_obj(d, n=16)
 
     @property
