@@ -81,3 +81,32 @@ def test_thresholds_are_hierarchical_and_per_section_ids_unique() -> None:
     assert max(instance_metrics(per[z], gt[z])["arand"] for z in range(4)) <= 0.05  # 2D: scored per section
     with pytest.raises(ConfigError, match="method"):
         agglomerate(noisy, [0.5], method="magic")
+
+
+def test_grid_search_widens_an_edge_choice_until_interior_or_the_limit() -> None:
+    from medprobe.heads.agglomerate import GridAxis, grid_search
+
+    merge = GridAxis("threshold", (0.02, 0.05, 0.1, 0.2), (0.005, 0.995), "halve", 0.005)
+    sigma = GridAxis("sigma", (1.0, 2.0, 3.0), (0.5, 16.0))
+    calls: list[int] = []
+
+    def bowl(points: list[tuple[float, ...]]) -> dict[tuple[float, ...], float]:
+        calls.append(len(points))
+        return {p: (p[0] - 0.7) ** 2 + (p[1] - 5.2) ** 2 for p in points}
+
+    r = grid_search([merge, sigma], bowl)
+    best, grid = r["best"], r["grid"]
+    # optimum outside the starting grid on both axes: widened until the choice is interior
+    assert best["sigma"] == 5.0 and grid["sigma"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert min(grid["threshold"]) < best["threshold"] < max(grid["threshold"])
+    assert abs(best["threshold"] - 0.7) < 0.2 and r["at_limit"] == [] and r["rounds"] >= 2
+    assert sum(calls) == len(r["scores"]) == len(grid["sigma"]) * len(grid["threshold"])  # each point once
+
+    # an optimum beyond a limit: the grid ends on the limit and says so
+    r = grid_search([merge, sigma], lambda pts: {p: p[0] + (p[1] - 0.1) ** 2 for p in pts})
+    assert r["best"] == {"threshold": 0.005, "sigma": 0.5} and sorted(r["at_limit"]) == ["sigma", "threshold"]
+    assert r["grid"]["threshold"][0] == 0.005 and r["grid"]["sigma"][0] == 0.5
+    # a fixed axis (limits = its one value) never widens and is never reported
+    fixed = GridAxis("seed_threshold", (0.5,), (0.5, 0.5), "halve", 0.005)
+    r = grid_search([fixed, merge], lambda pts: {p: p[1] for p in pts})
+    assert r["grid"]["seed_threshold"] == [0.5] and r["at_limit"] == ["threshold"]

@@ -24,7 +24,8 @@ name or stem, default ``filename``). Without either the spacing is unknown and d
 
 Images or masks without a partner raise one ``DataError`` listing them. ``isbi2012:/path/isbi2012-em``
 is the ISBI 2012 EM membrane set (``train/image``, ``train/label``; label 0 = membrane -> class 1;
-4 nm pixels, so ``spacing=(4e-6, 4e-6)`` mm).
+4 nm pixels, so ``spacing=(4e-6, 4e-6)`` mm; serial sections 50 nm thick, the challenge's 4 x 4 x 50 nm, which
+``section_nm`` overrides and instance outputs record as their z resolution).
 
 EM neuron instances (``isbi2012`` options): ``target="instances"`` makes a ``TaskInfo("instances")`` dataset
 whose masks are the 4-connected components of the non-membrane label of each section (ids 1..n, membrane 0);
@@ -394,10 +395,15 @@ class SectionStack2D(Dataset):
 
     spatial_dims = 2
 
-    def __init__(self, base: Seg2DDataset, *, target: str = "labels", sections: Any = None) -> None:
+    def __init__(self, base: Seg2DDataset, *, target: str = "labels", sections: Any = None,
+                 section_nm: float | None = None) -> None:
         if target not in ("labels", "instances"):
             raise ConfigError(f"target must be 'labels' or 'instances', got {target!r}", base.name)
+        if section_nm is not None and (isinstance(section_nm, bool) or not isinstance(section_nm, (int, float))
+                                       or not section_nm > 0):
+            raise ConfigError(f"section_nm must be a positive number (nm), got {section_nm!r}", base.name)
         self.base, self.target = base, target
+        self.section_nm = None if section_nm is None else float(section_nm)
         self.name, self.modality, self.spacing = base.name, base.modality, base.spacing
         self.task = TaskInfo("instances") if target == "instances" else base.task
         n = len(base)
@@ -435,6 +441,8 @@ class SectionStack2D(Dataset):
         split, j = self._rows[i]
         item = self.base.load(j)
         meta = {**item.meta, "section": j, "split": split or None, "instance": self.target == "instances"}
+        if self.section_nm is not None:
+            meta["section_nm"] = self.section_nm
         mask = item.mask
         if self.target == "instances" and mask is not None:
             mask = instances_from_membrane(mask)
@@ -444,6 +452,7 @@ class SectionStack2D(Dataset):
 
 
 ISBI2012_MASK_VALUES = {0: 1, 255: 0}  # label 0 = membrane (class 1), 255 = cell interior (background)
+ISBI2012_SECTION_NM = 50.0  # serial-section thickness: the challenge's voxels are 4 x 4 x 50 nm
 
 
 @register_dataset("isbi2012")
@@ -464,10 +473,11 @@ def _isbi2012(arg: str, **options: Any) -> Dataset:
     options.setdefault("spacing", (4e-6, 4e-6))
     target = options.pop("target", "labels")
     sections = options.pop("sections", None)
+    section_nm = options.pop("section_nm", ISBI2012_SECTION_NM)
     base = Seg2DDataset(root, **options)
     if target == "labels" and sections is None:
         return base
-    return SectionStack2D(base, target=target, sections=sections)
+    return SectionStack2D(base, target=target, sections=sections, section_nm=section_nm)
 
 
 __all__ = ["ISBI2012_MASK_VALUES", "SECTION_SPLITS", "SectionStack2D", "Seg2DDataset", "instances_from_membrane",

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -262,11 +265,13 @@ def _waterz(affs: np.ndarray, thresholds: Sequence[float], frags: np.ndarray | N
 
 
 def agglomerate(affs: np.ndarray, thresholds: Sequence[float], *, method: str = "auto",
-                per_section: bool = False, seed_threshold: float = 0.5, fragments_in_xy: bool = True
-                ) -> dict[float, np.ndarray]:
+                per_section: bool = False, seed_threshold: float = 0.5, fragments_in_xy: bool = True,
+                cache: dict[Any, Any] | None = None) -> dict[float, np.ndarray]:
     """Affinities ``(C, [z,] y, x)`` (nearest-neighbour channels first) -> ``{threshold: segmentation}``
     (uint64, ids from 1). See the module docstring for the scheme and the methods; a 3D agglomeration starts
-    from per-section fragments (``fragments_in_xy``, default) and merges them across sections."""
+    from per-section fragments (``fragments_in_xy``, default) and merges them across sections. ``cache``: a
+    dict the caller keeps for these affinities, holding their fragments per seed threshold (and section), so
+    a search over merge thresholds in several rounds computes each watershed once."""
     if method not in METHODS:
         raise ConfigError(f"agglomeration method {method!r} must be one of {', '.join(METHODS)}")
     if method == "waterz" and not waterz_available():
@@ -280,23 +285,110 @@ def agglomerate(affs: np.ndarray, thresholds: Sequence[float], *, method: str = 
         k = min(a.shape[0], 3)
         inplane = a[k - 2:k]  # the y and x nearest-neighbour channels
         for z in range(a.shape[1]):
-            seg_z = agglomerate(inplane[:, z], ths, method=method, seed_threshold=seed_threshold)
+            sub = None if cache is None else cache.setdefault(("section", z), {})
+            seg_z = agglomerate(inplane[:, z], ths, method=method, seed_threshold=seed_threshold, cache=sub)
             for t in ths:
                 s = seg_z[t]
                 outs[t].append(np.where(s > 0, s + np.uint64(base[t]), 0).astype(np.uint64))
                 base[t] += int(s.max(initial=0))
         return {t: np.stack(v) for t, v in outs.items()}
-    if use_waterz:
+    key = ("fragments", float(seed_threshold), bool(fragments_in_xy))
+    frags: np.ndarray | None = None if cache is None else cache.get(key)
+    if frags is None:
         try:
-            frags: np.ndarray | None = fragments(a, seed_threshold=seed_threshold, in_xy=fragments_in_xy)
+            frags = fragments(a, seed_threshold=seed_threshold, in_xy=fragments_in_xy)
         except ConfigError:  # no scikit-image: waterz's own watershed makes the fragments
-            frags = None
+            if not use_waterz:
+                raise
+        if cache is not None and frags is not None:
+            cache[key] = frags
+    if use_waterz:
         segs = _waterz(a, ths, frags)
     else:
-        frags = fragments(a, seed_threshold=seed_threshold, in_xy=fragments_in_xy)
+        assert frags is not None
         segs = list(merge_fragments(frags, a, ths))
     return dict(zip(ths, segs))
 
 
-__all__ = ["METHODS", "affinities_from_labels", "affinity_offsets", "agglomerate", "boundary_map", "fragments",
-           "merge_fragments", "nn_offsets", "region_graph", "waterz_available"]
+# ------------------------------------------------------------------------------------------- settings search
+@dataclass(frozen=True)
+class GridAxis:
+    """One setting searched on a grid: its starting ``values`` and the hard ``limits`` a widened grid may reach
+    (inclusive). ``step``: ``"linear"`` widens by the outermost gap of the grid; ``"halve"`` halves the distance
+    between the outermost value and its limit (thresholds in (0, 1)), ending on the limit once that distance is
+    below ``resolution``. A widened value never passes the limit, so a grid that reaches it ends there."""
+
+    name: str
+    values: tuple[float, ...]
+    limits: tuple[float, float]
+    step: str = "linear"
+    resolution: float = 0.0
+
+    def widened(self, values: Sequence[float], side: str) -> float | None:
+        """The next value beyond ``values`` on ``side`` (``"lo"`` / ``"hi"``), or None at the limit."""
+        v = sorted(values)
+        lo, hi = self.limits
+        edge, bound = (v[0], lo) if side == "lo" else (v[-1], hi)
+        if (side == "lo" and edge <= bound) or (side == "hi" and edge >= bound):
+            return None
+        if self.step == "halve":
+            new = edge + (bound - edge) / 2
+            if abs(bound - new) <= self.resolution:
+                new = bound
+        else:
+            gap = (v[1] - v[0] if side == "lo" else v[-1] - v[-2]) if len(v) > 1 else (hi - lo) / 10
+            new = max(edge - gap, lo) if side == "lo" else min(edge + gap, hi)
+        return float(round(new, 6))
+
+
+def grid_search(axes: Sequence[GridAxis], score: Callable[[list[tuple[float, ...]]], dict[tuple[float, ...], float]],
+                max_rounds: int = 8) -> dict[str, Any]:
+    """Minimise ``score`` over the grid of ``axes``, widening an axis whenever the best point sits on that axis'
+    edge (and the edge is not the axis' limit), for at most ``max_rounds`` widenings.
+
+    ``score(points)`` returns ``{point: value}`` for a batch of points (tuples in axis order; lower is better,
+    NaN / inf = worst) so callers can share work within a batch. Ties go to the point scored first. Returns
+    ``{"best": {name: value}, "score": best value, "grid": {name: [values]}, "scores": {point label: value},
+    "at_limit": [names whose choice is a limit the grid could not pass], "rounds": widenings done}``."""
+    grid = {a.name: sorted(float(v) for v in a.values) for a in axes}
+    scores: dict[tuple[float, ...], float] = {}
+
+    def evaluate() -> None:
+        todo = [p for p in itertools.product(*(grid[a.name] for a in axes)) if p not in scores]
+        if todo:
+            got = score(todo)
+            for p in todo:
+                v = float(got.get(p, np.inf))
+                scores[p] = v if np.isfinite(v) else np.inf
+
+    def best() -> tuple[float, ...]:
+        pts = list(itertools.product(*(grid[a.name] for a in axes)))
+        return min(pts, key=lambda p: scores[p])
+
+    evaluate()
+    rounds = 0
+    while rounds < max_rounds:
+        b = best()
+        grew = False
+        for k, a in enumerate(axes):
+            vals = grid[a.name]
+            for side, edge in (("lo", vals[0]), ("hi", vals[-1])):
+                if b[k] == edge:
+                    new = a.widened(vals, side)
+                    if new is not None and new not in vals:
+                        grid[a.name] = sorted([*vals, new])
+                        grew = True
+        if not grew:
+            break
+        rounds += 1
+        evaluate()
+    b = best()
+    at_limit = [a.name for k, a in enumerate(axes) if b[k] in a.limits and a.limits[0] < a.limits[1]]
+    return {"best": {a.name: b[k] for k, a in enumerate(axes)}, "score": scores[b],
+            "grid": {a.name: list(grid[a.name]) for a in axes},
+            "scores": {",".join(f"{v:g}" for v in p): s for p, s in sorted(scores.items())},
+            "at_limit": at_limit, "rounds": rounds}
+
+
+__all__ = ["METHODS", "GridAxis", "affinities_from_labels", "affinity_offsets", "agglomerate", "boundary_map",
+           "fragments", "grid_search", "merge_fragments", "nn_offsets", "region_graph", "waterz_available"]

@@ -26,7 +26,7 @@ INPUT_KINDS = ("vector", "bag", "dense", "pair")
 # built-in heads register themselves when their modules are imported (lazily, on the first question).
 BUILTIN_MODULES = ("medprobe.heads.logreg", "medprobe.heads.knn", "medprobe.heads.linear", "medprobe.heads.ridge",
                    "medprobe.heads.mil", "medprobe.heads.seg_heads", "medprobe.heads.affinity",
-                   "medprobe.registration.methods", "medprobe.heads.prototype",
+                   "medprobe.heads.em_baselines", "medprobe.registration.methods", "medprobe.heads.prototype",
                    "medprobe.heads.retrieval", "medprobe.heads.zeroshot",
                    "medprobe.heads.cox")
 HEADS: Registry[type[Any]] = Registry("head", builtin=BUILTIN_MODULES, where="heads")

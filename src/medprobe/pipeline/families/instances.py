@@ -8,25 +8,36 @@ split, recorded in the notes). Per head (``affinity``):
 1. train the affinity decoder on the training sections (:mod:`medprobe.heads.affinity`; epoch chosen by the
    validation loss);
 2. predict affinities of the validation (else the last four training) cases, map them to the original pixel
-   grid, agglomerate at every ``thresholds`` value and keep the threshold with the best mean ``select_by``
-   (``cremi_score`` default);
+   grid, agglomerate on the grid of seed thresholds (``seed_thresholds``; the seeded watershed's interior
+   level) x merge thresholds (``thresholds``) and keep the pair with the best mean ``select_by``
+   (``cremi_score`` default); a choice on the edge of either grid widens that grid (towards the limits 0.05 /
+   0.99 for seeds, 0.005 / 0.995 for merges) and searches again (:func:`medprobe.heads.agglomerate.grid_search`),
+   so a recorded choice sits on an edge only where the grid ends at its limit;
 3. predict, agglomerate and score the test cases: per section VOI split / merge / total (bits), ARAND and the
    CREMI score (:mod:`medprobe.metrics.instances`; gt 0 ignored, ``border_nm`` band ignored when set) and the
    boundary Dice of the affinity map; a 3D decoder also gets the whole-chunk 3D scores (``*_volume``);
-4. beside them, the trivial baselines on the same test sections: all one segment, and connected components of
-   the thresholded raw image (threshold percentile chosen on the selection cases).
+4. beside them, the encoder-free baselines on the same test sections, settings chosen on the same selection
+   cases (:mod:`medprobe.heads.em_baselines`): all one segment, connected components of the thresholded raw
+   image, the classical blur + percentile threshold + components + watershed pipeline and, where waterz is
+   installed, a boundary map of the blurred image agglomerated by waterz; the table says whether the head
+   beats the classical pipeline. The baselines are also heads of their own (``heads: [baseline-classical]``),
+   rows like any other; their results are cached under ``<cache>/em-baselines/`` (they need no encoder).
 
 Head options (``head_params.affinity``): the head's (``decoder``, ``width``, ``use_image``, ``long_range`` ...),
 training (``lr``, ``epochs``, ``batch_size``, ``crop_size``, ``crop_depth``, ...) and agglomeration
-(``thresholds``, ``method``: auto | waterz | skimage, ``select_by``, ``seed_threshold``, ``border_nm``).
+(``thresholds``, ``seed_thresholds`` or one fixed ``seed_threshold``, ``widen``, ``method``: auto | waterz |
+skimage, ``select_by``, ``border_nm``).
 Outputs in ``outputs/<run_id>/``: per volume the predicted label volume of the test sections (HDF5
-``volumes/labels/neuron_ids`` with ``resolution`` and ``offset`` attributes like CREMI, TIFF without h5py)
+``volumes/labels/neuron_ids`` with ``resolution`` and ``offset`` attributes in nm like CREMI, z = the dataset's
+section thickness, e.g. ISBI 2012's 50 nm; TIFF without h5py)
 and overlay PNGs (raw | ground truth | prediction) of the first ``metrics.overlays`` sections.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +55,7 @@ from medprobe.heads.affinity import (
     fit_affinity,
     predict_affinities,
 )
-from medprobe.heads.agglomerate import METHODS, affinities_from_labels, agglomerate
+from medprobe.heads.agglomerate import METHODS, GridAxis, affinities_from_labels, agglomerate, grid_search
 from medprobe.heads.seg_heads import create_seg_head
 from medprobe.heads.seg_train import content_box, slices_first
 from medprobe.metrics.instances import (
@@ -62,6 +73,27 @@ SELECT_BY = ("cremi_score", "voi", "arand")
 DEFINITIONS = ("VOI split/merge in bits (log2) over gt-labelled voxels (gt 0 ignored; predicted 0 is a segment); "
                "ARAND = 1 - Rand F-score over pairs of distinct voxels (scikit-image); cremi_score = sqrt(VOI x "
                "ARAND); scored per section (2D), means with bootstrap CIs over sections")
+# baseline head -> its key in the recorded notes (the first two keep the names rows have always had)
+BASELINE_KEYS = {"baseline-one": "one_segment", "baseline-threshold": "threshold_cc",
+                 "baseline-classical": "classical", "baseline-waterz": "waterz"}
+_BASELINE_VERSION = 1  # bumped when a baseline's computation changes (its cache key)
+
+
+def classical_verdict(metrics: dict[str, Any], classical: dict[str, Any] | None) -> str | None:
+    """One plain sentence: does this row beat the classical blur + threshold + watershed pipeline on ARAND
+    (and VOI)? None without that baseline."""
+    if not classical or "arand" not in metrics or "arand" not in classical:
+        return None
+    a, c = metrics["arand"], classical["arand"]
+    if not (np.isfinite(a[0]) and np.isfinite(c[0])):
+        return None
+    apart = bool(a[1] > c[2] or a[2] < c[1]) if all(np.isfinite(v) for v in (*a[1:], *c[1:])) else False
+    word = "LOSES TO" if a[0] > c[0] else "beats"
+    out = (f"this head {word} the classical pipeline (baseline-classical, no encoder) on ARAND: {a[0]:.3f} vs "
+           f"{c[0]:.3f} ({'CIs apart' if apart else 'CIs overlap'})")
+    if "voi" in metrics and "voi" in classical:
+        out += f"; VOI {metrics['voi'][0]:.3f} vs {classical['voi'][0]:.3f}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,20 +103,28 @@ class AggloConfig:
     thresholds: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     method: str = "auto"
     select_by: str = "cremi_score"
-    seed_threshold: float = 0.5
+    seed_threshold: float | None = None  # one fixed seed threshold instead of searching seed_thresholds
+    seed_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+    widen: bool = True  # widen a grid whose edge is chosen
     border_nm: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AggloConfig:
         d = dict(d)
-        if "thresholds" in d:
-            th = d["thresholds"]
-            try:
-                d["thresholds"] = tuple(float(t) for t in (th if isinstance(th, (list, tuple)) else [th]))
-            except (TypeError, ValueError):
-                raise ConfigError(f"thresholds must be numbers in (0, 1), got {th!r}") from None
-            if not d["thresholds"] or not all(0 < t < 1 for t in d["thresholds"]):
-                raise ConfigError(f"thresholds must be numbers in (0, 1), got {th!r}")
+        for key in ("thresholds", "seed_thresholds"):
+            if key in d:
+                th = d[key]
+                try:
+                    d[key] = tuple(float(t) for t in (th if isinstance(th, (list, tuple)) else [th]))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{key} must be numbers in (0, 1), got {th!r}") from None
+                if not d[key] or not all(0 < t < 1 for t in d[key]):
+                    raise ConfigError(f"{key} must be numbers in (0, 1), got {th!r}")
+        if d.get("seed_threshold") is not None:
+            st = d["seed_threshold"]
+            if not isinstance(st, (int, float)) or isinstance(st, bool) or not 0 < st < 1:
+                raise ConfigError(f"seed_threshold must be a number in (0, 1), got {st!r}")
+            d["seed_threshold"] = float(st)
         cfg = cls(**d)
         if cfg.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
@@ -93,7 +133,15 @@ class AggloConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "thresholds": list(self.thresholds)}
+        return {**asdict(self), "thresholds": list(self.thresholds), "seed_thresholds": list(self.seed_thresholds)}
+
+    def axes(self) -> list[GridAxis]:
+        """The (seed threshold, merge threshold) grid; an axis whose limits equal its values never widens."""
+        seeds = (self.seed_threshold,) if self.seed_threshold is not None else self.seed_thresholds
+        seed_lim = (0.05, 0.99) if self.widen and self.seed_threshold is None else (min(seeds), max(seeds))
+        merge_lim = (0.005, 0.995) if self.widen else (min(self.thresholds), max(self.thresholds))
+        return [GridAxis("seed_threshold", tuple(seeds), seed_lim, "halve", 0.005),
+                GridAxis("threshold", self.thresholds, merge_lim, "halve", 0.005)]
 
 
 _AGG_KEYS = tuple(AggloConfig.__dataclass_fields__)
@@ -139,13 +187,27 @@ def _sections(item: Item) -> tuple[np.ndarray, np.ndarray]:
     return slices_first(img, item), slices_first(np.asarray(item.mask), item)
 
 
+def _baseline_model(name: str, ctx: RunContext) -> Any:
+    """The baseline head ``name`` built with the task's ``head_params.<name>``."""
+    from medprobe.heads.base import get_head_class
+    from medprobe.heads.em_baselines import EMBaseline
+
+    model = get_head_class(name, "dense")(**dict(ctx.spec.head_params.get(name, {})))
+    assert isinstance(model, EMBaseline)
+    return model
+
+
 def _nm(item: Item) -> tuple[float, float, float]:
-    """Voxel size ``(z, y, x)`` nm of the sections (z 1 when unknown)."""
+    """Voxel size ``(z, y, x)`` nm of the sections; for a 2D section z is its ``section_nm`` (the dataset's
+    section thickness, e.g. ISBI 2012's 50 nm), 1 when unknown."""
     sp = item.meta.get("spacing_nm")
     if sp is not None:
         return float(sp[2]), float(sp[1]), float(sp[0])
     s = [float(v) * 1e6 for v in (item.spacing or (1e-6, 1e-6))]
-    return (1.0, s[0], s[1]) if item.spatial_dims == 2 else (s[2], s[1], s[0])
+    if item.spatial_dims == 2:
+        z = item.meta.get("section_nm")
+        return (float(z) if z else 1.0, s[0], s[1])
+    return (s[2], s[1], s[0])
 
 
 # ------------------------------------------------------------------------------------------- family
@@ -162,6 +224,8 @@ class InstancesFamily(TaskFamily):
     unit_label = "px/section"
 
     def head_params(self, head_cls: type[Any]) -> list[str]:
+        if getattr(head_cls, "baseline", False):
+            return sorted(head_cls.defaults)
         return sorted({*head_cls.defaults, *_TRAIN_KEYS, *_AGG_KEYS})
 
     def prepare(self, ctx: RunContext) -> None:
@@ -181,50 +245,149 @@ class InstancesFamily(TaskFamily):
             shapes[i] = tuple(lab.shape)
         data = AffinityData(ctx.store, ctx.layers, patch, images, labels)
         sel = list(ctx.val) or list(ctx.train[-4:])
-        ctx.state.update(data=data, shapes=shapes, selection=sel, targets_s=round(time.perf_counter() - t0, 3),
-                         baselines=self._baselines(ctx, sel))
+        ctx.state.update(data=data, shapes=shapes, selection=sel, targets_s=round(time.perf_counter() - t0, 3))
+        ctx.state["baselines"] = {n: self._baseline(ctx, n) for n in self._baseline_names(ctx)}
         ranges = ctx.dataset.ranges() if hasattr(ctx.dataset, "ranges") else None
         ctx.notes["sections"] = ranges if ranges is not None else {
             k: [ctx.dataset.ids()[i] for i in v] for k, v in ctx.splits.items()}
 
-    # -- trivial baselines: one segment; connected components of the thresholded raw image
-    def _baselines(self, ctx: RunContext, sel: list[int]) -> dict[str, Any]:
-        from scipy import ndimage
+    # -- encoder-free baselines (medprobe.heads.em_baselines), settings chosen on the selection cases
+    def _baseline_names(self, ctx: RunContext) -> list[str]:
+        """The baselines of this run: every one (waterz where installed) beside any other head, else the
+        baseline heads asked for."""
+        from medprobe.heads.agglomerate import waterz_available
+        from medprobe.heads.em_baselines import BASELINES
 
-        pcts = (5, 10, 15, 20, 25, 30, 40, 50, 60)
+        asked = [h for h in ctx.spec.heads if h in BASELINES]
+        if all(h in BASELINES for h in ctx.spec.heads):
+            return asked
+        beside = [n for n in BASELINES if n != "baseline-waterz" or waterz_available()]
+        return list(dict.fromkeys([*beside, *asked]))
 
-        def cc(img: np.ndarray, pct: float) -> np.ndarray:
-            return ndimage.label(img > np.percentile(img, pct))[0]
+    def _baseline(self, ctx: RunContext, name: str) -> dict[str, Any]:
+        """One baseline's settings (grid search on the selection cases) and per-section test scores; cached
+        under ``<cache>/em-baselines/`` by dataset, sections, options and metric settings."""
+        from medprobe.features.common import cache_root
+        from medprobe.utils import atomic_write_json, hash_obj
 
-        score = {p: [] for p in pcts}  # type: dict[float, list[float]]
-        for i in sel:
-            raw, gt = _sections(ctx.dataset.load(i))
-            for p in pcts:
-                score[p] += [instance_metrics(cc(r, p), g)["arand"] for r, g in zip(raw, gt)]
-        best = min(pcts, key=lambda p: float(np.nanmean(score[p])) if score[p] else np.inf)
-        one, thr = [], []
+        ds, m = ctx.dataset, ctx.spec.metrics
+        model = _baseline_model(name, ctx)
+        sel = ctx.state["selection"]
+        key = hash_obj({"v": _BASELINE_VERSION, "name": name, "params": model.get_params(),
+                        "data": ds.fingerprint(), "selection": [ds.ids()[i] for i in sel],
+                        "test": [ds.ids()[i] for i in ctx.test], "bootstrap": m.bootstrap, "alpha": m.alpha,
+                        "seed": ctx.spec.seed}, n=16)
+        path = cache_root(ctx.spec.cache_dir) / "em-baselines" / f"{name}-{key}.json"
+        if path.is_file():
+            try:
+                got = json.loads(path.read_text(encoding="utf-8"))
+                got["metrics"] = {k: tuple(v) if isinstance(v, list) else v for k, v in got["metrics"].items()}
+                return dict(got, cached=True)
+            except (OSError, ValueError, KeyError):
+                pass  # damaged: computed again
+        t0 = time.perf_counter()
+        cases = [_sections(ds.load(i)) for i in sel]
+        crit = model.select_by
+
+        memo: list[list[dict[Any, Any]]] = [[{} for _ in raw] for raw, _ in cases]
+
+        def score(points: list[tuple[float, ...]]) -> dict[tuple[float, ...], float]:
+            vals: dict[tuple[float, ...], list[float]] = {p: [] for p in points}
+            for (raw, gt), caches in zip(cases, memo):
+                for r, g, c in zip(raw, gt, caches):
+                    for p, seg in model.segment(r, points, c):
+                        vals[p].append(instance_metrics(seg, g)[crit])
+            return {p: float(np.nanmean(v)) if v and np.isfinite(v).any() else np.inf for p, v in vals.items()}
+
+        axes = model.axes()
+        search = grid_search(axes, score) if axes else {"best": {}, "grid": {}, "scores": {}, "at_limit": [],
+                                                        "rounds": 0, "score": None}
+        point = tuple(search["best"][a.name] for a in axes)
+        memo.clear()
+        rows: list[dict[str, float]] = []
+        ids: list[str] = []
         for i in ctx.test:
-            raw, gt = _sections(ctx.dataset.load(i))
-            for r, g in zip(raw, gt):
-                one.append(instance_metrics(np.ones(g.shape, np.int64), g))
-                thr.append(instance_metrics(cc(r, best), g))
-        m = ctx.spec.metrics
-        return {"one_segment": aggregate_sections(one, m.bootstrap, ctx.spec.seed, m.alpha),
-                "threshold_cc": aggregate_sections(thr, m.bootstrap, ctx.spec.seed, m.alpha),
-                "threshold_cc_percentile": best}
+            item = ds.load(i)
+            raw, gt = _sections(item)
+            for z, (r, g) in enumerate(zip(raw, gt)):
+                ((_, seg),) = model.segment(r, [point])
+                rows.append(instance_metrics(seg, g, case=item.id))
+                ids.append(item.id if raw.shape[0] == 1 else f"{item.id}/s{z}")
+        out = {"name": name, "metrics": aggregate_sections(rows, m.bootstrap, ctx.spec.seed, m.alpha),
+               "rows": rows, "ids": ids, "settings": search["best"], "select_by": crit,
+               "params": model.get_params(), "search": {k: search[k] for k in ("grid", "at_limit", "rounds", "scores")},
+               "seconds": round(time.perf_counter() - t0, 3)}
+        atomic_write_json(path, out)
+        return dict(out, cached=False)
 
-    def _segment(self, affs: np.ndarray, head: AffinityHead, acfg: AggloConfig, thresholds: tuple[float, ...]
-                 ) -> dict[float, np.ndarray]:
-        """Affinities ``(C, S, h, w)`` -> ``{threshold: (S, h, w) ids}`` (2D per section for 2D decoders)."""
+    def _baseline_notes(self, ctx: RunContext) -> dict[str, Any]:
+        """The baselines of this run as recorded beside every row (metrics keyed as before: one_segment,
+        threshold_cc, classical, waterz; with their chosen settings and final grids)."""
+        base = ctx.state["baselines"]
+        out: dict[str, Any] = {}
+        for name, b in base.items():
+            k = BASELINE_KEYS[name]
+            out[k] = b["metrics"]
+            out.setdefault("settings", {})[k] = b["settings"]
+            out.setdefault("selection", {})[k] = {"select_by": b["select_by"], **{
+                x: b["search"][x] for x in ("grid", "at_limit")}}
+        if "baseline-threshold" in base:
+            out["threshold_cc_percentile"] = base["baseline-threshold"]["settings"].get("percentile")
+        return out
+
+    def _evaluate_baseline(self, head_name: str, ctx: RunContext) -> HeadResult:
+        """A baseline as a head: its own row, the same metrics and CIs, its label volumes written like a head's."""
+        b = ctx.state["baselines"][head_name]
+        model = _baseline_model(head_name, ctx)
+        point = tuple(b["settings"][a.name] for a in model.axes())
+        segs: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        for i in ctx.test:
+            raw, _ = _sections(ctx.dataset.load(i))
+            parts, base_id = [], 0
+            for r in raw:
+                ((_, seg),) = model.segment(r, [point])
+                seg = np.asarray(seg, np.uint64)
+                parts.append(np.where(seg > 0, seg + np.uint64(base_id), 0).astype(np.uint64))
+                base_id = int(parts[-1].max(initial=base_id))
+            segs.append(np.stack(parts))
+        rows, keys = b["rows"], list(INSTANCE_METRICS)
+        res = HeadResult(
+            head=head_name, metrics=dict(b["metrics"]),
+            predictions={"ids": np.asarray(b["ids"]), "metric_names": np.asarray(keys),
+                         "values": np.asarray([[float(r.get(k, np.nan)) for k in keys] for r in rows], np.float64)},
+            head_params={"head": head_name, **b["params"], "settings": b["settings"],
+                         "grid": b["search"]["grid"]},
+            timings={"head_fit_s": b["seconds"], "inference_s": round(time.perf_counter() - t0, 3)},
+            notes={"baseline": True, "encoder_used": False, "settings": b["settings"],
+                   "selection": {"select_by": b["select_by"], **b["search"]},
+                   "selection_cases": [ctx.dataset.ids()[i] for i in ctx.state["selection"]],
+                   "selected_by": f"mean {b['select_by']} on " + ("validation" if ctx.val else "the last training")
+                   + " cases", "metric_definitions": DEFINITIONS,
+                   "baselines": self._baseline_notes(ctx)})
+        chosen = ", ".join(f"{k} {v:g}" for k, v in b["settings"].items()) or "nothing to choose"
+        res.table = [f"(no encoder: {chosen}, chosen by {b['select_by']} on the selection cases"
+                     + (f"; at the grid's limit: {', '.join(b['search']['at_limit'])}" if b["search"]["at_limit"]
+                        else "") + ")"]
+        ctx.state[f"segs_{res.run_id}"] = segs
+        res.extra["per_section"] = rows
+        return res
+
+    def _segment(self, affs: np.ndarray, head: AffinityHead, acfg: AggloConfig, thresholds: Sequence[float],
+                 seed_threshold: float, cache: dict[Any, Any] | None = None) -> dict[float, np.ndarray]:
+        """Affinities ``(C, S, h, w)`` -> ``{threshold: (S, h, w) ids}`` (2D per section for 2D decoders);
+        ``cache``: kept by the caller per case, so each seed's fragments are computed once."""
         k = 3 if head.is_3d else 2
         a = affs[:k] if head.is_3d else affs[:2]
         if head.is_3d and affs.shape[1] > 1:
-            return agglomerate(a, thresholds, method=acfg.method, seed_threshold=acfg.seed_threshold)
+            return agglomerate(a, thresholds, method=acfg.method, seed_threshold=seed_threshold, cache=cache)
         inplane = a[k - 2:k]
         return agglomerate(inplane, thresholds, method=acfg.method, per_section=True,
-                           seed_threshold=acfg.seed_threshold)
+                           seed_threshold=seed_threshold, cache=cache)
 
     def evaluate(self, head_cls: type[Any], head_name: str, ctx: RunContext) -> HeadResult:
+        if getattr(head_cls, "baseline", False):
+            return self._evaluate_baseline(head_name, ctx)
         spec, ds = ctx.spec, ctx.dataset
         data: AffinityData = ctx.state["data"]
         hp_head, hp_train, hp_agg = split_params(dict(spec.head_params.get(head_name, {})))
@@ -241,18 +404,27 @@ class InstancesFamily(TaskFamily):
             return affinities_to_original(predict_affinities(head, data, i, tcfg, ctx.device),
                                           ctx.state["shapes"][i], ctx.preprocess)
 
-        # threshold on the selection cases
+        # seed and merge thresholds on the selection cases (grids widened where the choice sits on an edge)
         t_sel = time.perf_counter()
-        sweep: dict[float, list[float]] = {t: [] for t in acfg.thresholds}
+        sel_cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float], dict[Any, Any]]] = []
         for i in ctx.state["selection"]:
             item = ds.load(i)
-            _, gt = _sections(item)
-            nm = _nm(item)
-            for t, seg in self._segment(affs_of(i), head, acfg, acfg.thresholds).items():
-                sweep[t] += [instance_metrics(s, g, border_nm=acfg.border_nm, spacing_nm=nm[1:])[acfg.select_by]
-                             for s, g in zip(seg, gt)]
-        sel_mean = {t: float(np.nanmean(v)) if v and np.isfinite(v).any() else np.inf for t, v in sweep.items()}
-        thr = min(acfg.thresholds, key=lambda t: sel_mean[t])
+            sel_cases.append((affs_of(i), _sections(item)[1], _nm(item), {}))
+
+        def score(points: list[tuple[float, ...]]) -> dict[tuple[float, ...], float]:
+            vals: dict[tuple[float, ...], list[float]] = {p: [] for p in points}
+            for seed in sorted({p[0] for p in points}):
+                ths = sorted({p[1] for p in points if p[0] == seed})
+                for affs, gt, nm, cache in sel_cases:
+                    for t, seg in self._segment(affs, head, acfg, ths, seed, cache).items():
+                        vals[(seed, t)] += [instance_metrics(s, g, border_nm=acfg.border_nm,
+                                                             spacing_nm=nm[1:])[acfg.select_by]
+                                            for s, g in zip(seg, gt)]
+            return {p: float(np.nanmean(v)) if v and np.isfinite(v).any() else np.inf for p, v in vals.items()}
+
+        search = grid_search(acfg.axes(), score)
+        seed_thr, thr = search["best"]["seed_threshold"], search["best"]["threshold"]
+        sel_cases.clear()
         select_s = time.perf_counter() - t_sel
         # test
         t_inf = time.perf_counter()
@@ -267,7 +439,7 @@ class InstancesFamily(TaskFamily):
             nm = _nm(item)
             affs = affs_of(i)
             t_a = time.perf_counter()
-            seg = self._segment(affs, head, acfg, (thr,))[thr]
+            seg = self._segment(affs, head, acfg, (thr,), seed_thr)[thr]
             agg_s += time.perf_counter() - t_a
             k = 3 if head.is_3d else 2
             inplane = affs[k - 2:k]
@@ -288,31 +460,39 @@ class InstancesFamily(TaskFamily):
             vol = aggregate_sections(volume_rows, m.bootstrap, spec.seed, m.alpha)
             agg.update({f"{k}_volume": v for k, v in vol.items()})
         keys = list(per_section[0]) if per_section else list(INSTANCE_METRICS)
-        base = ctx.state["baselines"]
+        base = self._baseline_notes(ctx)
+        verdict = classical_verdict(agg, base.get("classical"))
         res = HeadResult(
             head=head_name, metrics=agg,
             predictions={"ids": np.asarray(rows_ids), "metric_names": np.asarray(keys),
                          "values": np.asarray([[float(r.get(k, np.nan)) for k in keys] for r in per_section],
                                               np.float64)},
             head_params={**head.params, "head": head_cls.name, "train": tcfg.to_dict(),
-                         "agglomeration": {**acfg.to_dict(), "threshold": thr},
+                         "agglomeration": {**acfg.to_dict(), "threshold": thr, "seed_threshold": seed_thr,
+                                           "grid": search["grid"], "at_limit": search["at_limit"]},
                          "offsets": [list(o) for o in head.offsets],
                          "n_params": sum(p.numel() for p in head.parameters())},
             timings={"targets_s": ctx.state["targets_s"], "head_fit_s": round(fit_s, 3),
                      "threshold_select_s": round(select_s, 3), "inference_s": round(infer_s, 3),
                      "agglomeration_s": round(agg_s, 3)},
-            notes={"history": hist, "threshold": thr,
-                   "threshold_sweep": {str(t): v for t, v in sel_mean.items()},
+            notes={"history": hist, "threshold": thr, "seed_threshold": seed_thr,
+                   "threshold_sweep": search["scores"], "threshold_sweep_axes": ["seed_threshold", "threshold"],
+                   "threshold_grid": search["grid"], "threshold_at_limit": search["at_limit"],
                    "selection_cases": [ds.ids()[i] for i in ctx.state["selection"]],
                    "selected_by": f"mean {acfg.select_by} on " + ("validation" if ctx.val else "the last training")
                    + " cases", "metric_definitions": DEFINITIONS, "border_nm": acfg.border_nm,
-                   "baselines": {"one_segment": base["one_segment"], "threshold_cc": base["threshold_cc"],
-                                 "threshold_cc_percentile": base["threshold_cc_percentile"]}})
-        res.table = [f"(fit {fit_s:.0f}s, best epoch {hist['best_epoch']}, threshold {thr:g} by {acfg.select_by}, "
-                     f"boundary Dice {fmt_ci(agg.get('boundary_dice'), width=0).strip()})"]
-        for name in ("one_segment", "threshold_cc"):
-            b = base[name]
-            res.table.append(f"baseline {name:<13} " + " ".join(fmt_ci(b.get(k)) for k in self.headline))
+                   "baselines": base, **({"verdict": verdict} if verdict else {})})
+        res.table = [f"(fit {fit_s:.0f}s, best epoch {hist['best_epoch']}, seed threshold {seed_thr:g}, merge "
+                     f"threshold {thr:g} by {acfg.select_by}"
+                     + (f" [at the grid's limit: {', '.join(search['at_limit'])}]" if search["at_limit"] else "")
+                     + f", boundary Dice {fmt_ci(agg.get('boundary_dice'), width=0).strip()})"]
+        for key in ("one_segment", "threshold_cc", "classical", "waterz"):
+            if key in base:
+                chosen = ", ".join(f"{k} {v:g}" for k, v in base["settings"][key].items())
+                res.table.append(f"baseline {key:<13} " + " ".join(fmt_ci(base[key].get(k)) for k in self.headline)
+                                 + (f"   ({chosen})" if chosen else ""))
+        if verdict:
+            res.table.append(verdict)
         ctx.state[f"segs_{res.run_id}"] = preds
         res.extra["per_section"] = per_section
         return res
@@ -415,5 +595,5 @@ def write_instance_overlay(path: Path, raw: np.ndarray, gt: np.ndarray, seg: np.
     write_png(path, np.concatenate([grey, sep, blend(gt), sep, blend(seg)], 1))
 
 
-__all__ = ["AggloConfig", "InstancesFamily", "affinities_to_original", "resize_instances", "split_params",
-           "write_instance_overlay", "write_label_volume"]
+__all__ = ["BASELINE_KEYS", "AggloConfig", "InstancesFamily", "affinities_to_original", "classical_verdict",
+           "resize_instances", "split_params", "write_instance_overlay", "write_label_volume"]
