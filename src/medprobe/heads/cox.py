@@ -24,6 +24,7 @@ import numpy as np
 
 from medprobe.errors import ConfigError
 from medprobe.heads.base import Head, register_head
+from medprobe.heads.mil import GatedAttentionMIL, _TorchBagHead, check_bags
 
 
 def partial_likelihood(X: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray, ties: str = "efron"
@@ -100,6 +101,20 @@ def fit_cox(X: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float
     return beta, max_iter
 
 
+def survival_targets(y: Any, n: int, where: str, what: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 2)`` [time, event] -> (time, event as bool), checked (times >= 0, events 0/1, at least one event)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 2 or y.shape != (n, 2):
+        raise ConfigError(f"{what} must be (N, 2) [time, event] for {n} cases, got shape {y.shape}", where)
+    t, ev = y[:, 0], y[:, 1]
+    if not np.isfinite(y).all() or (t < 0).any() or not np.isin(ev, (0.0, 1.0)).all():
+        raise ConfigError(f"{what}: times must be finite and >= 0, events 0 or 1", where)
+    e = ev.astype(bool)
+    if not e.any():
+        raise ConfigError(f"{what}: no event among the cases (all censored): a Cox model cannot be fitted", where)
+    return t, e
+
+
 @register_head("cox")
 class CoxPHHead(Head):
     """Ridge-penalised Cox proportional hazards (Efron or Breslow ties) on standardised features."""
@@ -119,18 +134,7 @@ class CoxPHHead(Head):
         self.val_fraction = val_fraction
 
     def _targets(self, y: Any, n: int, what: str = "y") -> tuple[np.ndarray, np.ndarray]:
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim != 2 or y.shape != (n, 2):
-            raise ConfigError(f"{what} must be (N, 2) [time, event] for {n} cases, got shape {y.shape}",
-                              self._where())
-        t, ev = y[:, 0], y[:, 1]
-        if not np.isfinite(y).all() or (t < 0).any() or not np.isin(ev, (0.0, 1.0)).all():
-            raise ConfigError(f"{what}: times must be finite and >= 0, events 0 or 1", self._where())
-        e = ev.astype(bool)
-        if not e.any():
-            raise ConfigError(f"{what}: no event among the cases (all censored): a Cox model cannot be fitted",
-                              self._where())
-        return t, e
+        return survival_targets(y, n, self._where(), what)
 
     def _fit_one(self, Z: np.ndarray, t: np.ndarray, e: np.ndarray, pen: float) -> tuple[np.ndarray, int]:
         return fit_cox(Z, t, e, pen, self.ties, self.tol, self.max_iter)
@@ -196,3 +200,96 @@ class CoxPHHead(Head):
         if self.val_scores_:
             out["val_c_index"] = self.val_scores_
         return out
+
+
+# ---------------------------------------------------------------------------------- attention MIL + Cox loss
+def cox_loss(risk: Any, time: Any, event: Any) -> Any:
+    """Negative Cox partial log-likelihood (Breslow ties) of a batch, per event: ``-mean_{i: event}(r_i -
+    log sum_{j: t_j >= t_i} exp r_j)`` (torch tensors; a batch without events gives 0)."""
+    import torch
+
+    at_risk = time[None, :] >= time[:, None]  # (i, j): j is in i's risk set
+    lse = torch.logsumexp(torch.where(at_risk, risk[None, :], torch.full_like(at_risk, -torch.inf, dtype=risk.dtype)),
+                          dim=1)
+    ev = event > 0
+    if not bool(ev.any()):
+        return risk.sum() * 0.0
+    return -(risk[ev] - lse[ev]).mean()
+
+
+@register_head("abmil_cox")
+class ABMILCoxHead(_TorchBagHead):
+    """Gated-attention MIL (the ``abmil`` head's network) with one risk output, trained with the Cox partial
+    likelihood (Breslow) over each batch of bags: slide / volume survival from tile or slice bags."""
+
+    tasks = ("survival",)  # type: ignore[assignment]
+    outputs = ("risk",)
+
+    def __init__(self, task: str = "survival", n_classes: int | None = None, seed: int = 0, hidden: int = 128,
+                 attn_dim: int = 128, projection: str = "linear", dropout: float = 0.0, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, epochs: int = 30, batch_size: int = 16, max_tiles: int | None = None,
+                 standardize: bool = True) -> None:
+        super().__init__(task=task, n_classes=n_classes, seed=seed)
+        self.hidden, self.attn_dim, self.projection, self.dropout = hidden, attn_dim, projection, dropout
+        self._init_common(lr, weight_decay, epochs, batch_size, max_tiles, standardize, "last")
+
+    def _module(self, dim: int, k: int) -> Any:
+        return GatedAttentionMIL(dim, int(self.hidden), int(self.attn_dim), 1, float(self.dropout), self.projection)
+
+    def hyper_params(self) -> dict[str, Any]:
+        names = ("seed", "hidden", "attn_dim", "projection", "dropout", "lr", "weight_decay", "epochs", "batch_size",
+                 "max_tiles", "standardize")
+        return {n: getattr(self, n) for n in names}
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> ABMILCoxHead:  # type: ignore[override]
+        import torch
+
+        from medprobe.utils import torch_seeded
+
+        if self.task != "survival":
+            raise ConfigError(f"task {self.task!r} not supported (abmil_cox fits survival tasks)", self._where())
+        bags = check_bags(X, self._where())
+        t, e = survival_targets(y, len(bags), self._where())
+        allx = torch.as_tensor(np.concatenate([np.asarray(b, dtype=np.float32) for b in bags]))
+        dim = allx.shape[1]
+        if self.standardize:
+            self.mean_, self.std_ = allx.mean(0), allx.std(0).clamp_min(1e-6) if len(allx) > 1 else torch.ones(dim)
+        else:
+            self.mean_, self.std_ = torch.zeros(dim), torch.ones(dim)
+        del allx
+        self.n_features_in_, self.k_ = dim, 1
+        tb = self._prep(bags)
+        tt, et = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(e.astype(np.float32))
+        with torch_seeded(int(self.seed)):
+            self.model_ = self._module(dim, 1)
+            g = torch.Generator().manual_seed(int(self.seed))
+            opt = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            self.model_.train()
+            for _ in range(int(self.epochs)):
+                perm = torch.randperm(len(tb), generator=g).tolist()
+                for a in range(0, len(tb), int(self.batch_size)):
+                    idx = perm[a:a + int(self.batch_size)]
+                    if not bool(et[idx].any()):
+                        continue  # no event in this batch: no partial likelihood
+                    z, _ = self._logits([self._subsample(tb[i], g) for i in idx])
+                    loss = cox_loss(z[:, 0], tt[idx], et[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        self.model_.eval()
+        return self
+
+    def predict_risk(self, X: Any) -> np.ndarray:
+        """Per bag its risk score (higher = earlier event)."""
+        self._check_fitted("model_")
+        z, _ = self._forward(self._prep(check_bags(X, self._where(), self.n_features_in_)))
+        return z[:, 0].numpy().astype(np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.predict_risk(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        raise ConfigError("abmil_cox gives risk scores (predict_risk), not class probabilities", self._where())
+
+    def selected_params(self) -> dict[str, Any]:
+        return {}
