@@ -508,3 +508,41 @@ def test_case02_weights_rewritten_at_the_same_path_change_the_config_hash(
             raw["weights"] = "random"
         d = parse_task(raw)
         assert base == [d.config_hash("logreg")]  # pinned values: test_typed_options (shipped hashes unchanged)
+
+
+def test_case03_fingerprint_sees_swapped_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two same-size PNGs in different class folders swap their bytes (mtimes restored): the dataset fingerprint
+    changes, so the feature cache is not served stale; the config hash does not change."""
+    from medprobe.data import create_dataset
+    from medprobe.data import io as dio
+    from medprobe.data.io import write_png
+
+    rng = np.random.default_rng(0)
+    for c, base in (("a", 40), ("b", 200)):
+        for i in range(8):
+            img = np.clip(rng.normal(base, 5, (32, 32)), 0, 255).astype(np.uint8)
+            write_png(tmp_path / "imgs" / c / f"{i}.png", img)
+    a, b = tmp_path / "imgs" / "a" / "0.png", tmp_path / "imgs" / "b" / "0.png"
+    pad = max(a.stat().st_size, b.stat().st_size)  # same size: pad the shorter PNG after IEND (readers ignore it)
+    for f in (a, b):
+        f.write_bytes(f.read_bytes().ljust(pad, b"\0"))
+    argv = ["run", "--dataset", f"folder:{tmp_path / 'imgs'}", "--encoder", "none", "--resolution", "32",
+            "--head", "knn", "--split", "fractions:0.5,0.25,0.25", "--cache-dir", str(tmp_path / "c")]
+    fp1 = create_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint()
+    assert main([*argv, "--db", str(tmp_path / "db1")]) == 0
+    sa, sb = a.stat(), b.stat()
+    ba, bb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(bb)
+    b.write_bytes(ba)
+    os.utime(a, ns=(sa.st_atime_ns, sa.st_mtime_ns))
+    os.utime(b, ns=(sb.st_atime_ns, sb.st_mtime_ns))
+    dio._DIGESTS.clear()  # a new process remembers nothing
+    fp2 = create_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint()
+    assert fp1 != fp2
+    assert main([*argv, "--db", str(tmp_path / "db2")]) == 0
+    from medprobe.results import ResultsDB
+
+    (r1,), (r2,) = ResultsDB(tmp_path / "db1").runs(), ResultsDB(tmp_path / "db2").runs()
+    assert r1["config_hash"] == r2["config_hash"] and r1["dataset_fingerprint"] != r2["dataset_fingerprint"]
+    assert r2["timings"]["cached"] is False  # features computed for the new bytes, not served from the cache
+    assert len([p for p in (tmp_path / "c").iterdir() if p.name != "audit"]) == 2

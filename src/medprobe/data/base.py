@@ -151,7 +151,7 @@ class Dataset(ABC):
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """A hash that changes when any file, label or the split changes (file list, sizes, mtimes or content)."""
+        """A hash that changes when any file, label or the split changes (file list, sizes and content digests)."""
 
     def labels(self) -> list[Any]:
         """Per-case labels without reading images (override when metadata has them)."""

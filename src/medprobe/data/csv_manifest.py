@@ -39,7 +39,7 @@ import numpy as np
 
 from medprobe.data import register_dataset
 from medprobe.data.base import Dataset, Item, Modality, TaskInfo
-from medprobe.data.io import read_image, read_volume
+from medprobe.data.io import content_digest, read_image, read_volume
 from medprobe.errors import ConfigError, DataError
 from medprobe.utils import hash_obj
 
@@ -478,7 +478,7 @@ class ManifestDataset(Dataset):
             sigs = self._sigs if self._sigs is not None else self._check_files()
             labels = [r.label.tolist() if isinstance(r.label, np.ndarray) else r.label for r in self.records]
             d = {"name": self.name, "task": self.task.to_dict(), "ids": self.ids(),
-                 "files": [[r.path.name, *s] for r, s in zip(self.records, sigs)],
+                 "files": [[r.path.name, s[0], content_digest(r.path)] for r, s in zip(self.records, sigs)],
                  "labels": labels, "patients": self.patients(), "splits": self._splits}
             if any(r.spacing is not None for r in self.records):  # unchanged fingerprints without spacing
                 d["spacing"] = [r.spacing for r in self.records]

@@ -12,6 +12,7 @@ Every failure raises :class:`medprobe.errors.DataError` with one line naming the
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io as _io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -93,21 +94,43 @@ def _check_array(arr: np.ndarray, path: Path, min_ndim: int) -> np.ndarray:
     return arr
 
 
-def file_signature(path: str | Path) -> tuple[str, int, int]:
-    """``(name, size, mtime_ns)`` of a file (or a folder's files) for cheap fingerprints."""
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, size, mtime, ctime, inode) -> digest, per process
+
+
+def content_digest(path: str | Path) -> str:
+    """BLAKE2b-128 of a file's bytes (streamed), remembered in this process under a key that any rewrite moves
+    (path, size, mtime, ctime, inode: restoring an mtime still moves the ctime). A missing file gives ``""``."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if key not in _DIGESTS:
+            h = hashlib.blake2b(digest_size=16)
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
+    except OSError:
+        return ""
+
+
+def file_signature(path: str | Path) -> tuple[str, int, str]:
+    """``(name, size, content digest)`` of a file (or of a folder's files: total size, digest of their names and
+    digests) for fingerprints that see content (two same-size files swapping bytes change them)."""
     p = Path(path)
     try:
         if p.is_dir():
-            st = [f.stat() for f in sorted(p.iterdir()) if f.is_file()]
-            return (p.name, sum(s.st_size for s in st), max((s.st_mtime_ns for s in st), default=0))
-        s = p.stat()
-        return (p.name, s.st_size, s.st_mtime_ns)
+            files = [f for f in sorted(p.iterdir()) if f.is_file()]
+            listing = [(f.name, content_digest(f)) for f in files]
+            return (p.name, sum(f.stat().st_size for f in files), hash_obj(listing, n=32))
+        return (p.name, p.stat().st_size, content_digest(p))
     except OSError:
-        return (p.name, -1, -1)
+        return (p.name, -1, "")
 
 
 def files_fingerprint(paths: Iterable[str | Path], extra: Any = None) -> str:
-    """Hash of the names, sizes and mtimes of ``paths`` plus ``extra`` (labels, split, options)."""
+    """Hash of the names, sizes and content digests of ``paths`` plus ``extra`` (labels, split, options)."""
     return hash_obj({"files": [file_signature(p) for p in paths], "extra": extra})
 
 
