@@ -204,3 +204,23 @@ def test_postgres_store_through_the_cli(pg_url_base: str, tmp_path: Path, capsys
     assert main(["results", "list", "--db", bad]) == 2
     err = capsys.readouterr().err
     assert "cannot connect to the results server" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_into_postgres_keeps_files_under_the_files_folder(pg_url_base: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from medprobe.pipeline.sweep import run_sweep, sweep_from_dict
+
+    monkeypatch.chdir(tmp_path)  # nothing may appear in the working folder (no 'postgresql:' folders)
+    url = _new_database(pg_url_base)
+    db = ResultsDB(url, files=tmp_path / "files")  # type: ignore[call-arg]
+    base = {"dataset": "phantom:xray2d-binary", "data": {"n": 24, "size": 32}, "encoder": "none",
+            "split": {"fractions": [0.5, 0.2, 0.3]}, "features": {"progress": False}, "audit": {"mode": "off"},
+            "metrics": {"bootstrap": 20}, "head_params": {"logreg": {"Cs": [1.0]}}}
+    sw = sweep_from_dict({"name": "pg", "base": base, "tasks": [{"name": "xa"}],
+                          "grid": {"resolution": [32], "seed": [0, 1], "head": ["logreg"]}})
+    res = run_sweep(sw, db=db, cache_dir=str(tmp_path / "cache"), echo=lambda s: None)
+    assert res["ran"] == 2 and len(db.runs(sweep="pg")) == 2
+    assert all(Path(r["predictions_path"]).parent == tmp_path / "files" / "predictions" for r in db.runs())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "files"]
+    again = ResultsDB(url, files=tmp_path / "files")  # type: ignore[call-arg]
+    assert run_sweep(sw, db=again, cache_dir=str(tmp_path / "cache"), echo=lambda s: None)["skipped"] == 2

@@ -344,7 +344,8 @@ class _TaggingDB:
         self._db, self._cells, self._ips = db, cells_by_head, ips_lookup
         self.path = db.path
 
-    def add_run(self, record: dict[str, Any], metrics: Any, predictions: Any = None, split: str = "test") -> str:
+    def add_run(self, record: dict[str, Any], metrics: Any, predictions: Any = None, split: str = "test",
+                **kw: Any) -> str:
         rec = copy.deepcopy(record)
         cell = self._cells.get(rec.get("head", ""))
         notes = dict(rec.get("notes") or {})
@@ -366,7 +367,7 @@ class _TaggingDB:
                 comp["images_per_s"] = ips
                 comp["images_per_s_from"] = "extracting run"
         rec["compute"] = comp
-        return str(self._db.add_run(rec, metrics, predictions=predictions, split=split))
+        return str(self._db.add_run(rec, metrics, predictions=predictions, split=split, **kw))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
