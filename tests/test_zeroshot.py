@@ -251,3 +251,57 @@ def test_demo_zeroshot_part(tmp_path: Path) -> None:
     assert rows["zeroshot"]["record"]["head_params"]["selected"]["temperature"] > 0
     assert all(np.isfinite(r["metrics"]["ece"][0]) for r in rows.values())
     assert {r["run_id"] for r in db.runs(sweep="demo")} == {r["run_id"] for r in rows.values()}
+
+
+def test_pe_core_open_clip_layout_equals_open_clip(tmp_path: Path) -> None:
+    """open_clip's PE-Core layout (CustomTextCLIP): a timm PE trunk under visual.trunk.* (its head = the image
+    projection) and open_clip's TextTransformer (GELU) under text.*: text embeddings, image embeddings and the
+    zero-shot classifier equal open_clip / timm on seeded random weights."""
+    from medprobe.encoders.text import load_text_tower, zero_shot_classifier
+
+    open_clip = import_reference("open_clip")
+    timm = import_reference("timm")
+    pe_kw = dict(embed_dim=64, depth=2, num_heads=2, img_size=32, ref_feat_shape=(2, 2), num_classes=32,
+                 attn_pool_num_heads=2)
+    spec = EncoderSpec(name="t-zs-pe", family="pe_core", patch_size=16, width=64, depth=2, params_m=0.0,
+                       default_layers=(0, 1, 1, 1), native_resolution=32,
+                       hf_config=dict(timm_model="vit_pe_core_base_patch16_224", timm_kwargs=pe_kw, text_heads=2))
+    register(spec)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(11)
+            trunk = timm.create_model("vit_pe_core_base_patch16_224", pretrained=False, dynamic_img_size=True,
+                                      **pe_kw)
+            text = open_clip.transformer.TextTransformer(context_length=16, vocab_size=49408, width=32, heads=2,
+                                                         layers=2, output_dim=32)
+        trunk, text = perturb(trunk, 12), perturb(text, 13)
+        sd = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
+        sd.update({f"text.{k}": v for k, v in text.state_dict().items()})
+        sd["logit_scale"] = torch.tensor(float(np.log(30.0)))
+        path = tmp_path / "open_clip_model.safetensors"
+        import safetensors.torch
+
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        tower = load_text_tower("t-zs-pe", str(path))
+        tok = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+        texts = ["a chest x-ray showing pneumonia.", "normal lungs"]
+        with torch.no_grad():
+            ref_text = text(tok(texts))
+        assert float((tower.encode_text(texts) - ref_text).abs().max()) <= TOL
+        x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+        enc = create_encoder("t-zs-pe", str(path))
+        with torch.no_grad():
+            ours = tower.project(enc.forward_features(x, [1]).cls[1].numpy())
+            ref_img = trunk(x)  # timm: attention pool, then the head (open_clip's PE image embedding)
+        assert float((ours - ref_img).abs().max()) <= TOL
+
+        class _Model:  # open_clip's classifier builder needs only encode_text
+            def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+                out = text(ids)
+                return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+        with torch.no_grad():
+            ref_cls = open_clip.zero_shot_classifier.build_zero_shot_classifier(_Model(), tok, CLASSES, TEMPLATES)
+        assert float((zero_shot_classifier(tower, CLASSES, TEMPLATES) - ref_cls).abs().max()) <= TOL
+    finally:
+        unregister(spec.name)

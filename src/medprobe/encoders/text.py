@@ -14,6 +14,8 @@ scale (and bias) -- all read from the *same checkpoint* as the image tower -- an
   from the tensor shapes (vocabulary, width, context length, depth); heads are ``hf_config['text_heads']`` of
   the encoder spec, else ``width // 64`` (open_clip's rule for OpenAI checkpoints); the activation is the image
   tower's (``quick_gelu`` for OpenAI models).
+* ``pe_core`` -- open_clip's PE-Core layout (``CustomTextCLIP``: the same text transformer under ``text.*``, GELU;
+  the image embedding is the timm trunk's ``head`` Linear on the cached attention-pool output).
 * ``siglip2`` -- transformers' ``SiglipModel`` layout (``text_model.*`` with its ``head``, ``logit_scale``,
   ``logit_bias``; ``config.json`` beside the weights): transformers' ``SiglipTextModel`` (last token pooled).
 
@@ -50,6 +52,7 @@ class TextTower:
     logit_bias: float
     weights_id: str
     image_width: int
+    image_projection_bias: torch.Tensor | None = None  # PE core: the trunk's head is a Linear with a bias
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -66,7 +69,8 @@ class TextTower:
         if x.shape[1] != self.image_width:
             raise ConfigError(f"image features have width {x.shape[1]}; the checkpoint's image projection takes "
                               f"{self.image_width} (use the last block's cls token)")
-        return x if self.image_projection is None else x @ self.image_projection
+        x = x if self.image_projection is None else x @ self.image_projection
+        return x if self.image_projection_bias is None else x + self.image_projection_bias
 
 
 class _ClipText(torch.nn.Module):
@@ -132,12 +136,14 @@ _BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
 _QKV_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
 
 
-def _openai_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path) -> tuple[Any, dict[str, Any]]:
-    """open_clip / OpenAI layout -> (CLIPTextModelWithProjection, facts)."""
+def _openai_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path, act: str | None = None,
+                 image_projection: str = "visual.proj") -> tuple[Any, dict[str, Any]]:
+    """open_clip / OpenAI layout -> (CLIPTextModelWithProjection, facts); ``act``: the text blocks' activation
+    (default: the image tower's, ``quick_gelu`` for OpenAI models)."""
     from medprobe.encoders.clip import load_exact, transformers_module
 
     need = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection", "logit_scale",
-            "visual.proj")
+            image_projection)
     missing = [k for k in need if k not in sd]
     if missing:
         raise WeightsError(f"no text tower for zero-shot: missing tensor {missing[0]!r} (open_clip / OpenAI layout)",
@@ -152,7 +158,7 @@ def _openai_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path) -
     tr = transformers_module()
     cfg = tr.CLIPTextConfig(vocab_size=int(vocab), hidden_size=int(width), intermediate_size=int(mlp),
                             num_hidden_layers=depth, num_attention_heads=heads, max_position_embeddings=int(context),
-                            hidden_act=str(hc.get("hidden_act", "quick_gelu")), layer_norm_eps=1e-5,
+                            hidden_act=act or str(hc.get("hidden_act", "quick_gelu")), layer_norm_eps=1e-5,
                             projection_dim=int(proj.shape[1]), eos_token_id=2)  # 2: argmax pooling (open_clip)
     cfg._attn_implementation = "sdpa"
     model = tr.CLIPTextModelWithProjection(cfg)
@@ -174,7 +180,7 @@ def _openai_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path) -
     own = model.state_dict()
     out.update({k: own[k] for k in own if k.endswith("position_ids") and k not in out})  # buffers, recomputed
     load_exact(model, out, source, f"{spec.name} text tower (open_clip layout)")
-    return model, {"context": int(context), "image_projection": sd["visual.proj"].float(),
+    return model, {"context": int(context), "image_projection": sd[image_projection].float(),
                    "logit_scale": float(sd["logit_scale"].float().exp()),
                    "logit_bias": float(sd["logit_bias"].float()) if "logit_bias" in sd else 0.0}
 
@@ -230,9 +236,9 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
     from medprobe.encoders.weights import parse_weights_arg
 
     spec = get_spec(encoder)
-    if spec.family not in ("clip", "siglip2"):
-        raise ConfigError(f"encoder {encoder} ({spec.family}) has no text tower loader; zero-shot runs with clip and "
-                          "siglip2 checkpoints")
+    if spec.family not in ("clip", "siglip2", "pe_core"):
+        raise ConfigError(f"encoder {encoder} ({spec.family}) has no text tower loader; zero-shot runs with clip, "
+                          "siglip2 and pe_core checkpoints")
     ref = parse_weights_arg(weights, spec, verify=verify)
     if ref.kind == "random":
         raise ConfigError(f"zero-shot needs the checkpoint's text tower: give {encoder} weights (a file or folder), "
@@ -241,9 +247,13 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
     folder = files[0].parent if ref.kind != "file" else None
     source = files[0] if len(files) == 1 else files[0].parent
     sd = clip_mod.read_files(files)
-    if spec.family == "clip" and "token_embedding.weight" in sd:
-        model, facts = _openai_text(sd, spec, source)
+    bias = None
+    if spec.family == "pe_core":
+        model, facts, bias = _pe_text(sd, spec, source)
         wrapped: torch.nn.Module = _ClipText(model)
+    elif spec.family == "clip" and "token_embedding.weight" in sd:
+        model, facts = _openai_text(sd, spec, source)
+        wrapped = _ClipText(model)
     elif spec.family == "clip":
         model, facts = _hf_text(sd, spec, source, folder, "clip")
         wrapped = _ClipText(model)
@@ -252,14 +262,33 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
         wrapped = _SiglipText(model)
     tok = _folder_tokenizer(folder, facts["context"])
     if tok is None:
-        if spec.family != "clip":
+        if spec.family == "siglip2":
             raise WeightsError("no tokenizer files beside the SigLIP weights (tokenizer.json / spiece.model)", source)
         tok = openclip_tokenizer(facts["context"])
     proj = facts["image_projection"]
     return TextTower(family=spec.family, model=wrapped.eval().requires_grad_(False), tokenize=tok,
                      image_projection=proj, logit_scale=facts["logit_scale"], logit_bias=facts["logit_bias"],
                      weights_id=clip_mod.files_weights_id(files),
-                     image_width=int(proj.shape[0]) if proj is not None else int(spec.width))
+                     image_width=int(proj.shape[0]) if proj is not None else int(spec.width),
+                     image_projection_bias=bias)
+
+
+def _pe_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path
+             ) -> tuple[Any, dict[str, Any], torch.Tensor | None]:
+    """Perception Encoder core in open_clip's layout (``CustomTextCLIP``): the text tower under ``text.*`` (the
+    standard open_clip text transformer, GELU), the image embedding = the timm trunk's ``head`` (Linear) on the
+    attention-pool output (the cached ``cls``)."""
+    if "text.token_embedding.weight" not in sd or "visual.trunk.head.weight" not in sd:
+        raise WeightsError("no PE text tower for zero-shot: expected open_clip's PE-Core layout ('text.*', "
+                           "'visual.trunk.head.weight')", source)
+    text = {k[len("text."):]: v for k, v in sd.items() if k.startswith("text.")}
+    text["logit_scale"] = sd["logit_scale"]
+    if "logit_bias" in sd:
+        text["logit_bias"] = sd["logit_bias"]
+    text["image_projection"] = sd["visual.trunk.head.weight"].T.contiguous()
+    model, facts = _openai_text(text, spec, source, act="gelu", image_projection="image_projection")
+    bias = sd.get("visual.trunk.head.bias")
+    return model, facts, None if bias is None else bias.float()
 
 
 def zero_shot_classifier(tower: TextTower, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
