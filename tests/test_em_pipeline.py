@@ -245,3 +245,17 @@ def test_task_files_parse_and_bad_options_are_one_line(tmp_path: Path) -> None:
         run_task(_spec("bad2", f"isbi2012:{ISBI}", {"target": "instances", "sections": {"train": [0, 2],
                  "test": [2, 3]}}, "none", tmp_path, 64, {}).with_overrides(heads=["decoder2d"]),
                  db=ResultsDB(tmp_path / "r.db"), verbose=False)
+
+
+def test_heads_whose_computation_changed_hash_with_their_generation(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """A stored affinity (or convexadam / affine) row made before the seed search is not taken for a new run's
+    result; every other head's hash stays as it was."""
+    import medprobe.pipeline.task as task_mod
+
+    spec = _spec("h", f"isbi2012:{ISBI}", {"target": "instances"}, "none", tmp_path, 64, {})
+    new = {h: spec.config_hash(h) for h in ("affinity", "convexadam", "baseline-classical", "decoder2d")}
+    monkeypatch.setattr(task_mod, "HEAD_EPOCHS", {})
+    old = {h: spec.config_hash(h) for h in new}
+    assert new["affinity"] != old["affinity"] and new["convexadam"] != old["convexadam"]
+    assert new["baseline-classical"] == old["baseline-classical"] and new["decoder2d"] == old["decoder2d"]
