@@ -546,3 +546,26 @@ def test_case03_fingerprint_sees_swapped_bytes(tmp_path: Path, capsys: pytest.Ca
     assert r1["config_hash"] == r2["config_hash"] and r1["dataset_fingerprint"] != r2["dataset_fingerprint"]
     assert r2["timings"]["cached"] is False  # features computed for the new bytes, not served from the cache
     assert len([p for p in (tmp_path / "c").iterdir() if p.name != "audit"]) == 2
+
+
+def test_case06_identical_runs_at_once_store_one_row(tmp_path: Path) -> None:
+    """Three identical `medprobe run` processes started together: one row per (config hash, head); the others
+    say "already stored" (skipped before work, or not stored after it)."""
+    import subprocess
+    import sys
+
+    from medprobe.results import ResultsDB
+
+    cmd = [sys.executable, "-m", "medprobe.cli.main", "run", *FLAGS, "--db", str(tmp_path / "db"),
+           "--cache-dir", str(tmp_path / "c")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+    rows = ResultsDB(tmp_path / "db").runs()
+    assert len(rows) == 1
+    assert sum("already stored with this config" in e for _, e in outs) == 2
+    db = ResultsDB(tmp_path / "db")  # the store's own rule, whatever the caller checked before
+    again = db.add_run({**rows[0], "run_id": None}, {"auc": 0.5}, unique=True)
+    assert again == rows[0]["run_id"] and len(db.runs()) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,12 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     rows = []
     for res, record in results:
         family.write_outputs(res, ctx)
-        run_id = db.add_run(record, res.metrics, predictions=res.predictions, split="test")
+        mine = uuid.uuid4().hex
+        run_id = db.add_run({**record, "run_id": mine}, res.metrics, predictions=res.predictions, split="test",
+                            unique=not rerun)
+        if run_id != mine:  # an identical run stored this config first (one row per config hash)
+            print(f"medprobe: head {res.head}: already stored with this config (run {str(run_id)[:10]}, by an "
+                  "identical run that finished first): not stored again", file=sys.stderr, flush=True)
         res.run_id = str(run_id)
         rows.append({**res.extra, "run_id": res.run_id, "head": res.head, "metrics": res.metrics, "record": record,
                      "result": res})

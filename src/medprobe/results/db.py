@@ -421,7 +421,7 @@ class ResultsDB:
         return row
 
     def add_run(self, record: Mapping[str, Any], metrics: Mapping[str, float | tuple[float, float, float]],
-                predictions: Mapping[str, np.ndarray] | None = None, split: str = "test") -> str:
+                predictions: Mapping[str, np.ndarray] | None = None, split: str = "test", unique: bool = False) -> str:
         """Store one complete run with its metrics (and optional per-case predictions); returns the run id.
 
         ``record`` keys: task, task_type, config (or config_hash), encoder, weights, pretrained, dataset,
@@ -433,7 +433,9 @@ class ResultsDB:
 
         With ``shards=True`` the row is published as its own shard file (one per config hash); when the hash is
         stored already (a retried job, or a twin finishing at the same moment) nothing is added and the stored
-        row's id is returned.
+        row's id is returned. ``unique`` applies the same rule to the database (``medprobe run`` asks for it unless
+        ``--rerun``): one complete row per config hash, checked inside the write transaction, so identical runs
+        finishing at once store one row and the others get the stored row's id.
         """
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -445,7 +447,7 @@ class ResultsDB:
             raise ConfigError(f"run_id must be alphanumeric (with - or _), got {run_id!r}")
         row["run_id"] = run_id
         row["metrics_split"] = split
-        if self.shards:
+        if self.shards or unique:
             stored = self._stored_id(row["config_hash"])
             if stored is not None:
                 log.info("config %s is stored already (run %s): not stored again", row["config_hash"], stored)
@@ -463,7 +465,7 @@ class ResultsDB:
         else:
             row["predictions_path"] = None
         try:
-            winner = self._store_row(row, metric_rows)
+            winner = self._store_row(row, metric_rows, unique=unique)
         except BaseException as e:
             if pred_file is not None:
                 pred_file.unlink(missing_ok=True)
@@ -484,16 +486,21 @@ class ResultsDB:
         hit = self._latest(config_hash)
         return hit[1] if hit else None
 
-    def _store_row(self, row: dict[str, Any], metric_rows: Sequence[MetricRow]) -> str:
+    def _store_row(self, row: dict[str, Any], metric_rows: Sequence[MetricRow], unique: bool = False) -> str:
         """Write one run row and its metrics; returns the id of the row now stored for it (another id when a twin
-        job's shard of the same config hash won)."""
+        job's shard of the same config hash won, or with ``unique`` a row of that hash committed first)."""
         if self.shards:
             name = shard_name(row["config_hash"])
             if publish(self.root, name, encode(row, list(metric_rows))):
                 return str(row["run_id"])
             other, _ = decode(shard_dir(self.root) / name)
             return str(other["run_id"])
-        with self._connect() as con, self._transaction(con):
+        with self._connect() as con, self._transaction(con):  # BEGIN IMMEDIATE: one writer checks and inserts
+            if unique:
+                hit = con.execute("SELECT run_id FROM runs WHERE config_hash = ? AND status = 'complete' LIMIT 1",
+                                  (row["config_hash"],)).fetchone()
+                if hit is not None:
+                    return str(hit["run_id"])
             self._insert_run(con, row)
             self._insert_metrics(con, row["run_id"], metric_rows)
         return str(row["run_id"])

@@ -145,9 +145,9 @@ class PostgresResultsDB(ResultsDB):
     def _refresh_shards(self) -> dict[str, tuple[float, int, str]]:
         return {}  # a server takes every row directly
 
-    def _store_row(self, row: dict[str, Any], metric_rows: Sequence[MetricRow]) -> str:
+    def _store_row(self, row: dict[str, Any], metric_rows: Sequence[MetricRow], unique: bool = False) -> str:
         with self._connect() as con, self._transaction(con):
-            if self.shards:  # a launched job: one row per config hash, also when a twin finishes right now
+            if self.shards or unique:  # a launched job: one row per config hash, also when a twin finishes right now
                 con.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (row["config_hash"],))
                 hit = con.execute("SELECT run_id FROM runs WHERE config_hash = ? ORDER BY created DESC, seq DESC "
                                   "LIMIT 1", (row["config_hash"],)).fetchone()
