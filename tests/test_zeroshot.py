@@ -305,3 +305,53 @@ def test_pe_core_open_clip_layout_equals_open_clip(tmp_path: Path) -> None:
         assert float((zero_shot_classifier(tower, CLASSES, TEMPLATES) - ref_cls).abs().max()) <= TOL
     finally:
         unregister(spec.name)
+
+
+def test_biomedclip_open_clip_layout_equals_open_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip's BiomedCLIP layout: a timm ViT trunk + linear projection (visual.*) and open_clip's HFTextEncoder
+    (a BERT, [CLS] pooling of the last hidden state, MLP projection) under text.*: text and image embeddings equal
+    open_clip / timm on seeded random weights (PubMedBERT's tokenizer files stubbed: ids given)."""
+    from medprobe.encoders import clip as clip_mod
+    from medprobe.encoders import text as text_mod
+
+    open_clip = import_reference("open_clip")
+    timm = import_reference("timm")
+    tr = clip_mod.transformers_module()
+    spec = EncoderSpec(name="t-zs-biomedclip", family="biomedclip", patch_size=16, width=64, depth=2, params_m=0.0,
+                       default_layers=(0, 1, 1, 1), native_resolution=32,
+                       hf_config={**{k: v for k, v in TINY.items() if k != "hidden_act"}, "layer_norm_eps": 1e-6})
+    register(spec)
+    try:
+        bert_cfg = tr.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=16)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(21)
+            text = open_clip.hf_model.HFTextEncoder("bert", output_dim=24, config=bert_cfg,
+                                                    pooler_type="cls_last_hidden_state_pooler", proj_type="mlp",
+                                                    pretrained=False)
+            trunk = timm.models.vision_transformer.VisionTransformer(
+                img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=0, global_pool="token",
+                dynamic_img_size=True)
+            proj = torch.randn(24, 64) * 0.1
+        text, trunk = perturb(text, 22), perturb(trunk, 23)
+        sd = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
+        sd["visual.head.proj.weight"] = proj
+        sd.update({f"text.{k}": v for k, v in text.state_dict().items()})
+        sd["logit_scale"] = torch.tensor(float(np.log(20.0)))
+        path = tmp_path / "open_clip_pytorch_model.bin"
+        torch.save(sd, path)
+        ids = torch.tensor([[2, 17, 33, 40, 3, 0, 0, 0], [2, 9, 3, 0, 0, 0, 0, 0]])  # [CLS] ... [SEP] then padding
+        monkeypatch.setattr(text_mod, "_folder_tokenizer", lambda folder, context: (lambda texts: ids[:len(texts)]))
+        tower = text_mod.load_text_tower("t-zs-biomedclip", str(path))
+        with torch.no_grad():
+            ref_text = text(ids)
+        assert float((tower.encode_text(["a", "b"]) - ref_text).abs().max()) <= TOL
+        x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+        enc = create_encoder("t-zs-biomedclip", str(path))
+        with torch.no_grad():
+            ours = tower.project(enc.forward_features(x, [1]).cls[1].numpy())
+            ref_img = trunk(x) @ proj.T  # open_clip TimmModel: the trunk's pooled token, then the linear head
+        assert float((ours - ref_img).abs().max()) <= TOL
+        assert tower.logit_scale == pytest.approx(20.0, rel=1e-6)
+    finally:
+        unregister(spec.name)

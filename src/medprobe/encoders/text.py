@@ -16,6 +16,9 @@ scale (and bias) -- all read from the *same checkpoint* as the image tower -- an
   tower's (``quick_gelu`` for OpenAI models).
 * ``pe_core`` -- open_clip's PE-Core layout (``CustomTextCLIP``: the same text transformer under ``text.*``, GELU;
   the image embedding is the timm trunk's ``head`` Linear on the cached attention-pool output).
+* ``biomedclip`` -- open_clip's BiomedCLIP layout: a BERT under ``text.transformer.*`` (config from the tensor
+  shapes), padding masked, the [CLS] token, the ``text.proj.*`` MLP; image projection ``visual.head.proj``; the
+  tokenizer (PubMedBERT's) must be saved beside the weights.
 * ``siglip2`` -- transformers' ``SiglipModel`` layout (``text_model.*`` with its ``head``, ``logit_scale``,
   ``logit_bias``; ``config.json`` beside the weights): transformers' ``SiglipTextModel`` (last token pooled).
 
@@ -93,11 +96,27 @@ class _SiglipText(torch.nn.Module):
         return out
 
 
+class _BertText(torch.nn.Module):
+    """open_clip's ``HFTextEncoder`` as BiomedCLIP uses it: a BERT, padding masked, the first ([CLS]) token of the
+    last hidden state, then the projection (``mlp``: Linear - GELU - Linear, or ``linear``), all without biases."""
+
+    def __init__(self, bert: torch.nn.Module, proj: torch.nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.transformer, self.proj, self.pad_id = bert, proj, pad_id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != self.pad_id).long()
+        out = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        res: torch.Tensor = self.proj(out)
+        return res
+
+
 # ---------------------------------------------------------------------------------- tokenizers
 def _folder_tokenizer(folder: Path | None, context: int, pad: str = "max_length"
                       ) -> Callable[[list[str]], torch.Tensor] | None:
-    if folder is None or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "spiece.model",
-                                                                   "tokenizer.model", "tokenizer_config.json")):
+    if folder is None or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt",
+                                                                   "spiece.model", "tokenizer.model",
+                                                                   "tokenizer_config.json")):
         return None
     from medprobe.encoders.clip import transformers_module
 
@@ -236,9 +255,9 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
     from medprobe.encoders.weights import parse_weights_arg
 
     spec = get_spec(encoder)
-    if spec.family not in ("clip", "siglip2", "pe_core"):
+    if spec.family not in ("clip", "siglip2", "pe_core", "biomedclip"):
         raise ConfigError(f"encoder {encoder} ({spec.family}) has no text tower loader; zero-shot runs with clip, "
-                          "siglip2 and pe_core checkpoints")
+                          "siglip2, pe_core and biomedclip checkpoints")
     ref = parse_weights_arg(weights, spec, verify=verify)
     if ref.kind == "random":
         raise ConfigError(f"zero-shot needs the checkpoint's text tower: give {encoder} weights (a file or folder), "
@@ -248,9 +267,12 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
     source = files[0] if len(files) == 1 else files[0].parent
     sd = clip_mod.read_files(files)
     bias = None
-    if spec.family == "pe_core":
+    wrapped: torch.nn.Module
+    if spec.family == "biomedclip":
+        wrapped, facts = _biomedclip_text(sd, spec, source)
+    elif spec.family == "pe_core":
         model, facts, bias = _pe_text(sd, spec, source)
-        wrapped: torch.nn.Module = _ClipText(model)
+        wrapped = _ClipText(model)
     elif spec.family == "clip" and "token_embedding.weight" in sd:
         model, facts = _openai_text(sd, spec, source)
         wrapped = _ClipText(model)
@@ -262,8 +284,9 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
         wrapped = _SiglipText(model)
     tok = _folder_tokenizer(folder, facts["context"])
     if tok is None:
-        if spec.family == "siglip2":
-            raise WeightsError("no tokenizer files beside the SigLIP weights (tokenizer.json / spiece.model)", source)
+        if spec.family in ("siglip2", "biomedclip"):
+            raise WeightsError("no tokenizer files beside the weights (tokenizer.json / vocab.txt / spiece.model): "
+                               f"{spec.family}'s text tower has its own tokenizer", source)
         tok = openclip_tokenizer(facts["context"])
     proj = facts["image_projection"]
     return TextTower(family=spec.family, model=wrapped.eval().requires_grad_(False), tokenize=tok,
@@ -271,6 +294,47 @@ def load_text_tower(encoder: str, weights: str | None, verify: bool = True) -> T
                      weights_id=clip_mod.files_weights_id(files),
                      image_width=int(proj.shape[0]) if proj is not None else int(spec.width),
                      image_projection_bias=bias)
+
+
+def _biomedclip_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path) -> tuple[Any, dict[str, Any]]:
+    """BiomedCLIP in open_clip's layout: a BERT (PubMedBERT) under ``text.transformer.*`` whose config comes from
+    the tensor shapes (heads: ``hf_config['text_heads']``, else width // 64), the projection ``text.proj.*``, the
+    image projection ``visual.head.proj.weight``."""
+    from medprobe.encoders.clip import load_exact, transformers_module
+
+    bert = {k[len("text.transformer."):]: v for k, v in sd.items() if k.startswith("text.transformer.")}
+    if "embeddings.word_embeddings.weight" not in bert or "visual.head.proj.weight" not in sd:
+        raise WeightsError("no BiomedCLIP text tower for zero-shot: expected open_clip's layout "
+                           "('text.transformer.embeddings.*', 'text.proj.*', 'visual.head.proj.weight')", source)
+    vocab, width = bert["embeddings.word_embeddings.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in bert if (m := re.match(r"^encoder\.layer\.(\d+)\.", k)))
+    tr = transformers_module()
+    cfg = tr.BertConfig(vocab_size=int(vocab), hidden_size=int(width), num_hidden_layers=depth,
+                        num_attention_heads=int(dict(spec.hf_config).get("text_heads") or max(1, width // 64)),
+                        intermediate_size=int(bert["encoder.layer.0.intermediate.dense.weight"].shape[0]),
+                        max_position_embeddings=int(bert["embeddings.position_embeddings.weight"].shape[0]),
+                        type_vocab_size=int(bert["embeddings.token_type_embeddings.weight"].shape[0]))
+    cfg._attn_implementation = "sdpa"
+    model = tr.BertModel(cfg, add_pooling_layer=any(k.startswith("pooler.") for k in bert))
+    own = model.state_dict()
+    bert.update({k: own[k] for k in own if k.endswith(("position_ids", "token_type_ids")) and k not in bert})
+    load_exact(model, bert, source, f"{spec.name} text tower (BiomedCLIP open_clip layout)",
+               lambda k: "text.transformer." + k)
+    if "text.proj.0.weight" in sd:  # mlp
+        w0, w2 = sd["text.proj.0.weight"], sd["text.proj.2.weight"]
+        proj: torch.nn.Module = torch.nn.Sequential(torch.nn.Linear(w0.shape[1], w0.shape[0], bias=False),
+                                                    torch.nn.GELU(),
+                                                    torch.nn.Linear(w2.shape[1], w2.shape[0], bias=False))
+        proj.load_state_dict({"0.weight": w0, "2.weight": w2})
+    elif "text.proj.weight" in sd:
+        proj = torch.nn.Linear(sd["text.proj.weight"].shape[1], sd["text.proj.weight"].shape[0], bias=False)
+        proj.load_state_dict({"weight": sd["text.proj.weight"]})
+    else:
+        proj = torch.nn.Identity()
+    wrapped = _BertText(model, proj, int(cfg.pad_token_id or 0))
+    return wrapped, {"context": int(cfg.max_position_embeddings),
+                     "image_projection": sd["visual.head.proj.weight"].float().T.contiguous(),
+                     "logit_scale": float(sd["logit_scale"].float().exp()), "logit_bias": 0.0}
 
 
 def _pe_text(sd: dict[str, torch.Tensor], spec: EncoderSpec, source: Path
