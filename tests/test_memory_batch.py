@@ -11,8 +11,7 @@ import torch
 
 from medprobe.data.base import ArrayDataset
 from medprobe.encoders import create_encoder, get_spec
-from medprobe.encoders.families import FAMILIES
-from medprobe.encoders.memory import memory_model
+from medprobe.encoders.families import FAMILIES, memory_model
 from medprobe.errors import ConfigError
 from medprobe.features import ExtractConfig, engine
 from medprobe.features import common as fc

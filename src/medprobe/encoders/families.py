@@ -13,18 +13,18 @@ with its :class:`~medprobe.encoders.base.Encoder` subclass, a :func:`register_fa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medprobe.encoders.memory import MemoryFn, vit_memory
+from medprobe.encoders.memory import MemoryFn, MemoryModel, vit_memory
+from medprobe.encoders.spec import EncoderSpec
 from medprobe.errors import ConfigError
 from medprobe.registry import Registry
 
 if TYPE_CHECKING:
     from medprobe.encoders.base import Encoder, EncoderInfo
-    from medprobe.encoders.spec import EncoderSpec
     from medprobe.encoders.weights import WeightsRef
 
 BuildFn = Callable[["EncoderSpec", "WeightsRef", Mapping[str, Any]], "Encoder"]
@@ -144,5 +144,25 @@ def encoder_families() -> list[str]:
     return [str(n) for n in FAMILIES.names()]
 
 
-__all__ = ["BUILTIN_MODULES", "FAMILIES", "EncoderFamily", "encoder_families", "get_family", "no_gflops",
+def memory_model(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
+    """The family's memory model of ``spec`` for one item of ``shape``."""
+    return get_family(spec.family).memory(spec, tuple(int(s) for s in shape))
+
+
+def model_of(encoder: Any, shape: Sequence[int]) -> MemoryModel:
+    """:func:`memory_model` of a built encoder (or EncoderInfo); a spec-less object gets the ViT model of its
+    patch size and width."""
+    spec = getattr(encoder, "spec", None)
+    if isinstance(spec, EncoderSpec):
+        try:
+            return memory_model(spec, shape)
+        except Exception:  # an unregistered family: the generic ViT bound
+            return vit_memory(spec, shape)
+    fake = EncoderSpec(name="?", family="?", patch_size=int(getattr(encoder, "patch_size", 16) or 16),
+                       width=int(getattr(spec, "width", 0) or 768), depth=1, params_m=0.0, default_layers=(0,))
+    return vit_memory(fake, shape)
+
+
+__all__ = ["BUILTIN_MODULES", "FAMILIES", "EncoderFamily", "encoder_families", "get_family", "memory_model", "model_of",
+           "no_gflops",
            "no_identity", "no_local_weights", "register_family", "unregister_family"]

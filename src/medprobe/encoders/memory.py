@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from medprobe.encoders.spec import EncoderSpec
 
@@ -137,26 +136,5 @@ def pixels_memory(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
     return MemoryModel(0, 4 * 3 * h * w * F32, "pixels: the input and its pooled copy")
 
 
-def memory_model(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
-    """The family's memory model of ``spec`` for one item of ``shape``."""
-    from medprobe.encoders.families import get_family
-
-    return get_family(spec.family).memory(spec, tuple(int(s) for s in shape))
-
-
-def model_of(encoder: Any, shape: Sequence[int]) -> MemoryModel:
-    """:func:`memory_model` of a built encoder (or EncoderInfo); a spec-less object gets the ViT model of its
-    patch size and width."""
-    spec = getattr(encoder, "spec", None)
-    if isinstance(spec, EncoderSpec):
-        try:
-            return memory_model(spec, shape)
-        except Exception:  # an unregistered family: the generic ViT bound
-            return vit_memory(spec, shape)
-    fake = EncoderSpec(name="?", family="?", patch_size=int(getattr(encoder, "patch_size", 16) or 16),
-                       width=int(getattr(spec, "width", 0) or 768), depth=1, params_m=0.0, default_layers=(0,))
-    return vit_memory(fake, shape)
-
-
-__all__ = ["MemoryFn", "MemoryModel", "cnn_memory", "memory_model", "model_of", "pixels_memory", "vit_memory",
-           "volume_memory", "windowed_vit_memory"]
+__all__ = ["MemoryFn", "MemoryModel", "cnn_memory", "pixels_memory", "vit_memory", "volume_memory",
+           "windowed_vit_memory"]

@@ -222,12 +222,12 @@ def _gb(n: float) -> str:
 def plan_batch(encoder: Any, shape: Sequence[int], asked: int | str, device: torch.device,
                views: int = 1) -> BatchPlan:
     """The batch of one extraction from the encoder family's memory model
-    (:func:`medprobe.encoders.memory.model_of`) and the free memory (:func:`available_memory`).
+    (:func:`medprobe.encoders.families.model_of`) and the free memory (:func:`available_memory`).
 
     ``asked='auto'``: the largest batch whose need fits ``HEADROOM`` of the free memory (at most
     ``AUTO_CAP``); an explicit number is kept. Either is refused in one line, before any work, when it cannot
     fit (one item for 'auto'), naming the memory it needs."""
-    from medprobe.encoders.memory import model_of
+    from medprobe.encoders.families import model_of
 
     model = model_of(encoder, shape)
     per = model.per_item * max(int(views), 1)
