@@ -569,3 +569,64 @@ def test_case06_identical_runs_at_once_store_one_row(tmp_path: Path) -> None:
     db = ResultsDB(tmp_path / "db")  # the store's own rule, whatever the caller checked before
     again = db.add_run({**rows[0], "run_id": None}, {"auc": 0.5}, unique=True)
     assert again == rows[0]["run_id"] and len(db.runs()) == 1
+
+
+CASE7 = ["run", "--dataset", "phantom:ct3d-binary", "--data-opt", "n=24", "--data-opt", "size=16", "--encoder",
+         "dinov3-vits16", "--weights", "random", "--resolution", "32", "--head", "logreg", "--split",
+         "fractions:0.6,0.2,0.2", "--token", "mean"]
+
+
+def _done_shards(cache: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("*/shard-*/done.json")}
+
+
+def _interrupt_after_a_shard(cmd: list[str], cache: Path, sig: int) -> tuple[int, str, dict[str, int]]:
+    """Start ``cmd`` the way a shell starts ``medprobe ... &`` (SIGINT handed over ignored), send ``sig`` once
+    one more shard is done than before, and return the exit code, stderr and the shards done then."""
+    import signal
+    import subprocess
+    import time
+
+    before = _done_shards(cache)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    t0 = time.monotonic()
+    while p.poll() is None and len(_done_shards(cache)) <= len(before) and time.monotonic() - t0 < 500:
+        time.sleep(0.05)
+    done = _done_shards(cache)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err, done
+
+
+def test_case07_sigint_and_sigterm_stop_extraction_keep_shards_store_nothing(tmp_path: Path) -> None:
+    """SIGINT (even when the shell handed it over ignored) and SIGTERM after a finished shard: the run stops
+    within a batch, exits 130 in one line, stores no row; the next run resumes from the finished shards (not
+    recomputed) and the last one stores exactly one row."""
+    import signal
+    import subprocess
+    import sys
+
+    from medprobe.results import ResultsDB
+
+    cache, db = tmp_path / "c", tmp_path / "db"
+    cmd = [sys.executable, "-m", "medprobe.cli.main", *CASE7, "--db", str(db), "--cache-dir", str(cache)]
+    kept: dict[str, int] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        rc, err, done = _interrupt_after_a_shard(cmd, cache, sig)
+        assert rc == 130, err
+        assert err.strip().splitlines()[-1] == "medprobe: interrupted (finished work is kept; rerun to resume)"
+        assert "Traceback" not in err
+        after = _done_shards(cache)
+        assert len(kept) < len(done) <= len(after) < 3  # stopped before the last of the 3 shards
+        assert {k: after[k] for k in kept} == kept  # the earlier run's shards were not recomputed
+        assert not list(cache.glob("*/manifest.json"))
+        assert not ResultsDB(db).runs()
+        kept = after
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    after = _done_shards(cache)
+    assert len(after) == 3 and {k: after[k] for k in kept} == kept
+    (row,) = ResultsDB(db).runs()
+    assert row["head"] == "logreg"

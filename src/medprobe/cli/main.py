@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import pkgutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from medprobe.errors import MedprobeError
 from medprobe.version import __version__
@@ -31,6 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread: extraction and training stop at the next
+    batch, finished shards stay (atomic writes) for a resumed run, nothing is stored, and :func:`main` exits
+    130. SIGINT is set explicitly because a shell starting ``medprobe ... &`` hands it over ignored (Python then
+    never installs its own handler, and Ctrl-C / ``kill -INT`` did nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:  # a caller in the same process (tests, notebooks) gets its own handlers back
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with stop_on_signals():
+            return int(args.func(args) or 0)
     except MedprobeError as e:
         print(f"medprobe: error: {e}", file=sys.stderr)
         return 2
