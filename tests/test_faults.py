@@ -630,3 +630,74 @@ def test_case07_sigint_and_sigterm_stop_extraction_keep_shards_store_nothing(tmp
     assert len(after) == 3 and {k: after[k] for k in kept} == kept
     (row,) = ResultsDB(db).runs()
     assert row["head"] == "logreg"
+
+
+def _conflict_set(root: Path) -> None:
+    """train/val/test class folders of distinct smooth images; one train image also sits, pixel for pixel, in
+    test under the other class (a label conflict), one in test under its own class (a plain test leak)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    imgs = {}
+    for split, n in (("train", 8), ("val", 3), ("test", 4)):
+        for cls in ("benign", "malignant"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                small = (rng.random((6, 6)) * 255).astype(np.uint8)
+                img = np.asarray(Image.fromarray(small).resize((48, 48), Image.BICUBIC))
+                Image.fromarray(img).save(root / split / cls / f"{cls[0]}{k}.png")
+                imgs[f"{split}/{cls}/{k}"] = img
+    Image.fromarray(imgs["train/benign/0"]).save(root / "test" / "malignant" / "same.png")
+    Image.fromarray(imgs["train/benign/1"]).save(root / "test" / "benign" / "copy.png")
+
+
+def test_case10_label_conflicts_are_named_stored_dropped_or_refused(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The same image under two class folders across train/test: `medprobe audit` lists it as a label conflict
+    (first, with both labels); a run counts it in its one warning line and stores it; audit.mode drop removes
+    the conflicting (and the leaked) test cases, strict refuses in one line and stores nothing."""
+    from medprobe.results import ResultsDB
+
+    data = tmp_path / "busi"
+    _conflict_set(data)
+    assert main(["audit", f"folder:{data}", "--cache-dir", str(tmp_path / "c"), "--json",
+                 str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    conflict_lines = [ln for ln in out.splitlines() if "LABEL CONFLICT" in ln]
+    assert len(conflict_lines) == 1
+    assert "test/malignant/same" in conflict_lines[0] and "train/benign/b0" in conflict_lines[0]
+    assert "malignant/benign" in conflict_lines[0]
+    assert "1 label conflict(s)" in out and "2 test case(s) alike a train/val case" in out
+    found = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    assert found["label_conflicts"] == 1 and found["label_conflict_test_cases"] == ["test/malignant/same"]
+    assert found["pairs"][0]["conflict"] is True and found["pairs"][1]["conflict"] is False
+
+    def task(mode: str) -> str:
+        t = tmp_path / f"{mode}.yaml"
+        t.write_text(f"name: busi-{mode}\ndataset: folder:{data}\nencoder: none\npreprocess: {{resolution: 32}}\n"
+                     f"features: {{token: mean, progress: false}}\nheads: [logreg]\naudit: {{mode: {mode}}}\n",
+                     encoding="utf-8")
+        return str(t)
+
+    db = tmp_path / "db"
+    common = ["--db", str(db), "--cache-dir", str(tmp_path / "c")]
+    assert main(["run", task("strict"), *common]) == 2  # first: strict hashes as warn (it changes no number)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 label conflict(s)" in err[0] and "test/malignant/same" in err[0], err
+    assert not ResultsDB(db).runs()
+    assert main(["run", task("warn"), *common]) == 0
+    err = capsys.readouterr().err
+    warn = [ln for ln in err.splitlines() if ln.startswith("medprobe: warning: audit:")]
+    assert len(warn) == 1 and "1 label conflict(s)" in warn[0] and "kept (audit.mode: warn)" in warn[0]
+    (row,) = ResultsDB(db).runs()
+    notes = row["labels"]["audit"]  # the record's notes
+    assert notes["label_conflicts"] == 1 and notes["label_conflict_test_cases"] == ["test/malignant/same"]
+    assert notes["pairs"][0]["conflict"] and {notes["pairs"][0]["label_a"], notes["pairs"][0]["label_b"]} == {
+        "benign", "malignant"}
+    assert row["split"]["n_test"] == 10
+
+    assert main(["run", task("drop"), *common]) == 0
+    capsys.readouterr()
+    drop = next(r for r in ResultsDB(db).runs() if r["task"] == "busi-drop")
+    assert drop["labels"]["audit"]["dropped_from_test"] == ["test/benign/copy", "test/malignant/same"]
+    assert drop["split"]["n_test"] == 8

@@ -15,6 +15,9 @@ Three detectors, each a blocked search (never an n^2 Python loop):
 * ``feature``: cached encoder vectors, centred and L2-normalised, pairs with cosine >= ``feature_threshold``
   (one matrix product per block of rows).
 
+Pairs whose cases carry different labels (classification tasks: the same image labelled benign and malignant)
+are **label conflicts**: counted in the summary line, listed first, stored with the record.
+
 Volumes are hashed whole (exact) and by their middle slice along the slice axis (pHash). Fingerprints are
 cached per dataset fingerprint under ``<cache>/audit/`` so a rerun reads them instead of decoding again.
 """
@@ -33,6 +36,7 @@ import numpy as np
 from medprobe.errors import DataError
 
 KINDS = ("exact", "hash", "feature")
+LABELLED = ("binary", "multiclass", "ordinal", "multilabel")  # task types whose label conflicts are compared
 _VERSION = 1
 _GRID = 32  # pHash: image resampled to 32 x 32, DCT, 8 x 8 low frequencies
 _BITS = 8
@@ -282,6 +286,12 @@ class Pair:
     hamming: int | None = None
     cosine: float | None = None
     splits: tuple[str, str] = ("", "")
+    labels: tuple[Any, Any] | None = None  # the two cases' labels (None: not compared)
+
+    @property
+    def conflict(self) -> bool:
+        """The two cases carry different labels."""
+        return self.labels is not None and self.labels[0] != self.labels[1]
 
     @property
     def across(self) -> bool:
@@ -305,6 +315,7 @@ class AuditReport:
     seconds: dict[str, float] = field(default_factory=dict)
     fingerprints: Fingerprints | None = None
     features: str | None = None  # which feature vectors were compared
+    labels: list[Any] | None = None  # per-case labels compared (None: not compared)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per detector (and ``any``): pairs within one split, across splits, and leaking into test."""
@@ -316,24 +327,45 @@ class AuditReport:
         return out
 
     def test_duplicates(self) -> list[int]:
-        """Test cases alike a train or val case (what ``mode: drop`` removes), sorted."""
+        """Test cases alike a train or val case, sorted."""
         return sorted({(p.i if p.splits[0] == "test" else p.j) for p in self.pairs if p.leaks_into_test})
+
+    def conflicts(self) -> list[Pair]:
+        """Pairs whose labels differ (label conflicts), wherever they sit."""
+        return [p for p in self.pairs if p.conflict]
+
+    def conflict_test_cases(self) -> list[int]:
+        """Test cases in a label conflict (with a train/val case or another test case), sorted."""
+        return sorted({k for p in self.conflicts() for k, s in ((p.i, p.splits[0]), (p.j, p.splits[1]))
+                       if s == "test"})
+
+    def to_drop(self) -> list[int]:
+        """What ``mode: drop`` removes from test: cases alike a train/val case and cases in a label conflict."""
+        return sorted({*self.test_duplicates(), *self.conflict_test_cases()})
 
     def summary(self) -> str:
         """One line: how many pairs, how many across splits and into test."""
         c = self.counts()
         per = ", ".join(f"{k} {c[k]['within'] + c[k]['across']}" for k in KINDS if c[k]["within"] + c[k]["across"])
+        conf = self.conflicts()
+        across = sum(p.across for p in conf)
         return (f"audit: {c['any']['within'] + c['any']['across']} duplicate pair(s) among {self.n} cases"
                 + (f" ({per})" if per else "") + f"; {c['any']['across']} across splits, "
-                f"{len(self.test_duplicates())} test case(s) alike a train/val case")
+                f"{len(self.test_duplicates())} test case(s) alike a train/val case"
+                + (f"; {len(conf)} label conflict(s) (alike, labelled differently; {across} across splits)"
+                   if conf else ""))
 
     def rows(self, limit: int | None = 50) -> list[dict[str, Any]]:
-        """The suspicious pairs as plain rows (test leaks first, then other cross-split, then within)."""
-        order = sorted(self.pairs, key=lambda p: (not p.leaks_into_test, not p.across, "exact" not in p.kinds,
+        """The suspicious pairs as plain rows (label conflicts first, then test leaks, then other cross-split,
+        then within); ``label_a`` / ``label_b`` / ``conflict`` when labels were compared."""
+        order = sorted(self.pairs, key=lambda p: (not p.conflict, not p.leaks_into_test, not p.across,
+                                                   "exact" not in p.kinds,
                                                    p.hamming if p.hamming is not None else 99, p.i, p.j))
         return [{"a": self.ids[p.i], "b": self.ids[p.j], "split_a": p.splits[0], "split_b": p.splits[1],
                  "kinds": list(p.kinds), "hamming": p.hamming,
-                 "cosine": None if p.cosine is None else round(p.cosine, 4)}
+                 "cosine": None if p.cosine is None else round(p.cosine, 4),
+                 **({"label_a": p.labels[0], "label_b": p.labels[1], "conflict": p.conflict}
+                    if p.labels is not None else {})}
                 for p in (order if limit is None else order[:limit])]
 
     def to_notes(self, limit: int = 50) -> dict[str, Any]:
@@ -341,8 +373,37 @@ class AuditReport:
         return {"summary": self.summary(), "n_cases": self.n, "counts": self.counts(),
                 "thresholds": self.thresholds, "features": self.features,
                 "test_duplicates": [self.ids[i] for i in self.test_duplicates()][:limit],
+                "label_conflicts": len(self.conflicts()),
+                "label_conflict_test_cases": [self.ids[i] for i in self.conflict_test_cases()][:limit],
                 "pairs": self.rows(limit), "n_pairs": len(self.pairs),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def _plain(v: Any) -> Any:
+    """A label as plain JSON (numpy scalars and arrays to Python; a list for multi-label vectors)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def case_labels(ds: Any) -> list[Any] | None:
+    """Per-case labels to compare in a pair (class names where the dataset names them), for classification
+    tasks (:data:`LABELLED`); None for any other task or a dataset without per-case labels."""
+    task = getattr(ds, "task", None)
+    if getattr(task, "type", None) not in LABELLED or not hasattr(ds, "labels"):
+        return None
+    names = tuple(getattr(task, "classes", ()) or ())
+    out = []
+    for v in ds.labels():
+        v = _plain(v)
+        if task.type != "multilabel" and isinstance(v, int) and 0 <= v < len(names):
+            v = names[v]
+        out.append(v)
+    return out
 
 
 def split_names(n: int, splits: Mapping[str, Sequence[int]] | None) -> list[str]:
@@ -359,9 +420,11 @@ def split_names(n: int, splits: Mapping[str, Sequence[int]] | None) -> list[str]
 def audit(ds: Any, splits: Mapping[str, Sequence[int]] | None = None, *, near_threshold: int = 10,
           near_correlation: float = 0.97, feature_threshold: float = 0.998, features: np.ndarray | None = None,
           feature_label: str | None = None,
-          cache_dir: str | Path | None = None, fingerprints: Fingerprints | None = None) -> AuditReport:
+          cache_dir: str | Path | None = None, fingerprints: Fingerprints | None = None,
+          labels: Sequence[Any] | None = None) -> AuditReport:
     """Audit ``ds`` for duplicates within and across ``splits`` (``{name: case indices}``; None: the whole
-    set). ``features``: one vector per case (e.g. cached CLS tokens) for the cosine detector."""
+    set). ``features``: one vector per case (e.g. cached CLS tokens) for the cosine detector. ``labels``: one
+    per case (e.g. :func:`case_labels`); pairs whose labels differ are label conflicts."""
     t0 = time.perf_counter()
     fp = fingerprints if fingerprints is not None else fingerprint(ds, cache_dir)
     t_fp = time.perf_counter() - t0
@@ -402,8 +465,15 @@ def audit(ds: Any, splits: Mapping[str, Sequence[int]] | None = None, *, near_th
     for p in pairs:  # ordered so that a test case comes first in a test leak
         if p.splits[1] == "test" and p.splits[0] != "test":
             p.i, p.j, p.splits = p.j, p.i, (p.splits[1], p.splits[0])
-    return AuditReport(n=n, ids=fp.ids, pairs=pairs, fingerprints=fp, features=feature_label if features is not None
-                       else None, thresholds={"near_threshold": near_threshold, "near_correlation": near_correlation,
+    if labels is not None:
+        if len(labels) != n:
+            raise DataError(f"{len(labels)} labels for {n} cases", getattr(ds, "name", None))
+        for p in pairs:
+            p.labels = (_plain(labels[p.i]), _plain(labels[p.j]))
+    return AuditReport(n=n, ids=fp.ids, pairs=pairs, fingerprints=fp,
+                       labels=None if labels is None else [_plain(v) for v in labels],
+                       features=feature_label if features is not None else None,
+                       thresholds={"near_threshold": near_threshold, "near_correlation": near_correlation,
                                    "feature_threshold": feature_threshold},
                        seconds={"fingerprints": t_fp, "hash_search": t_hash, "feature_search": t_feat,
                                 "total": time.perf_counter() - t0})
@@ -421,5 +491,6 @@ def input_facts(fp: Fingerprints) -> dict[str, Any]:
     return {"min_shape": a.min(0).tolist(), "max_shape": a.max(0).tolist(), "channels": chans}
 
 
-__all__ = ["KINDS", "AuditReport", "Fingerprints", "Pair", "audit", "cached_vectors", "content_hash", "cosine_pairs",
+__all__ = ["KINDS", "LABELLED", "AuditReport", "Fingerprints", "Pair", "audit", "cached_vectors", "case_labels",
+           "content_hash", "cosine_pairs",
            "exact_pairs", "fingerprint", "grey_plane", "hamming_pairs", "input_facts", "phash_bits", "split_names"]

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "audit", help="find duplicate images within and across splits (leakage audit)",
         description="Hash every image's decoded pixels (exact copies) and a perceptual hash confirmed by a "
         "thumbnail correlation (resized, re-encoded, re-windowed copies); optionally compare cached encoder "
-        "vectors. Prints the counts within and across splits and a table of suspicious pairs. Runs no model.",
+        "vectors. Prints the counts within and across splits, label conflicts (alike images labelled differently) and "
+        "a table of suspicious pairs, conflicts first. Runs no model.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", metavar="DATASET",
                    help="kind:arg, e.g. medmnist:breastmnist, folder:/data/tiles, csv:labels.csv")
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show", type=int, default=20, help="pairs printed (test leaks first), e.g. --show 50")
     p.add_argument("--json", default=None, metavar="FILE", help="write every finding as JSON, e.g. audit.json")
     p.add_argument("--fail-on-leak", action="store_true",
-                   help="exit 1 when a test case is alike a train/val case (for CI), e.g. --fail-on-leak")
+                   help="exit 1 when a test case is alike a train/val case or alike images are labelled "
+                   "differently (for CI), e.g. --fail-on-leak")
     p.set_defaults(func=run)
 
 
@@ -62,7 +64,7 @@ def _splits(ds: Any, how: str, seed: int) -> tuple[dict[str, list[int]] | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from medprobe.audit import audit, cached_vectors
+    from medprobe.audit import audit, cached_vectors, case_labels
     from medprobe.cli.common import dataset_options
     from medprobe.data import create_dataset
     from medprobe.errors import DataError
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         label = f"cls token, block {layer}"
     cache = args.cache_dir or default_cache_dir()
     rep = audit(ds, splits, near_threshold=args.near_threshold, near_correlation=args.near_correlation,
-                feature_threshold=args.feature_threshold, features=X, feature_label=label, cache_dir=cache)
+                feature_threshold=args.feature_threshold, features=X, feature_label=label, cache_dir=cache,
+                labels=case_labels(ds))
     print(f"dataset   {ds.name}: {len(ds)} cases; split {how}")
     c = rep.counts()
     print(f"{'detector':<9} {'within':>7} {'across':>7} {'test leaks':>11}")
@@ -86,22 +89,31 @@ def run(args: argparse.Namespace) -> int:
         if k == "feature" and X is None:
             continue
         print(f"{k:<9} {c[k]['within']:>7} {c[k]['across']:>7} {c[k]['test_leaks']:>11}")
+    conf = rep.conflicts()
+    if rep.labels is not None:
+        print(f"{'conflicts':<9} {sum(not p.across for p in conf):>7} {sum(p.across for p in conf):>7} "
+              f"{sum(p.leaks_into_test for p in conf):>11}   (alike, labelled differently)")
     rows = rep.rows(args.show)
     if rows:
         w = max(len(r["a"]) for r in rows)
-        print(f"\n{'case a':<{w}}  {'case b':<{w}}  {'splits':<12} {'found by':<19} {'hamming':>7} {'cosine':>7}")
+        lab = "conflict" in rows[0]
+        print(f"\n{'case a':<{w}}  {'case b':<{w}}  {'splits':<12} {'found by':<19} {'hamming':>7} {'cosine':>7}"
+              + ("  labels" if lab else ""))
         for r in rows:
             print(f"{r['a']:<{w}}  {r['b']:<{w}}  {r['split_a'] + '/' + r['split_b']:<12} "
                   f"{'+'.join(r['kinds']):<19} {'' if r['hamming'] is None else r['hamming']:>7} "
-                  f"{'' if r['cosine'] is None else r['cosine']:>7}")
+                  f"{'' if r['cosine'] is None else r['cosine']:>7}"
+                  + (f"  {r['label_a']}/{r['label_b']}" + ("  LABEL CONFLICT" if r["conflict"] else "")
+                     if lab else ""))
         if len(rep.pairs) > len(rows):
             print(f"... {len(rep.pairs) - len(rows)} more pair(s) (--show N, --json FILE)")
     print(f"\n{rep.summary()} ({rep.seconds['total']:.2f} s)")
     if args.json:
         atomic_write_json(args.json, {"dataset": ds.name, "split": how, **rep.to_notes(limit=len(rep.pairs))})
         print(f"findings in {args.json}")
-    if args.fail_on_leak and rep.test_duplicates():
-        print("medprobe: leakage: test cases alike train/val cases", file=sys.stderr)
+    if args.fail_on_leak and (rep.test_duplicates() or conf):
+        print("medprobe: leakage: " + ("test cases alike train/val cases" if rep.test_duplicates() else
+                                       "label conflicts (alike images labelled differently)"), file=sys.stderr)
         return 1
     return 0
 

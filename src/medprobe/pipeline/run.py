@@ -305,9 +305,10 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
 
 # ---------------------------------------------------------------------------------- the leakage audit
 def audit_splits(ds: Any, splits: dict[str, list[int]], spec: TaskSpec) -> Any:
-    """Pixel-level audit (content hash + perceptual hash) of the task's cases against its splits; with
-    ``audit.mode: error`` a test case alike a train/val case stops the run here, before extraction."""
-    from medprobe.audit import audit
+    """Pixel-level audit (content hash + perceptual hash) of the task's cases against its splits, labels compared
+    (label conflicts); ``audit.mode: error`` stops the run here, before extraction, on a test case alike a
+    train/val case, ``strict`` also on any label conflict."""
+    from medprobe.audit import audit, case_labels
 
     a = spec.audit
     if a.mode == "off":
@@ -315,7 +316,7 @@ def audit_splits(ds: Any, splits: dict[str, list[int]], spec: TaskSpec) -> Any:
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     try:
         found = audit(ds, splits, near_threshold=a.near_threshold, near_correlation=a.near_correlation,
-                      feature_threshold=a.feature_threshold, cache_dir=cache)
+                      feature_threshold=a.feature_threshold, cache_dir=cache, labels=case_labels(ds))
     except DataError as e:  # e.g. slides: no whole-image fingerprint
         log.info("audit skipped: %s", e)
         return None
@@ -325,7 +326,14 @@ def audit_splits(ds: Any, splits: dict[str, list[int]], spec: TaskSpec) -> Any:
 
 def _stop_on_leak(found: Any, spec: TaskSpec) -> None:
     dup = found.test_duplicates()
-    if spec.audit.mode == "error" and dup:
+    conf = found.conflicts()
+    if spec.audit.mode == "strict" and conf:
+        ex = next(r for r in found.rows(None) if r.get("conflict"))
+        raise DataError(f"leakage audit: {len(conf)} label conflict(s): alike images labelled differently (e.g. "
+                        f"{ex['a']} [{ex['split_a']}, {ex['label_a']}] ~ {ex['b']} [{ex['split_b']}, "
+                        f"{ex['label_b']}], {'+'.join(ex['kinds'])}); fix the labels, or set audit.mode: drop or "
+                        "warn", spec.name)
+    if spec.audit.mode in ("error", "strict") and dup:
         ex = next(r for r in found.rows(None) if r["split_a"] == "test")
         raise DataError(f"leakage audit: {len(dup)} test case(s) alike a train/val case (e.g. {ex['a']} ~ "
                         f"{ex['b']}, {'+'.join(ex['kinds'])}); set audit.mode: drop or warn", spec.name)
@@ -333,8 +341,9 @@ def _stop_on_leak(found: Any, spec: TaskSpec) -> None:
 
 def settle_audit(found: Any, ds: Any, splits: dict[str, list[int]], spec: TaskSpec, store: Any,
                  enc_pretrained: bool) -> dict[str, Any]:
-    """Adds the cached-feature detector (blocked cosine search), applies the mode (error / drop), prints one
-    warning line, and returns the findings for the record's notes. ``drop`` edits ``splits['test']``."""
+    """Adds the cached-feature detector (blocked cosine search), applies the mode (error / strict / drop),
+    prints one warning line, and returns the findings for the record's notes. ``drop`` edits ``splits['test']``:
+    test cases alike a train/val case and test cases in a label conflict leave it."""
     from medprobe.audit import audit
 
     a = spec.audit
@@ -347,21 +356,22 @@ def settle_audit(found: Any, ds: Any, splits: dict[str, list[int]], spec: TaskSp
         X = store.pooled(token, store.layers[-1])
         found = audit(ds, splits, near_threshold=a.near_threshold, near_correlation=a.near_correlation,
                       feature_threshold=a.feature_threshold, features=X.reshape(len(X), -1),
-                      feature_label=f"{token} token, block {store.layers[-1]}", fingerprints=found.fingerprints)
+                      feature_label=f"{token} token, block {store.layers[-1]}", fingerprints=found.fingerprints,
+                      labels=found.labels)
         _stop_on_leak(found, spec)
     notes = {"mode": a.mode, "ran": True, **found.to_notes(limit=20)}
     if skipped:
         notes["features_skipped"] = skipped
-    dup = set(found.test_duplicates())
+    dup = set(found.to_drop())
     if a.mode == "drop" and dup:
         ids = ds.ids()
         splits["test"] = [i for i in splits["test"] if i not in dup]
         if not splits["test"]:
-            raise DataError("leakage audit: every test case is alike a train/val case; nothing left to test",
-                            spec.name)
+            raise DataError("leakage audit: every test case is alike a train/val case or in a label conflict; "
+                            "nothing left to test", spec.name)
         notes["dropped_from_test"] = sorted(ids[i] for i in dup)
-    if found.counts()["any"]["across"]:
-        verb = "dropped from test" if a.mode == "drop" else "kept (audit.mode: warn)"
+    if found.counts()["any"]["across"] or found.conflicts():
+        verb = "dropped from test" if a.mode == "drop" and dup else f"kept (audit.mode: {a.mode})"
         print(f"medprobe: warning: {found.summary()}; {verb}", file=sys.stderr, flush=True)
     return notes
 

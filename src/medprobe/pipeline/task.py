@@ -217,9 +217,11 @@ class AuditConfig:
     images within and across splits. Only ``mode: drop`` changes numbers (test cases duplicating a train/val
     case are removed), so the section enters the config hash only then."""
 
-    mode: str = opt("warn", norm=choice("warn", "error", "drop", "off"), type="warn|error|drop|off",
-                    help="cross-split duplicates: warn (one line, findings in the record), error (stop), drop "
-                         "(remove them from test; changes numbers), off (no audit)")
+    mode: str = opt("warn", norm=choice("warn", "error", "strict", "drop", "off"), type="warn|error|strict|drop|off",
+                    help="cross-split duplicates and label conflicts (alike images labelled differently): warn "
+                         "(one line, findings in the record), error (stop on a test case alike a train/val case), "
+                         "strict (error, and stop on any label conflict), drop (remove those test cases and test "
+                         "cases in a label conflict; changes numbers), off (no audit)")
     near_threshold: int = opt(10, norm=to_int(0, 64), type="int",
                               help="perceptual-hash candidates: at most this many of 64 bits differ")
     near_correlation: float = opt(0.97, norm=to_float(-1, 1), type="float",
