@@ -394,7 +394,7 @@ def case_labels(ds: Any) -> list[Any] | None:
     """Per-case labels to compare in a pair (class names where the dataset names them), for classification
     tasks (:data:`LABELLED`); None for any other task or a dataset without per-case labels."""
     task = getattr(ds, "task", None)
-    if getattr(task, "type", None) not in LABELLED or not hasattr(ds, "labels"):
+    if task is None or getattr(task, "type", None) not in LABELLED or not hasattr(ds, "labels"):
         return None
     names = tuple(getattr(task, "classes", ()) or ())
     out = []
