@@ -154,14 +154,15 @@ def print_plan(sw: Any, cov: Any, args: argparse.Namespace) -> int:
     if args.measure:
         ips, name = measure_images_per_s(args.reference)
         plan.gpu = plan.gpu or name
-        source = f"measured here now, {ips:,.0f} img/s"
+        source = f"measured on {name} now"
     if ips:
         g = _gflops(ref, res, None)
         if not g:
             from medprobe.errors import ConfigError
 
             raise ConfigError(f"--reference {args.reference}: its FLOPs cannot be counted; name a ViT or CNN")
-        plan.gflops_per_s, plan.speed_from = float(ips) * g, f"{args.reference} at {ips:,.0f} img/s, {source}"
+        speed = f"{ips:,.0f}" if ips >= 100 else f"{ips:.3g}"
+        plan.gflops_per_s, plan.speed_from = float(ips) * g, f"{args.reference} at {speed} img/s, {source}"
     else:
         from medprobe.results import ResultsDB
 

@@ -49,6 +49,7 @@ log = logging.getLogger("medprobe.launch")
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 STATE_FILE = "jobs.json"
+CANCEL_FILE = "CANCEL"  # written by --cancel: a controller still following the jobs stops instead of retrying
 ACTIVE = ("queued", "running")
 TERMINAL = ("done", "failed", "cancelled", "blocked")
 _SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING",
@@ -657,6 +658,7 @@ class Controller:
         self.folder = jobs_folder(db, sweep.name, cfg)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.backend = make_backend(launcher, self.folder / "logs", cfg, sweep.name)
+        (self.folder / CANCEL_FILE).unlink(missing_ok=True)  # a --cancel of an earlier launch is done with
         adopted = self._adoptable({c.key: c for c in cells})
         covered = {k for r in adopted if r.spec.kind == "cells" for k in r.spec.keys}
         graph = build_graph([c for c in cells if c.key not in covered], cfg.cells_per_job,
@@ -784,6 +786,14 @@ class Controller:
                 failed = (value or {}).get("failed") if isinstance(value, dict) else None
                 if failed:
                     r.error = "; ".join(f"{k}: {v}" for k, v in failed.items())
+                elif r.spec.kind == "cells":  # it ended well: every cell of it must have its row now
+                    stored = self.db.stored_hashes([c.config_hash for c in r.spec.cells])
+                    lost = [c.key for c in r.spec.cells if c.config_hash not in stored]
+                    if lost:
+                        r.error = (f"finished, but {len(lost)} cell(s) have no stored row under the config hash "
+                                   f"this controller computed ({lost[0]}{' ...' if len(lost) > 1 else ''}); log "
+                                   f"{r.attempts[-1]['stderr']}")
+                        self.say(f"job {r.spec.name}: {r.error}")
                 continue
             why = _last_line(value) if how == "error" else str(value)
             bad_input = how == "error" and _is_bad_input(value)
@@ -863,6 +873,11 @@ class Controller:
                 return
             while any(r.status in ("waiting", *ACTIVE) for r in self.runs.values()):
                 time.sleep(self.poll)
+                if (self.folder / CANCEL_FILE).exists():  # medprobe sweep --cancel, from another terminal
+                    (self.folder / CANCEL_FILE).unlink(missing_ok=True)
+                    n = self.cancel_all()
+                    self.say(f"cancelled (--cancel): {n} job(s) cancelled; finished cells are stored, a rerun resumes")
+                    break
                 if self.poll_once():
                     self.submit_ready()
                     self.write_state()
@@ -988,6 +1003,7 @@ def cancel_sweep(sweep: Any, db: Any, cfg: ClusterConfig | None = None) -> int:
     state = read_state(folder)
     if not state:
         raise ConfigError("no launched jobs recorded for this sweep", folder / STATE_FILE)
+    (folder / CANCEL_FILE).write_text("cancelled by medprobe sweep --cancel\n", encoding="utf-8")  # before scancel
     launcher = state.get("launcher")
     backend = make_backend(str(launcher), folder / "logs", cfg or ClusterConfig(), sweep.name)
     handles = []
