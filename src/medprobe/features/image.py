@@ -183,6 +183,7 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
     # progress counts encoded items: an item is done once its last row has been through the encoder
     ends: list[int] = []
     read = encoded = 0
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else 64  # the engine hands a planned number
 
     def encoded_rows(n: int) -> None:
         nonlocal encoded
@@ -205,10 +206,10 @@ def _extract_shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Datase
         n_pending += s * v
         read += s * v
         ends.append(read)
-        while n_pending >= cfg.batch_size:
+        while n_pending >= batch:
             flat = torch.cat(pending) if len(pending) > 1 else pending[0]
-            encoded_rows(runner.run(flat[: cfg.batch_size]))
-            rest = flat[cfg.batch_size:]
+            encoded_rows(runner.run(flat[:batch]))
+            rest = flat[batch:]
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
     if n_pending:
         encoded_rows(runner.run(torch.cat(pending)))
