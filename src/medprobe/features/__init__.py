@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     )
 
 _ENGINE = ("amp_dtype", "entry_spec", "extract", "extraction_unit", "lookup", "resolve_entry", "resolve_preprocess")
-_SLIDES = ("extract_slides", "lookup_slides", "slide_coords", "slide_files", "export_h5")  # slide tile bags (torch)
+_SLIDES = ("extract_slides", "lookup_slides", "slide_coords", "slide_files", "export_h5",
+           "import_h5")  # slide tile bags (torch)
 
 
 def __getattr__(name: str) -> Any:

@@ -44,7 +44,7 @@ import torch
 from medprobe.data.base import Dataset, Item
 from medprobe.data.tiling import TilingConfig
 from medprobe.encoders.base import Encoder
-from medprobe.errors import ConfigError, MedprobeError
+from medprobe.errors import ConfigError, DataError, MedprobeError
 from medprobe.features.cache import (
     CorruptEntry,
     FeatureStore,
@@ -577,9 +577,49 @@ def export_h5(store: FeatureStore, out_dir: str | Path, token: str = "mean", lay
             c.attrs["patch_size_level0"] = int(facts.get("size0", 0))
             c.attrs["patch_level"] = int(facts.get("level", 0))
             c.attrs["target_mpp"] = float(facts.get("target_mpp", 0.0))
+            c.attrs["downsample"] = float(facts.get("level_downsample", 1.0))  # CLAM's name for it
+            if facts.get("mpp"):
+                c.attrs["mpp"] = float(facts["mpp"])  # level-0 µm per pixel (TRIDENT's / CLAM's readers want it)
         written.append(p)
     return written
 
 
-__all__ = ["TILE", "TileUnit", "bag_spec", "export_h5", "extract_slides", "is_bag_store", "lookup_slides",
+def import_h5(paths: Any) -> list[dict[str, Any]]:
+    """Bags written by CLAM / TRIDENT (or :func:`export_h5`): one ``.h5`` per slide with ``features`` (N, D) and
+    ``coords`` (N, 2) level-0 (x, y); a folder means its ``*.h5`` files in name order. Returns per slide
+    ``{"id", "features" (float32), "coords" (int64), "attrs"}`` (the ``coords`` attributes), ready for the MIL
+    heads' ``fit(bags, y)``. A file without those datasets, or with different lengths, is one line naming it."""
+    try:
+        import h5py
+    except ModuleNotFoundError:
+        raise ConfigError("h5py is not installed (HDF5 slide bags): pip install 'medprobe[volumes]'",
+                          "import_h5") from None
+    items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    files: list[Path] = []
+    for q in items:
+        files += sorted(q.glob("*.h5")) if q.is_dir() else [q]
+    if not files:
+        raise DataError(f"{', '.join(map(str, items))}: no .h5 slide bags found")
+    out = []
+    for q in files:
+        try:
+            with h5py.File(q, "r") as f:
+                if "features" not in f or "coords" not in f:
+                    raise DataError(f"{q}: needs datasets 'features' and 'coords' (has {', '.join(f.keys())})")
+                feats = np.asarray(f["features"][()], dtype=np.float32)
+                coords = np.asarray(f["coords"][()])
+                attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f["coords"].attrs.items()}
+        except OSError as e:
+            raise DataError(f"{q}: not a readable HDF5 file ({e})") from None
+        if feats.ndim == 3 and feats.shape[0] == 1:  # some CLAM versions keep a leading batch axis
+            feats = feats[0]
+        if coords.ndim == 3 and coords.shape[0] == 1:
+            coords = coords[0]
+        if feats.ndim != 2 or coords.shape != (len(feats), 2):
+            raise DataError(f"{q}: features {feats.shape} and coords {coords.shape} do not pair up (N, D) / (N, 2)")
+        out.append({"id": q.stem, "features": feats, "coords": coords.astype(np.int64), "attrs": attrs})
+    return out
+
+
+__all__ = ["TILE", "TileUnit", "bag_spec", "export_h5", "extract_slides", "import_h5", "is_bag_store", "lookup_slides",
            "slide_coords", "slide_entry_spec", "slide_files", "slide_options"]
