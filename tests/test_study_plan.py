@@ -64,7 +64,23 @@ def test_study_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "GPU-hours on A100" in out and "dinov3-vits16@224 at 1,500 img/s, given" in out
     assert "head training not included" in out
-    assert main(["study", "--sweep", str(p), "--data-root", str(tmp_path), "--plan"]) == 0
-    assert "give --images-per-s N" in capsys.readouterr().out
+    assert main(["study", "--sweep", str(p), "--data-root", str(tmp_path), "--plan", "--db", str(tmp_path / "db")]) == 0
+    assert "give --images-per-s N" in capsys.readouterr().out  # no speed given, none measured in the database
     assert main(["study", "--sweep", str(p), "--plan", "--images-per-s", "10", "--reference", "none@224"]) == 2
     assert "cannot be counted" in capsys.readouterr().err
+
+
+def test_speed_measured_in_the_results_database(tmp_path: Path) -> None:
+    from medprobe.pipeline.study_plan import speed_from_db
+    from medprobe.results import ResultsDB
+
+    db = ResultsDB(tmp_path / "db")
+    rec = {"task": "t", "task_type": "binary", "encoder": "dinov3-vitb16", "head": "logreg", "config": {}}
+    for i, (ips, gpu, cached) in enumerate([(1000.0, "NVIDIA A100-SXM4-80GB", False), (3000.0, "NVIDIA A100", False),
+                                            (2000.0, "NVIDIA A100", False), (9999.0, "NVIDIA A100", True),
+                                            (50.0, "cpu", False)]):
+        db.add_run({**rec, "config_hash": f"h{i}", "timings": {"cached": cached},
+                    "compute": {"images_per_s": ips, "gflops": 35.0, "device": f"cuda:0 ({gpu})"}}, {"auc": 0.5})
+    speed, why = speed_from_db(db, "a100")
+    assert speed == 2000.0 * 35.0 and "median of 3 measured extraction(s)" in why  # cached reruns do not count
+    assert speed_from_db(db, "H100") is None
