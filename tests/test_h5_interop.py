@@ -75,3 +75,31 @@ def test_import_refuses_a_file_without_bags(tmp_path: Path) -> None:
         f["coords"] = np.zeros((2, 2), np.int64)
     with pytest.raises(DataError, match="do not pair up"):
         import_h5(tmp_path / "y.h5")
+
+
+def test_export_features_cli_writes_importable_bags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import shared_data_path
+
+    from medprobe.cli.main import main
+
+    wsi = shared_data_path() / "wsi-samples"
+    (tmp_path / "s.csv").write_text(
+        "id,path,label,mpp\n"
+        f"cmu,{wsi / 'cmu-1-small-region.svs'},0,\ntcga,{wsi / 'tcga-cr-7395-01a-01-ts1.svs'},1,0.25\n",
+        encoding="utf-8")
+    (tmp_path / "t.yaml").write_text(
+        f"name: slides-export\nkind: slides\ndataset: slides:{tmp_path / 's.csv'}\n"
+        "data: {label_columns: label, id_column: id, mpp_column: mpp, task: binary}\n"
+        f"encoder: none\ndevice: cpu\nheads: [meanpool]\ncache_dir: {tmp_path / 'cache'}\n"
+        "features: {batch_size: 16, progress: false}\n", encoding="utf-8")
+    assert main(["export-features", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "bags")]) == 0
+    assert "wrote 2 slide bag(s)" in capsys.readouterr().out
+    bags = {b["id"]: b for b in import_h5(tmp_path / "bags")}
+    # 49 tissue tiles on CMU-1, 47 on the TCGA slide (tests/test_tissue.py)
+    assert {k: len(b["features"]) for k, b in bags.items()} == {"cmu": 49, "tcga": 47}
+    assert bags["tcga"]["attrs"]["mpp"] == 0.25 and bags["cmu"]["coords"].dtype == np.int64
+    (tmp_path / "c.yaml").write_text(
+        f"name: x\ndataset: phantom:xray2d-binary\nencoder: none\nheads: [logreg]\ncache_dir: {tmp_path / 'c2'}\n",
+        encoding="utf-8")
+    assert main(["export-features", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "no")]) == 2
+    assert "export-features writes slide tile bags" in capsys.readouterr().err
