@@ -251,11 +251,11 @@ def test_heads_whose_computation_changed_hash_with_their_generation(monkeypatch:
                                                                     tmp_path: Path) -> None:
     """A stored affinity (or convexadam / affine) row made before the seed search is not taken for a new run's
     result; every other head's hash stays as it was."""
-    import medprobe.pipeline.task as task_mod
+    import medprobe.heads.generations as gen
 
     spec = _spec("h", f"isbi2012:{ISBI}", {"target": "instances"}, "none", tmp_path, 64, {})
     new = {h: spec.config_hash(h) for h in ("affinity", "convexadam", "baseline-classical", "decoder2d")}
-    monkeypatch.setattr(task_mod, "HEAD_EPOCHS", {})
+    monkeypatch.setattr(gen, "HEAD_GENERATIONS", {})
     old = {h: spec.config_hash(h) for h in new}
     assert new["affinity"] != old["affinity"] and new["convexadam"] != old["convexadam"]
     assert new["baseline-classical"] == old["baseline-classical"] and new["decoder2d"] == old["decoder2d"]

@@ -54,6 +54,12 @@ class EMBaseline:
     outputs: ClassVar[tuple[str, ...]] = ("segmentation",)
     baseline: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
+    note_key: ClassVar[str] = ""  # its key among the baselines recorded beside every EM row
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether it runs beside every EM row here (its package installed)."""
+        return True
 
     def __init__(self, **hp: Any) -> None:
         bad = sorted(set(hp) - set(self.defaults))
@@ -87,6 +93,8 @@ class EMBaseline:
 class OneSegmentBaseline(EMBaseline):
     """Every pixel of a section in one segment (no encoder, nothing chosen)."""
 
+    note_key = "one_segment"
+
     def segment(self, raw: np.ndarray, points: Sequence[Point], cache: dict[Any, Any] | None = None
                 ) -> Iterator[tuple[Point, np.ndarray]]:
         for p in points:
@@ -100,6 +108,7 @@ class ThresholdBaseline(EMBaseline):
 
     defaults: ClassVar[dict[str, Any]] = {"percentiles": [5, 10, 15, 20, 25, 30, 40, 50, 60], "select_by": "arand",
                                           "limits": [5, 60]}
+    note_key = "threshold_cc"
 
     def axes(self) -> list[GridAxis]:
         lim = _floats(self.params["limits"], "limits", 0, 100)
@@ -139,6 +148,7 @@ class ClassicalBaseline(EMBaseline):
 
     defaults: ClassVar[dict[str, Any]] = {"sigmas": [1, 2, 3], "percentiles": [30, 40, 50],
                                           "select_by": "cremi_score"}
+    note_key = "classical"
 
     def axes(self) -> list[GridAxis]:
         return [GridAxis("sigma", _floats(self.params["sigmas"], "sigmas", 0.5, 16), (0.5, 16.0)),
@@ -178,6 +188,13 @@ class WaterzBaseline(EMBaseline):
     defaults: ClassVar[dict[str, Any]] = {"sigmas": [1, 2, 3], "seed_thresholds": [0.5, 0.7, 0.9],
                                           "thresholds": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5], "method": "auto",
                                           "select_by": "cremi_score"}
+    note_key = "waterz"
+
+    @classmethod
+    def available(cls) -> bool:
+        from medprobe.heads.agglomerate import waterz_available
+
+        return waterz_available()
 
     def __init__(self, **hp: Any) -> None:
         super().__init__(**hp)

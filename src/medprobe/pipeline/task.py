@@ -356,8 +356,10 @@ class TaskSpec:
         d["head"] = head
         d["head_params"] = self.head_params.get(head, {})
         d["defaults"] = DEFAULTS_EPOCH
-        if head in HEAD_EPOCHS:
-            d["head_epoch"] = HEAD_EPOCHS[head]
+        from medprobe.heads.generations import HEAD_GENERATIONS
+
+        if head in HEAD_GENERATIONS:
+            d["head_epoch"] = HEAD_GENERATIONS[head]
         if self.weights and Path(self.weights).expanduser().exists():  # local weights: their content, not the path
             from medprobe.utils import weights_content_id
 
@@ -378,10 +380,7 @@ class TaskSpec:
 #   1: milestone 1
 #   2: decoders feature-only by default (use_image false); `none` for classification = the pixel grid
 DEFAULTS_EPOCH = 2
-# Heads whose own computation changed since, each hashed with its generation (no other head's hash moves):
-#   affinity 1: the seed threshold is searched with the merge threshold, grids widened at an edge choice
-#   convexadam 1, affine 1: MIND-SSC and the Adam step bitwise the convexAdam package's (fields move on real pairs)
-HEAD_EPOCHS = {"affinity": 1, "convexadam": 1, "affine": 1}
+# (a head whose own computation changed since hashes with its generation: medprobe.heads.generations)
 
 
 # ------------------------------------------------------------------------------------------ parsing

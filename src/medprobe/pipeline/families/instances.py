@@ -73,10 +73,7 @@ SELECT_BY = ("cremi_score", "voi", "arand")
 DEFINITIONS = ("VOI split/merge in bits (log2) over gt-labelled voxels (gt 0 ignored; predicted 0 is a segment); "
                "ARAND = 1 - Rand F-score over pairs of distinct voxels (scikit-image); cremi_score = sqrt(VOI x "
                "ARAND); scored per section (2D), means with bootstrap CIs over sections")
-# baseline head -> its key in the recorded notes (the first two keep the names rows have always had)
-BASELINE_KEYS = {"baseline-one": "one_segment", "baseline-threshold": "threshold_cc",
-                 "baseline-classical": "classical", "baseline-waterz": "waterz"}
-_BASELINE_VERSION = 1  # bumped when a baseline's computation changes (its cache key)
+_BASELINE_VERSION = 2  # bumped when a baseline's computation changes (its cache key)
 
 
 def classical_verdict(metrics: dict[str, Any], classical: dict[str, Any] | None) -> str | None:
@@ -255,13 +252,13 @@ class InstancesFamily(TaskFamily):
     def _baseline_names(self, ctx: RunContext) -> list[str]:
         """The baselines of this run: every one (waterz where installed) beside any other head, else the
         baseline heads asked for."""
-        from medprobe.heads.agglomerate import waterz_available
+        from medprobe.heads.base import get_head_class
         from medprobe.heads.em_baselines import BASELINES
 
         asked = [h for h in ctx.spec.heads if h in BASELINES]
         if all(h in BASELINES for h in ctx.spec.heads):
             return asked
-        beside = [n for n in BASELINES if n != "baseline-waterz" or waterz_available()]
+        beside = [n for n in BASELINES if get_head_class(n, "dense").available()]  # type: ignore[attr-defined]
         return list(dict.fromkeys([*beside, *asked]))
 
     def _baseline(self, ctx: RunContext, name: str) -> dict[str, Any]:
@@ -313,7 +310,8 @@ class InstancesFamily(TaskFamily):
                 ((_, seg),) = model.segment(r, [point])
                 rows.append(instance_metrics(seg, g, case=item.id))
                 ids.append(item.id if raw.shape[0] == 1 else f"{item.id}/s{z}")
-        out = {"name": name, "metrics": aggregate_sections(rows, m.bootstrap, ctx.spec.seed, m.alpha),
+        out = {"name": name, "note_key": model.note_key,
+               "metrics": aggregate_sections(rows, m.bootstrap, ctx.spec.seed, m.alpha),
                "rows": rows, "ids": ids, "settings": search["best"], "select_by": crit,
                "params": model.get_params(), "search": {k: search[k] for k in ("grid", "at_limit", "rounds", "scores")},
                "seconds": round(time.perf_counter() - t0, 3)}
@@ -325,14 +323,14 @@ class InstancesFamily(TaskFamily):
         threshold_cc, classical, waterz; with their chosen settings and final grids)."""
         base = ctx.state["baselines"]
         out: dict[str, Any] = {}
-        for name, b in base.items():
-            k = BASELINE_KEYS[name]
+        for b in base.values():
+            k = b["note_key"]
             out[k] = b["metrics"]
             out.setdefault("settings", {})[k] = b["settings"]
             out.setdefault("selection", {})[k] = {"select_by": b["select_by"], **{
                 x: b["search"][x] for x in ("grid", "at_limit")}}
-        if "baseline-threshold" in base:
-            out["threshold_cc_percentile"] = base["baseline-threshold"]["settings"].get("percentile")
+        if "threshold_cc" in out:
+            out["threshold_cc_percentile"] = out["settings"]["threshold_cc"].get("percentile")
         return out
 
     def _evaluate_baseline(self, head_name: str, ctx: RunContext) -> HeadResult:
@@ -595,5 +593,5 @@ def write_instance_overlay(path: Path, raw: np.ndarray, gt: np.ndarray, seg: np.
     write_png(path, np.concatenate([grey, sep, blend(gt), sep, blend(seg)], 1))
 
 
-__all__ = ["BASELINE_KEYS", "AggloConfig", "InstancesFamily", "affinities_to_original", "classical_verdict",
+__all__ = ["AggloConfig", "InstancesFamily", "affinities_to_original", "classical_verdict",
            "resize_instances", "split_params", "write_instance_overlay", "write_label_volume"]
