@@ -18,7 +18,7 @@ def _rows(db: Path) -> list[tuple[str, str, str]]:
 def test_demo_full_size_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The classification part at the demo's own size (random-init features are low-rank and offset, which
     is what once broke the logreg Newton factorisation here but not in the smaller --quick data)."""
-    assert main(["demo", "--out", str(tmp_path), "--skip-seg", "--skip-sweep"]) == 0
+    assert main(["demo", "--full", "--out", str(tmp_path), "--skip-seg", "--skip-sweep", "--skip-families"]) == 0
     out = capsys.readouterr().out
     assert "PIPELINE CHECK, NOT A SCORE" in out and "UNTRAINED" in out
     rows = _rows(tmp_path / "results.db")
@@ -27,9 +27,17 @@ def test_demo_full_size_classification(tmp_path: Path, capsys: pytest.CaptureFix
     assert {("demo-ct3d-binary", h) for h in ("logreg", "linear", "knn", "abmil")} <= heads
 
 
-def test_demo_quick_every_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+def test_demo_default_every_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default (small) demo runs every family once, says it is an untrained pipeline check, prints its
+    wall time."""
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "PIPELINE CHECK, NOT A SCORE" in out and "UNTRAINED weights -- a pipeline check, not a score" in out
     assert "segmentation done" in out and "0 failed" in out
+    assert "all done: wall time " in out and "(small demo)" in out
     assert (tmp_path / "report.html").stat().st_size > 10_000
-    assert len(_rows(tmp_path / "results.db")) >= 7 + 8  # classification heads + sweep cells (+ segmentation)
+    rows = _rows(tmp_path / "results.db")
+    assert len(rows) >= 7 + 8  # classification heads + sweep cells (+ segmentation, families)
+    done = {t for t, _, s in rows if s == "complete"}
+    assert {"demo-seg2d", "demo-seg3d", "demo-regression", "demo-instances", "demo-registration",
+            "demo-slides", "demo-xray2d-binary", "demo-ct3d-binary"} <= done
