@@ -258,11 +258,11 @@ class JobSpec:
 
 def _units(cells: Sequence[Any]) -> list[list[Any]]:
     """Consecutive cells differing only in the head: one ``run_task`` (as the in-process sweep batches them)."""
-    from medprobe.pipeline.sweep import _same_but_head
+    from medprobe.pipeline.cellrun import same_but_head
 
     out: list[list[Any]] = []
     for c in cells:
-        if out and _same_but_head(c, out[-1][0]) and c.head not in {b.head for b in out[-1]}:
+        if out and same_but_head(c, out[-1][0]) and c.head not in {b.head for b in out[-1]}:
             out[-1].append(c)
         else:
             out.append([c])
@@ -348,11 +348,11 @@ def run_cells(cells: Sequence[Any], db: Any, say: Callable[[str], None] | None =
     stored. Bad input of a cell (a MedprobeError) is recorded and the next cell runs; anything else is raised
     (the job fails and is retried)."""
     from medprobe.pipeline import run_task
-    from medprobe.pipeline.sweep import _headline, _ips_finder, _TaggingDB
+    from medprobe.pipeline.cellrun import TaggingDB, headline, ips_finder
 
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     out: dict[str, Any] = {"ran": [], "skipped": [], "failed": {}}
-    ips = _ips_finder(db, [c.spec.cache_dir for c in cells])
+    ips = ips_finder(db, [c.spec.cache_dir for c in cells])
     for unit in _units(cells):
         stored = db.stored_hashes([c.config_hash for c in unit])
         todo = [c for c in unit if c.config_hash not in stored]
@@ -363,7 +363,7 @@ def run_cells(cells: Sequence[Any], db: Any, say: Callable[[str], None] | None =
             continue
         spec = todo[0].spec.with_overrides(heads=[c.head for c in todo])
         try:
-            rows = run_task(spec, db=_TaggingDB(db, {c.head: c for c in todo}, ips), verbose=False)
+            rows = run_task(spec, db=TaggingDB(db, {c.head: c for c in todo}, ips), verbose=False)
         except MedprobeError as e:
             for c in todo:
                 out["failed"][c.key] = str(e)
@@ -372,7 +372,7 @@ def run_cells(cells: Sequence[Any], db: Any, say: Callable[[str], None] | None =
         by_head = {r["head"]: r for r in rows}
         for c in todo:
             out["ran"].append(c.key)
-            say(f"cell {c.key} finished: {_headline((by_head.get(c.head) or {}).get('metrics') or {})}")
+            say(f"cell {c.key} finished: {headline((by_head.get(c.head) or {}).get('metrics') or {})}")
     return out
 
 
@@ -849,11 +849,11 @@ class Controller:
         left = len(self.cells) - ran
         el = time.perf_counter() - self.t0
         eta = el / ran * left if ran else float("nan")
-        from medprobe.pipeline.sweep import _fmt_s
+        from medprobe.pipeline.cellrun import fmt_s
 
         jobs = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
         self.say(f"[{self.sweep.name}] {ran + self.skipped}/{self.total} cells done (ran {ran}, skipped "
-                 f"{self.skipped}); jobs: {jobs}; ETA {_fmt_s(eta) if left else '0m00s'}")
+                 f"{self.skipped}); jobs: {jobs}; ETA {fmt_s(eta) if left else '0m00s'}")
 
     def run(self, detach: bool = False) -> None:
         if self.adopted:
