@@ -125,12 +125,12 @@ def _slides(data: Path, cache_dir: str | Path, n: int) -> dict[str, Any]:
             "features": {"batch_size": 16, "progress": False}, **_common(cache_dir, 112)}
 
 
-#: family -> (task builder, n at the default size, n with --full)
+#: demo part (what it shows) -> (task builder, n at the default size, n with --full)
 PARTS: dict[str, tuple[Callable[[Path, str | Path, int], dict[str, Any]], int, int]] = {
-    "regression": (_regression, 24, 80),
-    "instances": (_instances, 8, 16),
-    "registration": (_registration, 2, 4),
-    "slides": (_slides, 6, 12),
+    "ridge on lesion phantoms": (_regression, 24, 80),
+    "EM affinities": (_instances, 8, 16),
+    "phantom MRI pairs": (_registration, 2, 4),
+    "tiled slides": (_slides, 6, 12),
 }
 
 
