@@ -156,7 +156,7 @@ def test_dry_run_before_and_after(tmp_path: Path, capsys: pytest.CaptureFixture[
     before = capsys.readouterr().out
     assert "nothing is run or written" in before and "dataset: phantom:xray2d-binary" in before
     assert "will extract 24 items (24 images)" in before and "no row stored: will run" in before
-    assert "one batch of 24 measured" in before and "estimated extraction" in before
+    assert "one batch of 8 measured" in before and "estimated extraction" in before  # batch_size auto: 8 timed
     assert not db.exists() and not any(p.is_dir() for p in cache.glob("*"))  # nothing written
     assert main(["run", *flags]) == 0
     capsys.readouterr()
