@@ -136,39 +136,46 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_job_killed_midway_is_resumed_by_a_rerun_without_duplicates(tmp_path: Path, cluster_file: Path) -> None:
+def test_job_killed_midway_is_retried_then_resumed_by_a_rerun_without_duplicates(tmp_path: Path,
+                                                                                  cluster_file: Path) -> None:
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs /proc to find the job's worker process")
     path = _sweep(tmp_path, "kill", [{"name": "xa"}], {"resolution": [32], "head": ["logreg"], "seed": [0, 1, 2, 3]})
     db = ResultsDB(tmp_path / "runs")
     cmd = [sys.executable, "-m", "medprobe.cli.main", "sweep", str(path), "--db", str(db.root), "--cache-dir",
-           str(tmp_path / "cache"), "--launcher", "local", "--workers", "1", "--cells-per-job", "4"]
+           str(tmp_path / "cache"), "--launcher", "local", "--workers", "1", "--cells-per-job", "4", "--retries", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     jobs = db.root / "jobs" / "kill" / "jobs.json"
-    killed = None
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:  # the job's first row is stored: kill its worker
-        if list_shards(db.root) and jobs.is_file():
+    killed: list[str] = []  # attempt ids whose worker was killed
+    stored_at_kill: list[int] = []
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and len(killed) < 2:
+        # each attempt is killed once it stored a row of its own: the first is retried by the controller, the
+        # retry (which skips the stored cell) is killed too, and then the job has failed for good
+        n = len(list_shards(db.root))
+        if n > len(killed) and jobs.is_file():
             (job,) = json.loads(jobs.read_text(encoding="utf-8"))["jobs"].values()
-            workers = _children(int(job["attempts"][-1]["id"]))
+            att = str(job["attempts"][-1]["id"]) if job["attempts"] else None
+            workers = _children(int(att)) if att and att not in killed else []
             if workers:
                 os.kill(workers[0], signal.SIGKILL)
-                killed = len(list_shards(db.root))
-                break
+                killed.append(str(att))
+                stored_at_kill.append(n)
         time.sleep(0.02)
     out, _ = proc.communicate(timeout=400)
-    assert killed is not None and killed < 4, out
+    assert len(killed) == 2 and stored_at_kill[0] < stored_at_kill[1] < 4, out
+    assert "failed (ended without a result (killed" in out and "retrying (1/1)" in out, out
     assert proc.returncode == 1 and "FAILED: ended without a result (killed" in out, out
     before = {r["config_hash"]: r["run_id"] for r in db.runs()}
-    assert len(before) == killed
+    assert len(before) == stored_at_kill[1]  # the retry resumed: it did not redo the first attempt's cell
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{killed} of 4 cells done already: skipped" in proc.stdout
+    assert f"{len(before)} of 4 cells done already: skipped" in proc.stdout
     rows = db.runs()
-    assert len(rows) == 4 and len({r["config_hash"] for r in rows}) == 4  # no duplicate row
-    assert all(before[h] == r for h, r in before.items() for x in rows if x["config_hash"] == h
-               for r in [x["run_id"]])  # rows finished before the kill are kept, not redone
+    after = {r["config_hash"]: r["run_id"] for r in rows}
+    assert len(rows) == len(after) == 4  # no duplicate row
+    assert all(after[h] == rid for h, rid in before.items())  # rows finished before the kills are kept, not redone
     log = json.loads(jobs.read_text(encoding="utf-8"))
     assert [j["status"] for j in log["jobs"].values()] == ["done"]
 
