@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="a slides task YAML, e.g. tasks/camelyon16.yaml")
     p.add_argument("--out", required=True, help="folder for the .h5 files, e.g. bags/")
     p.add_argument("--token", default="mean", help="per-tile vector, e.g. mean (patch tokens, the default) or cls")
-    p.add_argument("--layer", type=int, default=None, help="block index when several were extracted, e.g. 11 (default: the last)")
+    p.add_argument(
+        "--layer", type=int, default=None, help="block index when several were extracted, e.g. 11 (default: the last)"
+    )
     p.set_defaults(func=run)
 
 
