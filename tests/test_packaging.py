@@ -38,6 +38,7 @@ def test_wheel_contents(wheel: tuple[Path, str]) -> None:
     for name in cli:  # every sub-command module is discovered from the installed package
         assert f"medprobe/cli/{name}" in names
     assert "medprobe/py.typed" in names
+    assert "medprobe/report/paper_tables.json" in names  # the study's reference tables (report.reference)
     for pkg in ("data", "encoders", "features", "heads", "metrics", "pipeline", "pipeline/families", "report",
                 "results", "analysis", "preprocess"):
         assert f"medprobe/{pkg}/__init__.py" in names

@@ -22,7 +22,6 @@ from medprobe.report.analyze import (
     compare_task,
     comparisons_table,
     ranks_across_tasks,
-    study_table,
 )
 from medprobe.report.html import Section, esc, render_html, render_md, write_all
 
@@ -83,12 +82,15 @@ def _audit_thumbnails(points: list[dict[str, Any]], limit: int = 6) -> tuple[lis
 
 def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | None = None,
                  cache_dir: str | Path | None = None, title: str | None = None, n_boot: int = 1000,
-                 pca: bool = True, pca_live: bool = True, pca_images: int = 3) -> Path:
+                 pca: bool = True, pca_live: bool = True, pca_images: int = 3,
+                 study_why: dict[str, str] | None = None) -> Path:
     """Write ``out`` (HTML), ``<stem>.md`` and ``<stem>-<table>.csv``; returns the HTML path.
 
     ``db``: a :class:`~medprobe.results.ResultsDB` or a path; ``sweep``: only rows tagged with that sweep;
     ``cache_dir``: extra feature-cache root searched for PCA pictures (besides each run's ``cache_dir`` and
-    ``./medprobe-cache``); ``pca_live``: re-encode a few sample images when the cache holds no patch tokens.
+    ``./medprobe-cache``); ``pca_live``: re-encode a few sample images when the cache holds no patch tokens;
+    ``study_why``: why a study task (``task``) or encoder on it (``task:encoder``) was not run (e.g. data or weights
+    not found), shown in the study section's cells without a run.
     """
     from medprobe.report.pca import task_pca
     from medprobe.results import ResultsDB
@@ -200,14 +202,20 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
         ft = fold_table(points, db, n_boot=n_boot)  # k-fold CV: mean and CI across folds and over cases
         if ft is not None:
             summary.tables.append(ft)
-        st = study_table(task_reports, points)
-        if st is not None:
-            summary.tables.append(st)
+        all_tables += summary.tables
+        sections.append(summary)
+        from medprobe.report.study import study_table, study_tables
+
+        st_tabs, st_notes = study_tables(points, why=study_why)
+        if st_tabs:
+            sections.append(Section("The study, table by table", "study", tables=st_tabs, notes=st_notes))
+            all_tables += st_tabs
+            combined = study_table(task_reports, points, tables=st_tabs)
+            if combined is not None:
+                all_tables.append(combined)  # the CSV of the whole comparison
         else:
             summary.notes.append("study vs measured: no task name matches the study's tasks (nih14, rsna-pneumonia, "
                                  "ct-rate, kvasir-capsule, autolaparo, endovis2018, edd2020, msd-*, ...)")
-        all_tables += summary.tables
-        sections.append(summary)
     html_text = render_html(title, header_html, banner, sections)
     md_text = render_md(title, header_lines, banner, sections)
     write_all(out, html_text, md_text, all_tables)

@@ -1,5 +1,5 @@
 """Turn result rows into report content: points, per-task analysis (curves, verdicts, Pareto, comparisons),
-cross-task ranks and the study-vs-measured table. Pure computation (figures are PNG bytes)."""
+cross-task ranks (the study-vs-measured tables: :mod:`.study`). Pure computation (figures are PNG bytes)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def collect(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "run_id": r["run_id"], "created": r.get("created"), "task": r["task"], "task_type": r["task_type"],
             "dataset": r.get("dataset"), "encoder": r["encoder"], "weights": r.get("weights"), "pretrained": pre,
             "method": method_label(r["encoder"], pre) + (f" [{labels['inputs']}]" if labels.get("inputs") else ""),
-            "head": head_label(r["head"], r.get("head_params")),
+            "head": head_label(r["head"], r.get("head_params")), "head_name": r["head"],
+            "head_params": dict(r.get("head_params") or {}), "inputs": labels.get("inputs"),
             "resolution": res_v, "layer": layer,
             "layer_tag": layer_tag, "depth": depth, "budget": split.get("budget", cfg.get("budget")),
             "budget_label": _budget_label(split.get("budget", cfg.get("budget"))), "n_train": split.get("n_train"),
@@ -528,42 +529,3 @@ def ranks_across_tasks(tasks: list[TaskReport]) -> tuple[Table | None, Figure | 
     else:
         notes.append("critical-difference diagram needs >= 3 methods")
     return tab, fig, notes
-
-
-def study_table(tasks: list[TaskReport], points: list[dict[str, Any]]) -> Table | None:
-    """The study's published numbers beside ours, where task names match (see :mod:`.reference`)."""
-    from medprobe.report.reference import METRIC_ALIASES, STUDY, match_task, reference_rows
-
-    refs = reference_rows()
-    tab = Table("study-vs-measured", "Study vs measured", ["task", "metric", "encoder", "study", "measured",
-                                                           "95% CI", "Δ", "setting (ours)", "study setting",
-                                                           "study's best comparison"],
-                note=f"study: {STUDY}; measured = best setting of that encoder (linear = logreg/linear heads)",
-                raw_columns=["task", "metric", "encoder", "study", "measured", "low", "high", "delta", "setting",
-                             "study_setting", "study_comparison"])
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for p in points:
-        key = match_task(p["task"])
-        if key:
-            by_task.setdefault(key, []).append(p)
-    for ref in refs:
-        ps = [p for p in by_task.get(ref["task"], []) if p["encoder"] == ref["encoder"]]
-        if ref["head"]:  # the study's probe kind: heads declaring that protocol (linear: linear and logreg)
-            ps = [p for p in ps if (p.get("probe") or p["head"]) == ref["head"]]
-        if not ps:
-            continue
-        name = next((n for n in METRIC_ALIASES.get(ref["metric"], (ref["metric"],))
-                     if any(n in p["metrics"] for p in ps)), None)
-        if name is None:
-            continue
-        sets = settings_of(ps, name)
-        hib = ref["higher_is_better"]
-        s = max(sets, key=lambda x: _good(x, hib))
-        k = 100.0 if ref["percent"] else 1.0
-        flag = "" if s["pretrained"] else " (UNTRAINED)"
-        tab.add([ref["task"], name, ref["encoder"], f"{ref['value']:g}", fmt(s["score"] * k) + flag,
-                 f"[{fmt(s['low'] * k)}, {fmt(s['high'] * k)}]", fmt(s["score"] * k - ref["value"]), s["label"],
-                 ref["setting"], ref["comparison"]],
-                [ref["task"], name, ref["encoder"], ref["value"], s["score"] * k, s["low"] * k, s["high"] * k,
-                 s["score"] * k - ref["value"], s["label"], ref["setting"], ref["comparison"]])
-    return tab if tab.rows else None

@@ -1,18 +1,30 @@
-"""The study's published numbers (Liu et al., arXiv 2509.06467; see /shared/docs/paper-protocol.md), as data.
+"""The study's published numbers (Liu et al., arXiv 2509.06467 v3; see /shared/docs/paper-protocol.md), as data.
 
-One row per (study task, metric): the study table it belongs to, the metric's definition, the values for
-DINOv3 S / B / L as printed (``None``: the study ran the task but the number is not transcribed here),
-``percent=True`` for numbers printed in % (a measured 0-1 score is multiplied by 100 before comparing) and
-``head`` restricting the match to probes of that kind ("linear" = linear/logreg). Every task of
-``sweeps/dinov3-medical.yaml`` matches a row (:func:`match_task`; a test checks it), so the report can place
-the study's number, or say that none is printed, beside every measured row.
+Two views of one file, ``paper_tables.json`` (package data):
+
+* :func:`paper_cells`: every printed cell of the study's Tables 2-16 (DINOv3 S/B/L and every comparison method):
+  table, row, column, value (as printed), direction, unit, the medprobe task and metric it corresponds to, the
+  paper's protocol for the cell (:func:`protocols`: its text and what a medprobe row must have to be that
+  protocol), who produced it (the study, or quoted) and notes where the paper is inconsistent. :func:`paper_tables`
+  lists the tables with their printed row / column order and notes.
+* :func:`reference_table` (``Ref``): one row per (study task, metric) with the DINOv3 S / B / L values (``None``:
+  the study printed none, e.g. DINOv3-L on whole slides, BCNB), ``percent=True`` for numbers printed in % (a
+  measured 0-1 score is multiplied by 100 before comparing) and ``head`` restricting the match to probes of that
+  kind ("linear" = linear/logreg). Every task of ``sweeps/dinov3-medical.yaml`` matches a row
+  (:func:`match_task`; a test checks it). The values are read from the cells, so there is one source.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+
+from medprobe.errors import MedprobeError
 
 STUDY = "Liu et al. 2025, 'Does DINOv3 Set a New Medical Vision Standard?' (arXiv 2509.06467)"
 ENCODERS = {"S": "dinov3-vits16", "B": "dinov3-vitb16", "L": "dinov3-vitl16"}
@@ -45,6 +57,133 @@ DEFINITIONS = {
     "voi": "variation of information (split + merge) of the agglomerated instances; lower is better",
 }
 
+REFERENCE_FILE = "paper_tables.json"  # package data beside this module
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One printed cell of a study table (fields: see the file's ``fields``)."""
+
+    table: str
+    row: str
+    variant: str | None
+    column: str
+    printed: str
+    value: float | None
+    sd: float | None
+    bold: bool
+    direction: str
+    unit: str
+    scale: float
+    task: str
+    metric: str
+    encoder: str | None
+    protocol: str
+    source: str
+    why: str | None
+    notes: tuple[str, ...]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "higher"
+
+    @property
+    def label(self) -> str:
+        """The row as a reader names it (Table 14: with its input)."""
+        return self.row if self.variant is None else f"{self.row} [{self.variant}]"
+
+    @property
+    def key(self) -> tuple[str, str, str | None, str]:
+        return self.table, self.row, self.variant, self.column
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The paper's protocol for a cell: ``text``, and ``match`` -- what a medprobe row must have to be run under it
+    (``head``; ``head_params`` values; ``resolution``: any of; ``inputs``; ``folds``; ``encoder_free``: any
+    encoder's row) -- or None when medprobe cannot run it (quoted numbers, trained methods)."""
+
+    key: str
+    text: str
+    match: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    id: str
+    title: str
+    group: str  # a key of TABLES
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[dict[str, Any], tuple[Cell, ...], dict[str, Protocol], tuple[PaperTable, ...]]:
+    res = resources.files("medprobe.report").joinpath(REFERENCE_FILE)
+    try:
+        doc = json.loads(res.read_text(encoding="utf-8"))
+        cells = tuple(Cell(**{**c, "value": None if c["value"] is None else float(c["value"]),
+                              "scale": float(c["scale"]), "notes": tuple(c["notes"])}) for c in doc["cells"])
+        prots = {k: Protocol(k, v["text"], v["match"]) for k, v in doc["protocols"].items()}
+        tabs = tuple(PaperTable(t["id"], t["title"], t["group"], tuple(t["rows"]), tuple(t["columns"]),
+                                tuple(t["notes"])) for t in doc["tables"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MedprobeError(f"{REFERENCE_FILE}: unreadable reference tables ({type(e).__name__}: {e})") from e
+    bad = sorted({c.protocol for c in cells} - set(prots)) + sorted({c.table for c in cells} - {t.id for t in tabs})
+    if bad:
+        raise MedprobeError(f"{REFERENCE_FILE}: cells name unknown protocols / tables: {', '.join(bad)}")
+    return doc, cells, prots, tabs
+
+
+def paper_cells(table: str | None = None, task: str | None = None) -> list[Cell]:
+    """Every printed cell of Tables 2-16 in printed order, optionally of one table (``"2"``, ``"10-11"``) or one
+    medprobe study task (``match_task`` applied)."""
+    key = match_task(task) if task is not None else None
+    return [c for c in _load()[1] if (table is None or c.table == table) and (task is None or c.task == key)]
+
+
+def paper_tables() -> list[PaperTable]:
+    """The study's tables in printed order (Tables 10 and 11, MSD, are one: ``"10-11"``)."""
+    return list(_load()[3])
+
+
+def protocols() -> dict[str, Protocol]:
+    """The paper's protocols by key (``Cell.protocol``)."""
+    return dict(_load()[2])
+
+
+def cell_counts() -> dict[str, int]:
+    """Printed cells per table."""
+    out: dict[str, int] = {}
+    for c in _load()[1]:
+        out[c.table] = out.get(c.table, 0) + 1
+    return out
+
+
+DINO_ROWS = {"dinov3-vits16": ("DINOv3-S", "DINOv3-S/16", "DINO-S"), "dinov3-vitb16": ("DINOv3-B", "DINOv3-B/16",
+             "DINO-B"), "dinov3-vitl16": ("DINOv3-L", "DINOv3-L/16", "DINO-L")}
+
+
+def _dino(table: str, column: str, variant: str | None = None) -> tuple[float | None, float | None, float | None]:
+    """DINOv3 S / B / L values of a column (None: no such row printed)."""
+    by_enc = {c.encoder: c.value for c in paper_cells(table) if c.column == column and c.variant == variant
+              and c.encoder in DINO_ROWS}
+    s, b, l_ = (by_enc.get(e) for e in ENCODERS.values())
+    return s, b, l_
+
+
+def best_comparison(table: str, column: str) -> Cell | None:
+    """The best printed non-DINOv3 cell of a column (the paper's strongest comparison there), or None."""
+    cs = [c for c in paper_cells(table) if c.column == column and c.encoder not in DINO_ROWS and c.value is not None]
+    return max(cs, key=lambda c: float(c.value if c.higher_is_better else -c.value)) if cs else None  # type: ignore
+
+
+def _comparison(table: str, column: str) -> str:
+    """``"UNI 0.965"``: :func:`best_comparison` as text."""
+    best = best_comparison(table, column)
+    return "-" if best is None else f"{best.row} {best.printed.split(' ±')[0]}"
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -68,54 +207,57 @@ _D = DEFINITIONS
 _MSD = ("braintumour", "heart", "liver", "hippocampus", "prostate", "lung", "pancreas", "hepaticvessel", "spleen",
         "colon")
 
+_MSD_COLUMNS = {"braintumour": "Brain", "heart": "Heart", "liver": "Liver", "hippocampus": "Hippo",
+                "prostate": "Prostate", "lung": "Lung", "pancreas": "Pancreas", "hepaticvessel": "Hepatic",
+                "spleen": "Spleen", "colon": "Colon"}
+_EM = {"cremi-a": ("12", "A VOI", ("cremia",)), "cremi-b": ("12", "B VOI", ("cremib",)),
+       "cremi-c": ("12", "C VOI", ("cremic",)), "ac3-ac4": ("13", "AC VOI", ("ac3ac4", "ac4"))}
+
 _TABLE: list[Ref] = [
     Ref("nih14", "cls2d", ("nih", "chestxray14", "nihchestxray14"), "auc", _D["auc"], "linear", False, True,
-        (0.7788, 0.7833, 0.7865), "BiomedCLIP 0.7771", "256 px, linear"),
-    Ref("rsna-pneumonia", "cls2d", ("rsna",), "auc", _D["auc"], "linear", False, True, (0.8667, 0.8666, 0.8708),
-        "BiomedCLIP 0.8831", "256 px, linear"),
-    Ref("kvasir-capsule", "cls2d", ("kvasir",), "acc", _D["acc"], "linear", False, True, (0.7640, 0.7766, 0.7675),
-        "VAPCaps 0.9926 (supervised)", "11 classes, linear"),
-    Ref("autolaparo", "cls2d", (), "acc", _D["acc%"], "linear", True, True, (76.17, 73.33, 77.29), "STSANet 79.48",
-        "250 px, frame-wise"),
-    Ref("ct-rate", "cls3d", ("ctrate",), "auc", _D["auc"], "linear", False, True, (0.778, 0.798, 0.791),
+        _dino("2", "NIH AUC"), _comparison("2", "NIH AUC"), "256 px, linear"),
+    Ref("rsna-pneumonia", "cls2d", ("rsna",), "auc", _D["auc"], "linear", False, True, _dino("2", "RSNA AUC"),
+        _comparison("2", "RSNA AUC"), "256 px, linear"),
+    Ref("kvasir-capsule", "cls2d", ("kvasir",), "acc", _D["acc"], "linear", False, True, _dino("5", "Accuracy"),
+        _comparison("5", "Accuracy") + " (supervised)", "11 classes, linear"),
+    Ref("autolaparo", "cls2d", (), "acc", _D["acc%"], "linear", True, True, _dino("6", "Accuracy"),
+        _comparison("6", "Accuracy"), "250 px, frame-wise"),
+    Ref("ct-rate", "cls3d", ("ctrate",), "auc", _D["auc"], "linear", False, True, _dino("9", "LP AUC"),
         "CT-CLIP 0.731, CT-Net 0.629", "slice mean-pooled, linear"),
-    Ref("ct-rate", "cls3d", ("ctrate",), "auc", _D["auc"], "knn", False, True, (0.716, 0.737, 0.709),
+    Ref("ct-rate", "cls3d", ("ctrate",), "auc", _D["auc"], "knn", False, True, _dino("9", "k-NN AUC"),
         "CT-CLIP 0.731", "k-NN"),
-    # whole slides (ABMIL): Camelyon16, Camelyon17 as its unseen-centre test, BCNB's five biomarkers
-    Ref("camelyon16", "wsi", (), "auc", _D["auc"], "abmil", False, True, (0.840, 0.805, None),
-        "UNI 0.965, ResNet-50 0.842", "ABMIL"),
-    Ref("camelyon16-to-17", "wsi", ("camelyon17",), "auc", _D["auc"], "abmil", False, True, _NONE, "-",
-        "trained on CAMELYON16, tested on CAMELYON17's unseen centres, ABMIL (value not transcribed)"),
+    # whole slides (ABMIL): Camelyon16, Camelyon17 as its unseen-centre test, BCNB's five biomarkers (radar chart
+    # only: no printed numbers)
+    Ref("camelyon16", "wsi", (), "auc", _D["auc"], "abmil", False, True, _dino("3", "AUC"), _comparison("3", "AUC"),
+        "ABMIL (no DINOv3-L row)"),
+    Ref("camelyon16-to-17", "wsi", ("camelyon17",), "auc", _D["auc"], "abmil", False, True, _dino("4", "AUC"),
+        _comparison("4", "AUC"),
+        "trained on CAMELYON16, tested on CAMELYON17's unseen centres, ABMIL (no DINOv3-L row)"),
     *[Ref(f"bcnb-{t}", "wsi", (f"bcnb{t}",), "auc", _D["auc"], "abmil", False, True, _NONE, "-",
-          f"BCNB {t.upper()} status, patient-level 5-fold CV, ABMIL (value not transcribed)")
+          f"BCNB {t.upper()} status, patient-level 5-fold CV, ABMIL (radar chart only: no printed value)")
       for t in ("aln", "er", "pr", "her2", "ki67")],
     Ref("endovis2018", "seg2d", ("endovis", "endovis18"), "binary_iou", _D["binary_iou"], None, True, True,
-        (86.05, 89.04, 92.19), "SAM 2 box 90.18", "binary IoU"),
+        _dino("7", "Binary IoU"), _comparison("7", "Binary IoU"), "binary IoU"),
     Ref("endovis2018", "seg2d", ("endovis", "endovis18"), "instrument_iou", _D["instrument_iou"], None, True, True,
-        _NONE, "-", "instrument IoU (not transcribed)"),
+        _dino("7", "Instrument IoU"), _comparison("7", "Instrument IoU"), "instrument IoU"),
     Ref("edd2020", "seg2d", ("edd",), "dice_multilabel", _D["dice_multilabel"], None, True, True,
-        (71.50, 73.56, 72.90), "EAT 88.02", "mean Dice"),
-    Ref("msd", "seg3d", ("msdmean",), "dice", _D["dice_msd_mean"], None, True, True, (69.0, 71.3, 71.0),
-        "nnU-Net 81.4", "mean of 10 tasks, as printed"),
+        _dino("8", "Dice Avg"), _comparison("8", "Dice Avg"), "mean Dice"),
+    Ref("msd", "seg3d", ("msdmean",), "dice", _D["dice_msd_mean"], None, True, True, _dino("10-11", "Avg (printed)"),
+        _comparison("10-11", "Avg (printed)"), "mean of 10 tasks, as printed"),
     *[Ref(f"msd-{t}", "seg3d", (f"msdtask{i:02d}", f"task{i:02d}{t}", f"msdtask{i:02d}{t}",
                                  *(("hippocampus",) if t == "hippocampus" else ())), "dice", _D["dice"],
-          None, True, True, (72.6, 75.3, 73.8) if t == "hippocampus" else _NONE,
-          "nnU-Net 84.1" if t == "hippocampus" else "-",
-          "5-fold CV" if t == "hippocampus" else "5-fold CV (per-task value not transcribed)")
+          None, True, True, _dino("10-11", _MSD_COLUMNS[t]), _comparison("10-11", _MSD_COLUMNS[t]), "5-fold CV")
       for i, t in enumerate(_MSD, 1)],
-    Ref("cremi-a", "em", ("cremia",), "voi", _D["voi"], None, False, False, (3.942, 3.542, 1.784), "CAD 0.565",
-        "lower is better"),
-    Ref("cremi-b", "em", ("cremib",), "voi", _D["voi"], None, False, False, _NONE, "-", "not transcribed"),
-    Ref("cremi-c", "em", ("cremic",), "voi", _D["voi"], None, False, False, _NONE, "-", "not transcribed"),
-    Ref("ac3-ac4", "em", ("ac3ac4", "ac4"), "voi", _D["voi"], None, False, False, _NONE, "-", "not transcribed"),
+    *[Ref(t, "em", aliases, "voi", _D["voi"], None, False, False, _dino(tab, col), _comparison(tab, col),
+          "lower is better") for t, (tab, col, aliases) in _EM.items()],
     Ref("autopet-ii", "petct", ("autopet", "autopet2", "autopetii"), "dice", _D["dice"], None, True, True,
-        (9.06, 14.53, 12.17), "VSmTrans 62.46", "CT+PET"),
-    Ref("hecktor2022", "petct", ("hecktor",), "dice", _D["dice"], None, True, True, _NONE, "-",
-        "GTVp/GTVn (not transcribed)"),
-    Ref("camus", "reg", (), "dice", _D["dice_reg"], None, False, True, (0.8401, 0.8315, 0.8431), "VoxelMorph 0.8592",
-        "registration"),
-    Ref("acdc", "reg", (), "dice", _D["dice_reg"], None, False, True, (0.7480, 0.7593, 0.7481),
-        "Anatomix+ConvexAdam 0.7566", "registration"),
+        _dino("14", "AP Dice", "CT+PET"), _comparison("14", "AP Dice"), "CT+PET"),
+    Ref("hecktor2022", "petct", ("hecktor",), "dice", _D["dice"], None, True, True,
+        _dino("14", "HK Dice", "CT+PET"), _comparison("14", "HK Dice"), "CT+PET, GTVp/GTVn"),
+    Ref("camus", "reg", (), "dice", _D["dice_reg"], None, False, True, _dino("15", "Dice ↑"),
+        _comparison("15", "Dice ↑"), "registration"),
+    Ref("acdc", "reg", (), "dice", _D["dice_reg"], None, False, True, _dino("16", "Dice ↑"),
+        _comparison("16", "Dice ↑"), "registration"),
 ]
 
 
@@ -176,5 +318,6 @@ METRIC_ALIASES = {"auc": ("auc", "auc_macro"), "acc": ("acc", "accuracy"),
                   "instrument_iou": ("instrument_iou",), "dice_multilabel": ("dice_multilabel",),
                   "dice": ("dice", "dice_mean", "mean_dice"), "voi": ("voi",)}
 
-__all__ = ["DEFINITIONS", "ENCODERS", "METRIC_ALIASES", "STUDY", "TABLES", "Ref", "match_task", "reference_rows",
-           "reference_table", "references_for"]
+__all__ = ["DEFINITIONS", "DINO_ROWS", "ENCODERS", "METRIC_ALIASES", "REFERENCE_FILE", "STUDY", "TABLES", "Cell",
+           "PaperTable", "Protocol", "Ref", "best_comparison", "cell_counts", "match_task", "paper_cells",
+           "paper_tables", "protocols", "reference_rows", "reference_table", "references_for"]
