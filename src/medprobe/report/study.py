@@ -292,7 +292,7 @@ def study_tables(points: list[dict[str, Any]], why: Mapping[str, str] | None = N
             col = c.column if c.column.endswith(("↑", "↓")) else f"{c.column} {arrow}"
             n_txt = same[3] if same and math.isfinite(x) else ""
             tab.add([c.label, col, c.printed, s_txt, s_ci, "" if not math.isfinite(delta) else f"{delta:+.{d}f}",
-                     f"{g.same_setting} ({n_txt})" if g.same_setting and n_txt else g.same_setting,
+                     f"{g.same_setting}; {n_txt}" if g.same_setting and n_txt else g.same_setting,
                      f"{b_txt} {b_ci}".strip(), g.best_setting if b_txt else "", comp_txt, why_txt],
                     [c.table, c.row, c.variant, c.column, c.task, c.metric, c.direction, c.value, c.sd, x, lo, hi,
                      delta, n_txt, g.same_setting, g.untrained, bx, blo, bhi, g.best_setting if b_txt else "",
