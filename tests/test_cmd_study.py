@@ -41,24 +41,34 @@ def test_coverage_table_by_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
                  "--db", str(tmp_path / "db")]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "Table: 2D segmentation (endoscopy)" in lines and any(x.startswith("Table: 3D segmentation") for x in lines)
-    edd = next(x for x in lines if x.strip().startswith("edd2020"))
-    assert "S: reproducible" in edd and "B: untrained" in edd and "2 cells" in edd
-    assert f"data: {tmp_path / 'data' / 'edd2020'}" in out
-    assert "missing.pth): runs UNTRAINED" in out
-    nih = next(x for x in lines if x.strip().startswith("nih14"))
-    assert "S: no data" in nih and "B: no data" in nih
-    assert f"{tmp_path / 'data' / 'nih-chestxray14'}" in out  # where it looked
+    assert "Table 8. EDD2020 segmentation, 2D decoder" in lines and "Table 2. Chest X-ray, linear probe at 256 px " \
+        "(NIH-14, RSNA)" in lines
+    t8 = out.split("Table 8.")[1].split("Table 9.")[0]
+    assert "tasks: edd2020 (2 cells)" in t8
+    assert any(x.split() == ["DINOv3-S", "reproducible"] for x in t8.splitlines())
+    assert any(x.split() == ["DINOv3-B", "untrained-only"] for x in t8.splitlines())
+    assert "DINOv3-L" in t8 and "dinov3-vitl16 is not in this sweep's grid" in t8  # a printed row the sweep lacks
+    assert "not supported: TransUnet, Unet, HarDNet" in t8 and "EAT -- a supervised segmentation network" in t8
+    assert f"data of edd2020: {tmp_path / 'data' / 'edd2020'}" in t8
+    assert "weights not found: B -> run UNTRAINED (random weights)" in t8
+    assert f"dinov3-vitb16: {tmp_path / 'w' / 'missing.pth'}" in out  # where the weights were looked for
+    t2 = out.split("Table 2.")[1].split("Table 3.")[0]
+    assert "not supported: BiomedCLIP, DINOv3-S, DINOv3-B, DINOv3-L -- no linear cell in this sweep" in t2
+    assert "data of nih14 MISSING (data.root)" in t2
+    assert f"{tmp_path / 'data' / 'nih-chestxray14'}" in t2  # where it looked
     assert "Not a study task: pneumonia-toy" in out
-    assert "cells: 1 reproducible (data + weights), 1 runnable only as UNTRAINED pipeline checks, 2 without data" \
-        in out
-    wsi = next(x for x in lines if "not in this sweep (" in x and "camelyon16" in x)  # the whole-slide table
-    assert "bcnb-er" in wsi and "camelyon16-to-17" in wsi
-    assert "would run 2 of 2 runnable cell(s):" in out and "edd2020/dinov3-vitb16" in out
+    # pneumonia-toy (no study table) needs no files: its 2 cells count as found
+    assert "cells: 6 in the grid: 2 reproducible (data + weights), 2 untrained-only (UNTRAINED pipeline checks), " \
+        "0 missing weights, 2 missing data" in out
+    wsi = next(x for x in lines if "not in this sweep (tasks" in x and "camelyon16-to-17" in x)  # a whole-slide table
+    assert "camelyon16-to-17" in wsi
+    assert "would run 4 of 4 runnable cell(s):" in out and "edd2020/dinov3-vitb16" in out
+    assert "pneumonia-toy/dinov3-vits16" in out
     assert main(["study", "--sweep", str(y), "--data-root", str(tmp_path / "data"), "--dry-run", "--trained-only",
                  "--db", str(tmp_path / "db")]) == 0
     out = capsys.readouterr().out
-    assert "would run 1 of 1 runnable cell(s):" in out and "edd2020/dinov3-vitb16" not in out.split("would run")[1]
+    assert "would run 2 of 2 runnable cell(s):" in out and "edd2020/dinov3-vitb16" not in out.split("would run")[1]
+    assert "weights not found: B -> left out (--trained-only)" in out
     assert main(["study", "--sweep", str(y), "--task", "nope", "--dry-run"]) == 2
     assert main(["study", "--sweep", str(y), "--set", "bogus", "--data-root", str(tmp_path / "data")]) == 2
 
@@ -71,10 +81,13 @@ def test_study_dry_run_on_shared_data_is_torch_free(shared_data: Path, tmp_path:
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "TORCH False RC 0" in out
-    assert out.count("Table: ") == 8
-    hip = next(x for x in out.splitlines() if x.strip().startswith("msd-hippocampus"))
-    assert "30 cells" in hip and "S: untrained" in hip  # data found; no DINOv3 weights on this machine
-    assert f"data: {shared_data / 'msd-task04-hippocampus'}" in out
+    from medprobe.pipeline.study_tables import STUDY_TABLES
+
+    assert all(t.title in out for t in STUDY_TABLES)
+    assert "msd-hippocampus (30 cells)" in out
+    s_row = next(x for x in out.split("Tables 10-11.")[1].splitlines() if x.strip().startswith("DINOv3-S"))
+    assert "untrained-only: msd-hippocampus" in s_row  # data found; no DINOv3 weights on this machine
+    assert f"data of msd-hippocampus: {shared_data / 'msd-task04-hippocampus'}" in out
     assert "would run 30 of 30 runnable cell(s):" in out
 
 

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--task {unknown[0]} is not a task of the sweep ({', '.join(sorted(known))})", path)
     print(f"study sweep {sw.name} ({path}); data roots: {', '.join(str(Path(r).expanduser()) for r in roots)}")
-    for line in coverage_lines(cov, sw):
+    for line in coverage_lines(cov, sw, trained_only=args.trained_only):
         print(line)
     if args.plan:
         return print_plan(sw, cov, args)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,11 @@ def size_for(task: str, study_task: str | None) -> Size | None:
     return None
 
 
-def measured_size(spec: Any, data: Path | None) -> Size | None:
-    """Items (and slices of up to 16 volumes) counted from the data found on this machine; None without it or when
-    the dataset cannot be opened here."""
-    if data is None:
+def measured_size(spec: Any, data: Path | Mapping[str, Path] | None) -> Size | None:
+    """Items (and slices of up to 16 volumes) counted from the data found on this machine (a path, or
+    ``{location: path}`` for datasets read from several places); None without it or when the dataset cannot be
+    opened here."""
+    if not data:
         return None
     try:
         from medprobe.pipeline.plan import _count_rows
@@ -104,7 +106,8 @@ def measured_size(spec: Any, data: Path | None) -> Size | None:
     n = len(ds)
     unit = {"slide": "slide", "pair": "pair"}.get(str(getattr(ds, "unit", "")), "volume"
                                                   if getattr(ds, "spatial_dims", 2) == 3 else "image")
-    return Size(n, unit, rows / n if n else 1.0, exact, f"counted in {data}")
+    where = ", ".join(str(v) for v in data.values()) if isinstance(data, Mapping) else str(data)
+    return Size(n, unit, rows / n if n else 1.0, exact, f"counted in {where}")
 
 
 @dataclass
@@ -221,7 +224,8 @@ def study_plan(sweep: Any, coverage: list[Any] | None = None, count_data: bool =
         cells_by_table[table] = cells_by_table.get(table, 0) + 1
         if task not in sizes:
             cov = by_task.get(task)
-            found = measured_size(c.spec, cov.data_found) if (count_data and cov is not None) else None
+            found = (measured_size(c.spec, cov.data_paths or cov.data_found)
+                     if (count_data and cov is not None and cov.has_data) else None)
             sizes[task] = found or size_for(task, match_task(task))
         key = feature_group(c.spec)
         g = groups.get(key)
