@@ -10,9 +10,9 @@ all heads succeeded -> one printed table. A leakage audit (:mod:`medprobe.audit`
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +154,12 @@ def run_task(spec: TaskSpec, db: Any = None, verbose: bool = True, source: str |
     # every head is fitted and scored before anything is written: a failing head leaves no partial task
     rows = []
     for res, record in results:
+        mine = res.run_id  # outputs/<run_id>/ is written under the id the row is stored with
         family.write_outputs(res, ctx)
-        mine = uuid.uuid4().hex
         run_id = db.add_run({**record, "run_id": mine}, res.metrics, predictions=res.predictions, split="test",
                             unique=not rerun)
         if run_id != mine:  # an identical run stored this config first (one row per config hash)
+            shutil.rmtree(results_root / "outputs" / mine, ignore_errors=True)  # they belong to no stored row
             print(f"medprobe: head {res.head}: already stored with this config (run {str(run_id)[:10]}, by an "
                   "identical run that finished first): not stored again", file=sys.stderr, flush=True)
         res.run_id = str(run_id)
@@ -270,6 +271,10 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
     spec, ds, enc = ctx.spec, ctx.dataset, ctx.encoder
     ids = ds.ids()
     pre, effects = preprocessing_done(ctx)
+    resolution = list(ctx.preprocess.resolution)
+    if "resolution" in res.extra:  # the family knows the input its head used (registration: input_size, or none)
+        resolution = res.extra["resolution"]
+        pre["resolution"] = resolution
     split_done = ctx.extraction.get("split") or {}
     return {
         "run_id": res.run_id, "task": spec.name, "task_type": ds.task.type,
@@ -282,7 +287,7 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
                   "n_test": len(ctx.test), "budget": spec.budget,
                   "test_ids_hash": hash_obj([ids[i] for i in ctx.test], n=12)},
         "seed": spec.seed, "head": res.head, "head_params": res.head_params,
-        "layer": list(ctx.layers), "resolution": list(ctx.preprocess.resolution),
+        "layer": list(ctx.layers), "resolution": resolution,
         "feature_layers": {"extracted": list(ctx.store.layers), "used": list(ctx.layers)},
         "tokens": head_tokens(head_cls, spec),
         "precision": {**ctx.extraction.get("precision", {}), "head": head_precision(head_cls, res)},
@@ -290,7 +295,8 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
         "units": res.extra.get("units", {}), "spacing": res.extra.get("spacing"),
         "report": {"rank_by": list(family.rank_by), "headline": list(family.headline),
                    "paired_scores": family.paired_scores,
-                   "panels": list(family.report_panels), "probe": getattr(head_cls, "probe", "") or res.head},
+                   "panels": list(family.report_panels), "probe": getattr(head_cls, "probe", "") or res.head,
+                   "rescore": family.rescore},
         "versions": env.get("versions", env),
         "device": str(ctx.device),
         "timings": {**ctx.extraction["timing"], **res.timings,
