@@ -154,6 +154,9 @@ class TaskFamily:
     rank_by: ClassVar[tuple[str, ...]] = ()  # metrics settings are ranked by: the first a row has (none: its commonest)
     paired_scores: ClassVar[bool] = False  # per-case class scores stored: settings compared by a paired bootstrap
     report_panels: ClassVar[tuple[str, ...]] = ()  # extra report panels of its rows (e.g. "slide-mil")
+    # how the stored predictions give back the headline metrics (medprobe.results.rescore: proba, proba_seeds,
+    # regression, cases, columns; "" none), stored in every record as report.rescore
+    rescore: ClassVar[str] = ""
     data_options: ClassVar[tuple[str, ...]] = ()  # dataset options the family consumes itself
     # the typed section of those options (a frozen dataclass of medprobe.schema.opt fields, parsed by parse_task:
     # typos refused, values normalised before the hash, listed by 'medprobe config keys'); see pipeline/options.py

@@ -46,6 +46,7 @@ class ClassificationFamily(TaskFamily):
     head_outputs = ("proba", "proba_ks")
     rank_by = ("auc", "acc", "balanced_acc")
     paired_scores = True
+    rescore = "proba"  # metrics of y_score (k-shot: mean over draws of y_score_draws)
 
     def budget_labels(self, ds: Any) -> list[Any] | None:
         return ds.labels() if ds.task.type != "multilabel" else None
@@ -142,7 +143,7 @@ class ClassificationFamily(TaskFamily):
         metrics = aggregate_draws(per_draw, spec.metrics.bootstrap, spec.seed, spec.metrics.alpha)
         ids = ds.ids()
         preds = {"ids": np.asarray([ids[i] for i in test]), "y_true": y[test], "y_score": probas[0],
-                 "y_score_draws": np.stack(probas).astype(np.float32)}
+                 "y_score_draws": np.stack(probas).astype(np.float64)}
         headline = [m for m in self.headline if m in per_draw[0]]
         notes = {"kshot": {**facts, "ci": "percentile bootstrap of the mean over draws",
                            "predictions": "y_score is draw 0; y_score_draws holds every draw",

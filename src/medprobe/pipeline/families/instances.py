@@ -218,6 +218,7 @@ class InstancesFamily(TaskFamily):
     default_use = "concat"
     headline = ("voi_split", "voi_merge", "voi", "arand")
     rank_by = ("arand", "voi")
+    rescore = "cases"  # mean over sections of each stored per-section value (NaN left out)
     unit_label = "px/section"
 
     def head_params(self, head_cls: type[Any]) -> list[str]:

@@ -32,6 +32,7 @@ class RegistrationFamily(TaskFamily):
     tokens = ("cls",)  # (what the options name; the pair entry stores none)
     headline = ("dice", "dice_before", "hd95", "folding_pct")
     rank_by = ("dice",)
+    rescore = "columns"  # mean over pairs of each stored per-pair array (NaN left out)
     unit_label = "px"
 
     def _encoder(self, ctx: RunContext) -> Any:
@@ -92,8 +93,10 @@ class RegistrationFamily(TaskFamily):
         resampled = [p.meta.get("resampled") for p, _, _ in outputs if p.meta.get("resampled")]
         if resampled:
             notes["resampled"] = resampled
-        return HeadResult(head=head_name, metrics=metrics, predictions=preds, head_params=head.get_params(),
-                          timings={"features_s": round(feat_s, 3), "optimise_s": round(opt_s, 3)}, notes=notes)
+        res = HeadResult(head=head_name, metrics=metrics, predictions=preds, head_params=head.get_params(),
+                         timings={"features_s": round(feat_s, 3), "optimise_s": round(opt_s, 3)}, notes=notes)
+        res.extra["resolution"], notes["input"] = encoder_input(head, enc)
+        return res
 
     def write_outputs(self, result: HeadResult, ctx: RunContext) -> None:
         """Warped moving image and labels, displacement, checkerboard and Jacobian PNGs per pair."""
@@ -126,6 +129,16 @@ class RegistrationFamily(TaskFamily):
         result.notes["outputs"] = str(out_dir)
         result.extra["outputs"] = out_dir
         result.table.append(f"warped images, labels, fields and PNGs in {out_dir}")
+
+
+def encoder_input(head: Any, encoder: Any) -> tuple[list[int] | None, str]:
+    """The encoder input this head actually used, for the record's ``resolution`` (never the encoder's native
+    size, which the pair unit resolves but no pair head reads): a head that encodes the images (DINO-Reg) feeds
+    each slice at its own ``input_size`` x ``input_size``; the others read the images at their own grid."""
+    if encoder is not None and getattr(head, "input_size", None) is not None:
+        s = int(head.input_size)
+        return [s, s], f"each slice resized to {s}x{s} for the encoder (head_params.<head>.input_size)"
+    return None, "no encoder input: the head registers the images at their own grid"
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ class RegressionFamily(TaskFamily):
     tokens = ("cls", "mean")
     headline = ("mae", "rmse", "r2", "pearson_r")
     rank_by = ("r2", "mae")
+    rescore = "regression"  # metrics of y_pred against y_true
 
     def prepare(self, ctx: RunContext) -> None:
         ds = ctx.dataset

@@ -3,9 +3,12 @@ frozen tile vectors (the engine's slide path, one cache entry per slide) -> a sl
 ``transmil``, ``meanpool``) -> AUC, accuracy, F1 ... per slide.
 
 Several seeds per head (``head_params.<head>.seeds``, default 5 as in the study): every metric is the mean over
-seeds, with a 95% bootstrap CI over test slides (each resample scores every seed's predictions of the same slides
-and averages them) and, as ``<metric>_seeds``, a 95% t-interval over seeds. The stored per-slide prediction is the
-probability averaged over seeds. ``data.tiling`` and ``data.tissue`` set the tiling
+seeds of that seed's metric (the headline: ``auc`` = mean of the per-seed AUCs, the study's protocol), with a 95%
+bootstrap CI over test slides (each resample scores every seed's predictions of the same slides and averages them)
+and, as ``<metric>_seeds``, a 95% t-interval over seeds. Stored predictions: ``y_score_seeds`` (seeds, slides,
+classes), each seed's probabilities -- the headline is re-scored from them -- and ``y_score``, their mean over
+seeds (the seed ensemble, which the report's paired comparisons and slide views use; its own point metrics,
+not the headline, are in ``notes.ensemble``). ``data.tiling`` and ``data.tissue`` set the tiling
 (:class:`~medprobe.data.tiling.TilingConfig`) and tissue-mask (:class:`~medprobe.preprocess.tissue.TissueConfig`)
 options; both are recorded with every row. Per run, ``outputs/<run_id>/slides/`` holds each test slide's tile
 coordinates, attention scores (mean over seeds), tissue mask and thumbnail, which the report draws as heat-maps.
@@ -66,8 +69,9 @@ def evaluate_bags(head_cls: type[Any], params: dict[str, Any], bags: Sequence[np
                   ) -> dict[str, Any]:
     """Fit ``head_cls`` with ``seeds`` seeds (``seed``, ``seed + 1``, ...) on bags ``train`` (selecting on
     ``val``), predict ``test``; returns ``metrics`` (mean over seeds, CI over slides; ``<m>_seeds``: CI over
-    seeds; ``tile_auc`` when tile labels are given), ``proba`` (mean over seeds), ``attention`` (per test bag,
-    mean over seeds), ``per_seed`` (point metrics) and ``params`` (the last head's ``get_params()``)."""
+    seeds; ``tile_auc`` when tile labels are given), ``proba`` (mean over seeds), ``probas`` (seeds, bags, ...:
+    each seed's), ``attention`` (per test bag, mean over seeds), ``per_seed`` (point metrics) and ``params`` (the
+    last head's ``get_params()``)."""
     if int(seeds) < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}", f"head {getattr(head_cls, 'name', '?')}")
 
@@ -106,8 +110,18 @@ def evaluate_bags(head_cls: type[Any], params: dict[str, Any], bags: Sequence[np
         for d, v in zip(per_seed, per_seed_tile):
             d["tile_auc"] = v
     metrics["n_seeds"] = int(seeds)
-    return {"metrics": metrics, "proba": np.mean(probas, axis=0), "attention": attention, "per_seed": per_seed,
-            "params": head.get_params() if head is not None else {}}
+    return {"metrics": metrics, "proba": np.mean(probas, axis=0), "probas": np.stack(probas), "attention": attention,
+            "per_seed": per_seed, "params": head.get_params() if head is not None else {}}
+
+
+def ensemble_metrics(y: np.ndarray, proba: np.ndarray, task: str, classes: list[str] | None
+                     ) -> dict[str, float | None]:
+    """Point metrics (class means, no CI) of the seed-averaged probabilities: what the stored ``y_score`` scores
+    (recorded beside the headline, which is the mean of the per-seed metrics)."""
+    from medprobe.metrics.classification import classification_metrics
+
+    m = classification_metrics(y, proba, task, classes=classes)
+    return {k: (round(float(v), 6) if np.isfinite(v) else None) for k, v in m.items() if "/" not in k}
 
 
 def check_tissue_kept(ctx: RunContext, ids: Sequence[str]) -> None:
@@ -207,6 +221,7 @@ class SlidesFamily(TaskFamily):
     rank_by = ("auc", "acc", "balanced_acc")
     paired_scores = True
     report_panels = ("slide-mil",)  # medprobe.report.slides: slide table, tiles, attention heat-maps
+    rescore = "proba_seeds"  # headline = mean over seeds of each seed's metric on y_score_seeds
     data_schema = SlidesData  # data.tiling, data.tissue
     unit_label = "px tiles"
 
@@ -283,14 +298,19 @@ class SlidesFamily(TaskFamily):
                             classes=list(ds.task.classes) or None, tile_labels=ctx.state["tile_labels"])
         ids = ds.ids()
         preds = {"ids": np.asarray([ids[i] for i in ctx.test]), "y_true": ctx.state["y"][ctx.test],
-                 "y_score": out["proba"]}
+                 "y_score": out["proba"], "y_score_seeds": out["probas"]}
         ctx.state[f"attention/{head_name}"] = out["attention"]
         ctx.state[f"proba/{head_name}"] = out["proba"]
         m = out["metrics"]
         lines = [f"{len(ctx.test)} test slides, {seeds} seeds: auc over seeds "
                  + ", ".join(f"{d['auc']:.3f}" for d in out["per_seed"] if "auc" in d)]
         notes = {"seeds": [spec.seed + s for s in range(seeds)], "per_seed": out["per_seed"],
-                 "predictions": "probability averaged over seeds",
+                 "predictions": "y_score_seeds: each seed's probabilities (the headline re-scores from them); "
+                                "y_score: their mean over seeds (the seed ensemble)",
+                 "headline": "each metric is the mean over seeds of that seed's metric on its own predictions "
+                             "(y_score_seeds), not the metric of the seed-averaged y_score",
+                 "ensemble": ensemble_metrics(ctx.state["y"][ctx.test], out["proba"], ds.task.type,
+                                              list(ds.task.classes) or None),
                  "ci": "metrics: mean over seeds, 95% bootstrap CI over test slides; <metric>_seeds: 95% t-interval "
                        "over seeds"}
         params_rec = {**out["params"], "seeds": seeds}
