@@ -30,7 +30,14 @@ gt non-empty, pred empty      dice/iou/recall/nsd 0.0,    overlap 0.0, distances
 ============================  ==========================  ===========================  ===========================
 
 ``D`` = :func:`max_distance`, the diagonal of the image's physical extent, sqrt(Σ (n_i·spacing_i)²) mm.
-``"nan"`` follows MONAI's ``ignore_empty=True`` for a class absent from the ground truth. Class means
+``"nan"`` follows MONAI's ``ignore_empty=True`` for a class absent from the ground truth.
+
+An *empty prediction* (the ground truth holds the class, the prediction none of it) has no surface to measure
+from. ``empty_prediction`` decides its hd95 / asd whatever ``empty_policy`` says: ``"worst"`` gives ``D`` (the
+largest distance the image allows: the miss counts as the worst case), ``"exclude"`` gives NaN (left out of the
+means -- count such cases with :func:`empty_predictions` and record the count); ``None`` (the functions'
+default) keeps the policy's own value from the table. The task default (``metrics.empty_prediction``) is
+``"worst"``; runs without an empty prediction score the same under every choice. Class means
 (keys without ``/``) are taken over classes with NaN ignored; a mean of only NaN is NaN. Label 0 is
 background and never a class.
 
@@ -53,10 +60,12 @@ from medprobe.numerics import dice_from_counts
 __all__ = [
     "METRICS",
     "EMPTY_POLICIES",
+    "EMPTY_PREDICTION",
     "adapted_rand_error",
     "aggregate_cases",
     "binary_metrics",
     "distance_units",
+    "empty_predictions",
     "max_distance",
     "segmentation_metrics",
     "spacing_known",
@@ -67,6 +76,7 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "asd", "nsd", "precision", "recall")
 EMPTY_POLICIES: tuple[str, ...] = ("nan", "one", "worst")
+EMPTY_PREDICTION: tuple[str, ...] = ("worst", "exclude")  # hd95 / asd of a class the prediction misses
 _OVERLAP = frozenset({"dice", "iou", "precision", "recall", "nsd"})
 _DISTANCE = frozenset({"hd95", "asd"})
 _NAN = float("nan")
@@ -108,9 +118,11 @@ def _check_include(include: Iterable[str]) -> tuple[str, ...]:
     return inc
 
 
-def _check_policy(empty_policy: str) -> None:
+def _check_policy(empty_policy: str, empty_prediction: str | None = None) -> None:
     if empty_policy not in EMPTY_POLICIES:
         raise ConfigError(f"empty_policy {empty_policy!r} must be one of {list(EMPTY_POLICIES)}")
+    if empty_prediction is not None and empty_prediction not in EMPTY_PREDICTION:
+        raise ConfigError(f"empty_prediction {empty_prediction!r} must be one of {list(EMPTY_PREDICTION)}")
 
 
 def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
@@ -171,13 +183,17 @@ def _nearest_distance(src: np.ndarray, dst: np.ndarray, spacing: tuple[float, ..
 
 
 def _empty_values(
-    gt_any: bool, pred_any: bool, include: Sequence[str], empty_policy: str, worst: float
+    gt_any: bool, pred_any: bool, include: Sequence[str], empty_policy: str, worst: float,
+    empty_prediction: str | None = None,
 ) -> dict[str, float]:
     """Metric values when at least one mask is empty (see the module docstring's table)."""
     out: dict[str, float] = {}
     both_empty = not gt_any and not pred_any
+    missed = gt_any and not pred_any
     for m in include:
-        if m in _DISTANCE:
+        if m in _DISTANCE and missed and empty_prediction is not None:
+            out[m] = worst if empty_prediction == "worst" else _NAN
+        elif m in _DISTANCE:
             out[m] = worst if (empty_policy == "worst" and not both_empty) else _NAN
         elif empty_policy == "nan":
             if not gt_any or m == "precision":
@@ -199,6 +215,7 @@ def binary_metrics(
     nsd_tolerance_mm: float = 1.0,
     empty_policy: str = "nan",
     include: Iterable[str] = METRICS,
+    empty_prediction: str | None = None,
 ) -> dict[str, float]:
     """Metrics of one binary mask pair (same shape), keyed by metric name; see the module docstring."""
     pred = np.asarray(pred, dtype=bool)
@@ -206,7 +223,7 @@ def binary_metrics(
     if pred.shape != gt.shape:
         raise DataError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
     inc = _check_include(include)
-    _check_policy(empty_policy)
+    _check_policy(empty_policy, empty_prediction)
     sp = _spacing(spacing, gt.ndim)
     if not math.isfinite(nsd_tolerance_mm) or nsd_tolerance_mm < 0:
         raise ConfigError(f"nsd_tolerance_mm {nsd_tolerance_mm} must be a finite number >= 0")
@@ -214,8 +231,9 @@ def binary_metrics(
     gt_any = box is not None and bool(gt[box].any())
     pred_any = box is not None and bool(pred[box].any())
     if not (gt_any and pred_any):
-        worst = max_distance(gt.shape, sp) if empty_policy == "worst" else _NAN
-        return _empty_values(gt_any, pred_any, inc, empty_policy, worst)
+        wants_d = empty_policy == "worst" or (empty_prediction == "worst" and gt_any)
+        worst = max_distance(gt.shape, sp) if wants_d else _NAN
+        return _empty_values(gt_any, pred_any, inc, empty_policy, worst, empty_prediction)
     p, g = pred[box], gt[box]
     tp = int(np.count_nonzero(p & g))
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
@@ -268,6 +286,7 @@ def segmentation_metrics(
     nsd_tolerance_mm: float = 1.0,
     empty_policy: str = "nan",
     include: Iterable[str] = METRICS,
+    empty_prediction: str | None = None,
 ) -> dict[str, float]:
     """Per-class and class-mean metrics of two integer label maps (2D or 3D) of the same shape.
 
@@ -282,11 +301,11 @@ def segmentation_metrics(
     if gt.ndim not in (2, 3):
         raise DataError(f"label maps must be 2D or 3D, got shape {gt.shape}")
     inc = _check_include(include)
-    _check_policy(empty_policy)
+    _check_policy(empty_policy, empty_prediction)
     sp = _spacing(spacing, gt.ndim)
     names = _label_names(labels)
     per_class = {
-        name: binary_metrics(pred == value, gt == value, sp, nsd_tolerance_mm, empty_policy, inc)
+        name: binary_metrics(pred == value, gt == value, sp, nsd_tolerance_mm, empty_policy, inc, empty_prediction)
         for value, name in names.items()
     }
     out: dict[str, float] = {}
@@ -295,6 +314,15 @@ def segmentation_metrics(
             out[f"{m}/{name}"] = vals[m]
         out[m] = _nanmean([vals[m] for vals in per_class.values()])
     return out
+
+
+def empty_predictions(pred: np.ndarray, gt: np.ndarray, labels: Mapping[int, str] | Sequence[int]) -> list[str]:
+    """Names of the classes the ground truth holds and the prediction misses entirely (an *empty prediction*:
+    no surface to measure hd95 / asd from; ``empty_prediction`` decides their value)."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    return [name for value, name in _label_names(labels).items()
+            if bool(np.any(gt == value)) and not bool(np.any(pred == value))]
 
 
 # --------------------------------------------------------------------------- aggregation over cases

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -208,7 +208,15 @@ class MetricsConfig:
     nsd_tolerance_mm: float = opt(1.0, norm=to_float(0), type="float", help="segmentation: NSD tolerance (mm)")
     empty_policy: str = opt("nan", norm=choice("nan", "one", "worst"), type="nan|one|worst",
                             help="segmentation: score of a class absent from both prediction and truth")
+    empty_prediction: str = opt("worst", norm=choice("worst", "exclude"), type="worst|exclude",
+                                help="segmentation: HD95/ASD of a class the truth holds and the prediction misses "
+                                     "(worst: the image diagonal in mm; exclude: left out of the means); the "
+                                     "count of such cases is recorded either way")
     overlays: int = opt(4, norm=to_int(0), type="int", numbers=False, help="overlay figures written per head")
+
+    # hashed sparsely: the fields above empty_prediction always (hashes as before it existed), a later one only
+    # when it differs from its default
+    hash_always: ClassVar[tuple[str, ...]] = ("bootstrap", "alpha", "nsd_tolerance_mm", "empty_policy")
 
 
 @dataclass(frozen=True)

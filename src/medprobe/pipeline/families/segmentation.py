@@ -5,14 +5,16 @@ Dataset (optionally ``data.skip_invalid: true``: bad cases are listed and droppe
 per head: train on crops, keep the best validation epoch -> predict the test cases at the original voxel grid
 -> Dice / IoU / HD95 / ASD / NSD / precision / recall per case (distances in mm when the spacing is known:
 volumes, 2D sets with ``spacing`` / ``spacing_csv``; else in pixels, and the record's ``units`` says which)
--> means with bootstrap CIs -> one
+-> means with bootstrap CIs (a class the prediction misses entirely has no surface: ``metrics.empty_prediction``
+``worst``, the default, scores its HD95 / ASD as the image diagonal, ``exclude`` leaves it out; the policy, the
+distance and the count of such cases are in the record's ``notes.empty_predictions``) -> one
 results row per head + predicted masks (NIfTI in the input file's orientation and affine, PNG for 2D) and
 overlay PNGs under ``<results>/outputs/<run_id>/``.
 
 Head options (``head_params: {decoder3d: {...}}``) mix the head's own options (``width``, ``use_image``, ...)
 and training options (:class:`~medprobe.heads.seg_train.SegTrainConfig`: ``lr``, ``epochs``, ``batch_size``,
-``crop_depth``, ``crop_size``, ...). Metric options: ``metrics: {nsd_tolerance_mm, empty_policy, bootstrap,
-alpha, overlays}``.
+``crop_depth``, ``crop_size``, ...). Metric options: ``metrics: {nsd_tolerance_mm, empty_policy,
+empty_prediction, bootstrap, alpha, overlays}``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from medprobe.heads.seg_train import (
     slices_first,
     to_original,
 )
-from medprobe.metrics.segmentation import aggregate_cases, distance_units, segmentation_metrics, spacing_known
+from medprobe.metrics.segmentation import (
+    aggregate_cases,
+    distance_units,
+    empty_predictions,
+    segmentation_metrics,
+    spacing_known,
+)
 from medprobe.pipeline.family import HeadResult, RunContext, TaskFamily, fmt_ci, register_family
 from medprobe.pipeline.options import SegmentationData
 from medprobe.pipeline.task import TaskSpec
@@ -138,6 +146,28 @@ def write_overlay(path: Path, item: Item, pred: np.ndarray) -> None:
 
 
 
+# ------------------------------------------------------------------------------------------- empty predictions
+EMPTY_DISTANCE = {"worst": "the image diagonal sqrt(sum((n_i * spacing_i)^2)), the largest distance the image allows",
+                  "exclude": "none: the class is left out of that case's HD95 / ASD (and of their means)"}
+
+
+def empty_record(missed: dict[str, list[str]], n_cases: int, policy: str, unit: str, classes: list[str]
+                 ) -> dict[str, Any]:
+    """What the record says about empty predictions (a class the truth holds and the prediction misses): the
+    policy and distance used, the count of test cases with one (and per class), and the first case ids."""
+    per_class = {c: sum(c in v for v in missed.values()) for c in classes}
+    return {"policy": policy, "distance": EMPTY_DISTANCE[policy], "unit": unit, "cases": len(missed),
+            "of": n_cases, "per_class": {c: n for c, n in per_class.items() if n},
+            "ids": sorted(missed)[:50]}
+
+
+def empty_line(rec: dict[str, Any]) -> str:
+    """One printed line: how many test cases had an empty prediction and how their HD95 / ASD were scored."""
+    how = ("HD95/ASD scored as the image diagonal (metrics.empty_prediction: worst)" if rec["policy"] == "worst"
+           else "left out of the HD95/ASD means (metrics.empty_prediction: exclude)")
+    return f"{rec['cases']} of {rec['of']} test cases miss a class the truth holds (empty prediction): {how}"
+
+
 # ------------------------------------------------------------------------------------------- family
 def checkpoint_path(ctx: RunContext, head_name: str) -> Path:
     """Where a head's training checkpoint lives until its row is stored: keyed by the head's config hash and
@@ -157,6 +187,7 @@ class SegmentationFamily(TaskFamily):
     default_use = "concat"
     headline = ("dice", "iou", "hd95", "asd")
     rank_by = ("dice", "miou", "iou")
+    rescore = "cases"  # mean over cases of each stored per-case value (NaN left out)
     data_schema = SegmentationData  # data.skip_invalid, data.inputs
     unit_label = "px/slice"
 
@@ -246,6 +277,7 @@ class SegmentationFamily(TaskFamily):
         t_inf = time.perf_counter()
         known: dict[str, bool] = {}
         sources: set[str] = set()
+        missed: dict[str, list[str]] = {}  # case id -> classes the truth holds and the prediction misses
         for i in ctx.test:
             item = ds.load(i)
             known[item.id] = spacing_known(item)
@@ -258,7 +290,11 @@ class SegmentationFamily(TaskFamily):
             pred = item_order(to_original(prob, load_shape(ctx.state["targets"], i), ctx.preprocess), item)
             per_case.append(segmentation_metrics(pred, np.asarray(item.mask), labels,
                                                  (item.spacing or None) if known[item.id] else None,
-                                                 nsd_tolerance_mm=m.nsd_tolerance_mm, empty_policy=m.empty_policy))
+                                                 nsd_tolerance_mm=m.nsd_tolerance_mm, empty_policy=m.empty_policy,
+                                                 empty_prediction=m.empty_prediction))
+            miss = empty_predictions(pred, np.asarray(item.mask), labels)
+            if miss:
+                missed[item.id] = miss
             preds.append(pred)
         infer_s = time.perf_counter() - t_inf
         agg = aggregate_cases(per_case, n_resamples=m.bootstrap, seed=spec.seed, alpha=m.alpha)
@@ -276,6 +312,8 @@ class SegmentationFamily(TaskFamily):
             notes={"history": hist, "val_selection": "mean Dice at the preprocessed size"})
         mm = all(known.values()) and bool(known)
         units = distance_units(mm)
+        res.notes["empty_predictions"] = empty_record(missed, len(ctx.test), m.empty_prediction, units["hd95"],
+                                                      list(labels.values()))
         res.extra["units"] = units
         res.extra["spacing"] = {"source": sorted(sources) if mm else None, "units": units["hd95"],
                                 "why": None if mm else "2D images without a pixel spacing: distances in pixels"}
@@ -285,6 +323,8 @@ class SegmentationFamily(TaskFamily):
         for name in classes[1:]:
             res.table.append(f"{name:<16} {fmt_ci(agg.get(f'dice/{name}'))} {fmt_ci(agg.get(f'hd95/{name}'), 2)} "
                              f"{fmt_ci(agg.get(f'asd/{name}'), 2)}")
+        if missed:
+            res.table.append(empty_line(res.notes["empty_predictions"]))
         ctx.state[f"masks_{res.run_id}"] = preds
         res.extra["per_case"] = per_case
         return res
