@@ -226,10 +226,11 @@ def _shard(entry: Path, k: int, bounds: tuple[int, int], dataset: Dataset, encod
         pending.append(x)
         if sum(int(p.shape[0]) for p in pending) >= per_batch:
             runner.run(torch.cat(pending))
+            prog.update(len(pending))  # progress counts encoded volumes, not volumes read
             pending = []
-        prog.update()
     if pending:
         runner.run(torch.cat(pending))
+        prog.update(len(pending))
     write_shard(entry, k, bounds, runner.take(views or 1), [1] * (stop - start), time.perf_counter() - t0)
 
 
