@@ -32,7 +32,7 @@ from reference_libs import import_reference  # noqa: E402
 from medprobe.encoders import EncoderSpec, create_encoder, encoder_info, get_family, get_spec, weights  # noqa: E402
 from medprobe.encoders.flops import spec_gflops  # noqa: E402
 from medprobe.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, register, unregister  # noqa: E402
-from medprobe.encoders.sam import build_sam_model  # noqa: E402
+from medprobe.encoders.sam import build_sam_model, contiguous_rel_pos  # noqa: E402
 from medprobe.errors import WeightsError  # noqa: E402
 
 TOL = 1e-4
@@ -292,6 +292,32 @@ def test_random_init_taps() -> None:
         out = enc.forward_features(x, (0, 11, 12))
     assert out.patch[11].shape == (1, 768, 4, 4) and out.patch[12].shape == (1, 256, 4, 4)
     assert torch.allclose(out.cls[12], out.patch[12].mean((2, 3)))
+
+
+def test_contiguous_rel_pos_is_bit_identical_to_transformers(tiny: tuple[torch.nn.Module, Path]) -> None:
+    """The encoder's rel-pos bias (contiguous_rel_pos: no copy of the attention-sized map) gives exactly the
+    taps of transformers' own get_decomposed_rel_pos, windowed and global blocks, at 1024 and another size."""
+    _, path = tiny
+    enc = create_encoder(TINY, weights=path)
+    patched = [layer.attn.__dict__.get("get_decomposed_rel_pos") for layer in enc.vit.layers]
+    assert all(f is not None and f.__func__ is contiguous_rel_pos for f in patched)
+    g = torch.Generator().manual_seed(5)
+    for shape in ((2, 3, 1024, 1024), (1, 3, 288, 352)):
+        x = torch.randn(*shape, generator=g)
+        with torch.inference_mode():
+            ours = enc.forward_features(x, (0, 1, 2))
+            for layer in enc.vit.layers:
+                del layer.attn.get_decomposed_rel_pos  # transformers' method again
+            theirs = enc.forward_features(x, (0, 1, 2))
+            for layer, f in zip(enc.vit.layers, patched, strict=True):
+                layer.attn.get_decomposed_rel_pos = f
+        for i in range(3):
+            assert torch.equal(ours.patch[i], theirs.patch[i]), (shape, i)
+    # the map it returns is contiguous: the attention's reshape to (B, heads, N, N) is a view, not a copy
+    attn = enc.vit.layers[1].attn
+    q = torch.randn(HEADS, 64 * 64, DIM // HEADS, generator=g)
+    bias = contiguous_rel_pos(attn, q, attn.rel_pos_h, attn.rel_pos_w, (64, 64), (64, 64))
+    assert bias.is_contiguous() and bias.shape == (HEADS, 64, 64, 64, 64)
 
 
 def test_report_max_errors() -> None:

@@ -38,6 +38,7 @@ values. MedSAM feeds the image encoder its [0, 1] image directly (per-image min-
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,22 @@ def build_sam_model(spec: EncoderSpec, attn_implementation: str = "sdpa") -> tor
     return model.eval()
 
 
+def contiguous_rel_pos(attn: Any, query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                       q_size: tuple[int, int], k_size: tuple[int, int]) -> torch.Tensor:
+    """``SamVisionAttention.get_decomposed_rel_pos`` with the same operations on the same operands, except that
+    the two einsum results are made contiguous before their broadcast sum: transformers' einsums come back with
+    permuted strides, so the ``(B*heads, h, w, h, w)`` sum inherits them and the attention's ``reshape`` to
+    ``(B, heads, N, N)`` copies the whole map (805 MB per image in a global block at 1024 px; a third of that
+    block's CPU time). Bit-identical values: the sum is the same elementwise addition."""
+    (qh, qw), (kh, kw) = q_size, k_size
+    table_h = attn.get_rel_pos(qh, kh, rel_pos_h)
+    table_w = attn.get_rel_pos(qw, kw, rel_pos_w)
+    q = query.reshape(query.shape[0], qh, qw, query.shape[-1])
+    bias_h = torch.einsum("bhwc,hkc->bhwk", q, table_h).contiguous()
+    bias_w = torch.einsum("bhwc,wkc->bhwk", q, table_w).contiguous()
+    return bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+
+
 class SamEncoder(Encoder):
     """A frozen SAM image encoder: block outputs (taps 0..depth-2) and the neck (tap depth-1)."""
 
@@ -119,6 +136,8 @@ class SamEncoder(Encoder):
         vit: Any = self.model.vision_encoder
         self.vit = vit
         self.n_blocks = len(vit.layers)
+        for layer in vit.layers:  # same values, no copy of the attention-sized rel-pos map (contiguous_rel_pos)
+            layer.attn.get_decomposed_rel_pos = types.MethodType(contiguous_rel_pos, layer.attn)
 
     @property
     def depth(self) -> int:
@@ -230,4 +249,4 @@ register(_sam_spec("medsam-vit-b", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                    pretraining_data="SAM ViT-B fine-tuned on 1.57M medical image-mask pairs (MedSAM)",
                    hf_repo="wanglab/medsam-vit-base"))
 
-__all__ = ["SAM_KEYS", "SamEncoder", "build_sam_model"]
+__all__ = ["SAM_KEYS", "SamEncoder", "build_sam_model", "contiguous_rel_pos"]
