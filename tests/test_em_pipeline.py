@@ -254,8 +254,9 @@ def test_heads_whose_computation_changed_hash_with_their_generation(monkeypatch:
     import medprobe.heads.generations as gen
 
     spec = _spec("h", f"isbi2012:{ISBI}", {"target": "instances"}, "none", tmp_path, 64, {})
-    new = {h: spec.config_hash(h) for h in ("affinity", "convexadam", "baseline-classical", "decoder2d")}
+    new = {h: spec.config_hash(h) for h in ("affinity", "convexadam", "baseline-classical", "linear", "decoder2d")}
     monkeypatch.setattr(gen, "HEAD_GENERATIONS", {})
     old = {h: spec.config_hash(h) for h in new}
     assert new["affinity"] != old["affinity"] and new["convexadam"] != old["convexadam"]
-    assert new["baseline-classical"] == old["baseline-classical"] and new["decoder2d"] == old["decoder2d"]
+    assert new["decoder2d"] != old["decoder2d"]  # issue 23: empty predictions scored, not dropped
+    assert new["baseline-classical"] == old["baseline-classical"] and new["linear"] == old["linear"]
