@@ -274,7 +274,8 @@ def build_record(ctx: RunContext, family: TaskFamily, res: HeadResult, env: dict
     resolution = list(ctx.preprocess.resolution)
     if "resolution" in res.extra:  # the family knows the input its head used (registration: input_size, or none)
         resolution = res.extra["resolution"]
-        pre["resolution"] = resolution
+        if resolution is not None:
+            pre["resolution"] = resolution
     split_done = ctx.extraction.get("split") or {}
     return {
         "run_id": res.run_id, "task": spec.name, "task_type": ds.task.type,
