@@ -210,8 +210,8 @@ class MetricsConfig:
                             help="segmentation: score of a class absent from both prediction and truth")
     empty_prediction: str = opt("worst", norm=choice("worst", "exclude"), type="worst|exclude",
                                 help="segmentation: HD95/ASD of a class the truth holds and the prediction misses "
-                                     "(worst: the image diagonal in mm; exclude: left out of the means); the "
-                                     "count of such cases is recorded either way")
+                                     "(worst: the image diagonal, in the distances' unit; exclude: left out of the "
+                                     "means); the count of such cases is recorded either way")
     overlays: int = opt(4, norm=to_int(0), type="int", numbers=False, help="overlay figures written per head")
 
     # hashed sparsely: the fields above empty_prediction always (hashes as before it existed), a later one only
