@@ -1,10 +1,13 @@
 """Benchmark medprobe's logreg C-sweep, k-NN and ridge alpha sweep against plain scikit-learn, side by side.
 
-    python bench/heads.py               # 20k x 768 train (binary Gaussian mixture), 5k val, 5k test
-    python bench/heads.py --quick       # 4k x 256, a smoke run
-    python bench/heads.py --only ridge  # the ridge row alone: 5k x 768 train, 2k val, 2k test
+    python bench/heads.py                    # every part (the binary logreg loop alone takes minutes)
+    python bench/heads.py --quick            # smaller data everywhere, a smoke run
+    python bench/heads.py --only ridge       # the ridge row alone: 5k x 768 train, 2k val, 2k test
+    python bench/heads.py --only multiclass  # 3-class 546 x 588 and 9-class 800 x 384 logreg sweeps
+    python bench/heads.py --only multilabel  # 14 labels (NIH-14-like prevalences), 800 x 256
 
-Targets: logreg sweep <= 0.2 x the per-C sklearn loop (same C and test AUC within 0.002);
+Targets: logreg sweep <= 0.2 x the per-C sklearn loop (same C and test AUC within 0.002; binary 20k x 768,
+multinomial 3 and 9 classes and 14-label one-vs-rest, each selected on validation AUC on both sides);
 k-NN protocol (fit + probabilities for k = 10, 20, 100, 200) <= 0.1 x sklearn KNeighborsClassifier(k,
 metric='cosine') fitted and run once per k; ridge 41-alpha sweep + selection on validation R^2 <= 0.2 x a
 per-alpha sklearn ``Ridge`` loop (same alpha, test R^2 within 0.002). ``--only knn`` skips the slow logreg
@@ -57,6 +60,57 @@ def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...
     return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
 
 
+def make_multiclass(n: int, dim: int, k: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
+    """``k``-class task on the same kind of features as :func:`make_data` (float32, not standardised).
+
+    Class means spread over the same 24 mid/weak directions (mean Mahalanobis distance between two class
+    means ~1.9), so the classes overlap and the best C is inside the grid."""
+    rng = np.random.default_rng(seed + 7)
+    total = n + 2 * n_eval
+    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
+    sd[:4] *= [6, 4, 3, 2]
+    y = rng.integers(0, k, total)
+    comp = rng.integers(0, 3, total)
+    centres = rng.normal(size=(3, dim)) * sd * 0.35
+    means = np.zeros((k, dim))
+    sel = rng.choice(np.arange(8, max(dim // 2, 40)), min(24, dim - 8), replace=False)
+    means[:, sel] = rng.normal(size=(k, len(sel))) * sd[sel]
+    means *= 1.9 / np.sqrt(2) / np.sqrt(((means / sd) ** 2).sum(1)).mean()
+    lat = rng.normal(size=(total, dim)) * sd + centres[comp] + means[y]
+    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
+    X[:, :3] += np.array([6.0, -4.0, 3.0])
+    X = X.astype(np.float32)
+    a, b = n, n + n_eval
+    return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
+
+
+def make_multilabel(n: int, dim: int, labels: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Multi-label task (``labels`` 0/1 targets, prevalences 2 % to 25 %, like NIH ChestX-ray14's findings)
+    on the same kind of features as :func:`make_data`: each label is a noisy linear score of 12 latent
+    directions plus three factors shared between labels (co-occurring findings)."""
+    rng = np.random.default_rng(seed + 11)
+    total = n + 2 * n_eval
+    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
+    sd[:4] *= [6, 4, 3, 2]
+    comp = rng.integers(0, 3, total)
+    centres = rng.normal(size=(3, dim)) * sd * 0.35
+    lat = rng.normal(size=(total, dim)) * sd + centres[comp]
+    shared = rng.normal(size=(total, 3))
+    Y = np.zeros((total, labels), dtype=np.int64)
+    for j, prev in enumerate(np.geomspace(0.02, 0.25, labels)):
+        sel = rng.choice(np.arange(8, max(dim // 2, 40)), 12, replace=False)
+        s = (lat[:, sel] / sd[sel]) @ rng.normal(size=12) * (2.0 / np.sqrt(12))
+        s += 0.6 * shared @ rng.normal(size=3) + rng.logistic(size=total)
+        Y[:, j] = s > np.quantile(s, 1 - prev)
+    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
+    X[:, :3] += np.array([6.0, -4.0, 3.0])
+    X = X.astype(np.float32)
+    a, b = n, n + n_eval
+    return X[:a], Y[:a], X[a:b], Y[a:b], X[b:], Y[b:]
+
+
 def make_regression_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
     """A continuous target on synthetic 'frozen CLS features' (float32, not standardised), test R^2 ~0.75.
 
@@ -91,12 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-iter", type=int, default=1000, help="sklearn max_iter")
     ap.add_argument("--threads", type=int, default=0, help="torch + BLAS threads for both sides (0: as is)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=["all", "logreg", "knn", "ridge"], default="all",
-                    help="run one of the parts")
+    ap.add_argument("--only", choices=["all", "logreg", "knn", "ridge", "multiclass", "multilabel"],
+                    default="all", help="run one of the parts (logreg: the binary sweep)")
     ap.add_argument("--ridge-n", type=int, default=5000, help="ridge train rows (val and test: 2000 each)")
     a = ap.parse_args(argv)
+    # multinomial and multi-label sweeps: (train rows, features, classes or labels); val and test rows each
+    mc_cases = [(546, 588, 3), (800, 384, 9)]  # 3 classes: the issue's breast-ultrasound size
+    ml_case = (800, 256, 14)
     if a.quick:
         a.n, a.dim, a.n_eval, a.ridge_n = 4000, 256, 1000, 2000
+        mc_cases, ml_case = [(400, 128, 3), (600, 128, 9)], (600, 128, 14)
     import torch
 
     from medprobe.heads.knn import _bf16_fast
@@ -116,6 +174,20 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(logreg_row(Xtr, ytr, Xva, yva, Xte, yte, a.max_iter))
             if a.only in ("all", "knn"):
                 rows += knn_rows(Xtr, ytr, Xte, yte)
+        if a.only in ("all", "multiclass"):
+            for n, dim, k in mc_cases:
+                n_eval = max(n // 2, 500)
+                print(f"data: {k}-class Gaussian mixture (same features), train {n} x {dim}, val {n_eval}, "
+                      f"test {n_eval}")
+                rows.append(logreg_sweep_row("multiclass", *make_multiclass(n, dim, k, n_eval, a.seed),
+                                             a.max_iter))
+        if a.only in ("all", "multilabel"):
+            n, dim, labels = ml_case
+            n_eval = max(n // 2, 500)
+            print(f"data: {labels}-label task (prevalence 2-25 %, same features), train {n} x {dim}, val {n_eval}, "
+                  f"test {n_eval}")
+            rows.append(logreg_sweep_row("multilabel", *make_multilabel(n, dim, labels, n_eval, a.seed),
+                                         a.max_iter))
         if a.only in ("all", "ridge"):
             n_eval = min(2000, a.n_eval)
             print(f"ridge data: continuous target on the same kind of features, train {a.ridge_n} x {a.dim}, "
@@ -164,6 +236,65 @@ def logreg_row(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarra
             f"C {C_sk:.3g} vs {head.C_:.3g}, test AUC {auc_sk:.4f} vs {auc_mp:.4f} "
             f"({'agree' if ok else 'DIFFER'}); sklearn fits not converged: {n_warn[0]}/45; "
             f"+refit train+val {t_refit:.2f}s"]
+
+
+def logreg_sweep_row(task: str, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray,
+                     Xte: np.ndarray, yte: np.ndarray, max_iter: int) -> list:
+    """45 Cs selected by validation AUC (macro one-vs-rest for multi-class, mean per label for multi-label),
+    no refit on either side. scikit-learn: ``LogisticRegression(C, max_iter)`` (lbfgs, multinomial; one
+    binary fit per label for multi-label) per C; medprobe: ``LogRegHead(task, selection_metric='auc',
+    refit_on='train')``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from medprobe.heads.multinomial import multinomial_path
+
+    Xtr64, Xva64, Xte64 = (x.astype(np.float64) for x in (Xtr, Xva, Xte))
+    n_warn, n_fits = [0], [0]
+
+    def fit(C: float, y: np.ndarray) -> LogisticRegression:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always", ConvergenceWarning)
+            m = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter).fit(Xtr64, y)
+        n_warn[0] += sum(issubclass(x.category, ConvergenceWarning) for x in w)
+        n_fits[0] += 1
+        return m
+
+    def proba(models: list, X: np.ndarray) -> np.ndarray:
+        if task == "multilabel":
+            return np.stack([m.predict_proba(X)[:, 1] for m in models], 1)
+        return models[0].predict_proba(X)
+
+    def sk_loop():
+        best = (-1.0, None, None)
+        for C in DEFAULT_CS:
+            models = [fit(C, ytr[:, j]) for j in range(ytr.shape[1])] if task == "multilabel" else [fit(C, ytr)]
+            s = score(task, yva, proba(models, Xva64), "auc")
+            if s > best[0]:  # ties -> the smaller C, as medprobe
+                best = (s, C, models)
+        return best
+
+    t_sk, (s_sk, C_sk, m_sk) = best_of(sk_loop, repeat=1)
+    t_mp, head = best_of(lambda: create_head("logreg", task=task, selection_metric="auc", refit_on="train")
+                         .fit(Xtr, ytr, Xva, yva), repeat=2)
+    auc_sk = score(task, yte, proba(m_sk, Xte64), "auc")
+    auc_mp = score(task, yte, head.predict_proba(Xte), "auc")
+    s_mp = float(head.val_scores_.max())
+    same_c = C_sk == head.C_
+    ok = (same_c or s_mp >= s_sk) and auc_mp >= auc_sk - 0.002
+    k = ytr.shape[1] if task == "multilabel" else int(ytr.max()) + 1
+    extra = ""
+    if task == "multiclass":
+        import torch
+
+        st: dict = {}
+        multinomial_path(torch.as_tensor(Xtr64), torch.as_tensor(ytr), k, DEFAULT_CS, stats=st)
+        extra = f"; medprobe Newton steps {st['newton']}, CG iterations {st['cg']}, refreshes {st['refreshes']}"
+    name = f"logreg {k}-class" if task == "multiclass" else f"logreg {k}-label"
+    return [f"{name} {Xtr.shape[0]}x{Xtr.shape[1]} 45-C sweep", t_sk, t_mp, t_mp / t_sk, "<= 0.2",
+            f"C {C_sk:.3g} vs {head.C_:.3g}, val AUC {s_sk:.4f} vs {s_mp:.4f}, test AUC {auc_sk:.4f} vs "
+            f"{auc_mp:.4f} ({'agree' if ok else 'DIFFER'}); sklearn fits not converged: {n_warn[0]}/{n_fits[0]}"
+            f"{extra}"]
 
 
 def ridge_row(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, Xte: np.ndarray,

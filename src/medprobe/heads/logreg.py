@@ -8,10 +8,11 @@ upwards, each C warm-started from the previous solution:
   ``G = X^T diag(p(1-p)) X`` (formed in float32: it only steers the steps) -- the system
   ``(C G + I) d = -g`` is re-factorised per C (cheap,
   D^3/3) while ``G`` (N D^2) is only recomputed when convergence slows; Armijo backtracking.
-* multi-class / ordinal: multinomial loss (as scikit-learn's lbfgs), full-batch L-BFGS with
-  strong-Wolfe line search in the eigenbasis of the centred Gram matrix, each coordinate scaled by
-  the square root of a curvature bound ``0.5 C lambda_j + 1`` (an exact change of variables: the
-  rotation keeps ``||W||`` and centring only moves the free intercept).
+* multi-class / ordinal: multinomial loss (as scikit-learn's lbfgs), truncated Newton (exact
+  Hessian-vector products, preconditioned CG in float32, Armijo steps on the float64 objective) in the
+  sum-zero contrast basis on centred features, preconditioned by a lagged Kronecker-factored Hessian
+  whose one eigendecomposition serves every C until it is refreshed; each C starts from the previous
+  solutions extrapolated in ``log C`` (:mod:`medprobe.heads.multinomial`).
 
 Selection: the C with the best validation score (``selection_metric``, default AUC for
 binary/multi-label, accuracy for multi-class/ordinal; ties -> the smaller C) on ``X_val``/``y_val``,
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from medprobe.errors import ConfigError
 from medprobe.heads.base import Head, default_metric, holdout_split, register_head, score
+from medprobe.heads.multinomial import multinomial_path
 
 DEFAULT_CS = 10.0 ** np.linspace(-6, 5, 45)
 
@@ -159,59 +161,6 @@ def _binary_path(X: torch.Tensor, y: torch.Tensor, Cs: np.ndarray, tol: float, m
     return torch.stack(out), iters
 
 
-def _multinomial_path(X: torch.Tensor, y: torch.Tensor, k: int, Cs: np.ndarray, tol: float, max_iter: int,
-                      theta0: tuple[torch.Tensor, torch.Tensor] | None = None
-                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]:
-    """Multinomial L2 logistic regression for each C (ascending, warm-started L-BFGS).
-
-    Returns ``[(W (D, K), b (K,)) per C]`` in the original feature space, and iterations per C.
-    """
-    n, d = X.shape
-    mu = X.mean(0)
-    Xc = X - mu
-    lam, Q = torch.linalg.eigh(Xc.T @ Xc)
-    lam = lam.clamp_min(0)
-    Z = Xc @ Q
-    Y = torch.zeros(n, k, dtype=X.dtype)
-    Y[torch.arange(n), y] = 1.0
-    if theta0 is None:
-        Wr = torch.zeros(d, k, dtype=X.dtype)
-        prior = Y.mean(0).clamp_min(1e-6).log()
-        br = prior - prior.mean()
-    else:
-        Wr = Q.T @ theta0[0]
-        br = theta0[1] + mu @ theta0[0]
-    out, iters = [], []
-    for C in Cs:
-        C = float(C)
-        s = torch.sqrt(0.5 * C * lam + 1.0)
-        sb = float(np.sqrt(0.5 * C * n + 1.0))
-        u = (Wr * s[:, None]).clone().requires_grad_(True)
-        v = (br * sb).clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([u, v], lr=1.0, max_iter=max_iter, history_size=20,
-                                tolerance_grad=tol * max(1.0, np.sqrt(C)), tolerance_change=1e-16,
-                                line_search_fn="strong_wolfe")
-        count = [0]
-
-        def closure(u=u, v=v, s=s, sb=sb, C=C, count=count) -> torch.Tensor:
-            u.grad = v.grad = None
-            W = u / s[:, None]
-            logits = Z @ W + v / sb
-            loss = C * (torch.logsumexp(logits, 1).sum() - (logits * Y).sum()) + 0.5 * (W * W).sum()
-            loss.backward()
-            count[0] += 1
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            Wr = (u / s[:, None]).detach()
-            br = (v / sb).detach()
-        W = Q @ Wr
-        out.append((W, br - mu @ W))
-        iters.append(count[0])
-    return out, iters
-
-
 @register_head("logreg")
 class LogRegHead(Head):
     """L2 logistic regression with C chosen on validation (DINOv3 protocol), see module docstring."""
@@ -245,7 +194,7 @@ class LogRegHead(Head):
             per = [_binary_path(X, torch.as_tensor(y[:, j], dtype=X.dtype), Cs, self.tol, it,
                                 None if warm is None else warm[j])[0] for j in range(y.shape[1])]
             return list(torch.stack(per, 1))
-        models, _ = _multinomial_path(X, torch.as_tensor(y), self.k_, Cs, self.tol, 4 * it, warm)
+        models, _ = multinomial_path(X, torch.as_tensor(y), self.k_, Cs, self.tol, it, warm)
         return models
 
     def _proba(self, X: torch.Tensor, model: Any) -> np.ndarray:
