@@ -299,3 +299,26 @@ def test_protocol_gaps() -> None:
     assert protocol_gaps(m, q, "dinov3-vits16") == []
     assert protocol_gaps({"head": "decoder3d", "inputs": "CT+PET"}, {**p, "head_name": "decoder3d",
                                                                      "inputs": "ct + pet"}, None) == []
+
+
+def test_report_shows_the_reasons_medprobe_study_wrote(tmp_path: Path) -> None:
+    """``medprobe study`` writes its reasons beside the database (study-why.json); the report reads them: a printed
+    row no cell of the sweep ran (``task:row``) and an encoder whose weights were not found (``task:encoder``)."""
+    from medprobe.report import build_report
+    from medprobe.report.study import load_study_why, save_study_why
+
+    db = ResultsDB(tmp_path / "db")
+    _add(db, "reg-camus", "dinov3-vits16", "convexadam", {"dice": 0.7}, head_params={"features": "dino"},
+         task_type="registration")
+    why = {"camus:MIND + ConvexAdam": "not in the sweep: needs head_params.convexadam.features: mind",
+           "camus:dinov3-vitb16": "missing weights (/w/b.pth) -> left out (--trained-only)"}
+    save_study_why(db.root, why, sweep="dinov3-medical")
+    assert load_study_why(db.root) == why and load_study_why(tmp_path) == {}
+    tabs, _ = study_tables(collect(db.runs()), why=why)
+    t15 = dict(zip(tabs[0].raw_columns or [], next(r for r in tabs[0].raw if r[1] == "MIND + ConvexAdam")))
+    assert t15["status"] == why["camus:MIND + ConvexAdam"]  # replaces "ran, not under the paper's protocol"
+    b = dict(zip(tabs[0].raw_columns or [], next(r for r in tabs[0].raw if r[1] == "DINO-B + ConvexAdam")))
+    assert b["status"] == why["camus:dinov3-vitb16"]
+    out = build_report(db, tmp_path / "r.html", pca=False)  # study_why not given: read from the database folder
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "needs head_params.convexadam.features: mind" in md and "missing weights (/w/b.pth)" in md

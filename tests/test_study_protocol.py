@@ -5,6 +5,7 @@ empty stand-in folders. Torch-free and fast: nothing runs a model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from medprobe.cli.main import main
 from medprobe.pipeline.study import (
     MISSING_WEIGHTS,
+    NOT_IN_SWEEP,
     NOT_SUPPORTED,
     REPRODUCIBLE,
     UNTRAINED,
@@ -19,6 +21,7 @@ from medprobe.pipeline.study import (
     row_status,
     study_coverage,
     study_sweep,
+    study_why,
 )
 from medprobe.pipeline.study_tables import STUDY_TABLES, table_of
 from medprobe.pipeline.sweep import expand, load_sweep
@@ -127,12 +130,17 @@ def test_study_dry_run_covers_all_671_cells(tmp_path: Path, monkeypatch: pytest.
     for t in STUDY_TABLES:  # table by table
         assert t.title in out
     assert "MISSING" not in out and "not found" not in out
-    # every printed row medprobe cannot produce says why; the others are reproducible here
-    assert "not supported: Wafer4 columns: the study describes no Wafer4 dataset" in out
-    assert "not supported: VoxelMorph -- a learned registration network" in out
+    # every printed row medprobe cannot produce says why (the reference file's why); the others are reproducible
+    assert "not supported: W4 VOIs, W4 VOIm, W4 VOI, W4 ARAND of DINOv3-S, DINOv3-B, DINOv3-L -- no Wafer4 " \
+        "loader" in out
+    assert "not supported: VoxelMorph -- VoxelMorph (trained on the training pairs) is not in medprobe" in out
     assert "nnU-Net" in out and "SAM 2-Image (box)" in out
+    # MIND + ConvexAdam: medprobe produces it (encoder-free), but the 671-cell grid has no features: mind cell
+    mind = [x for x in out.splitlines() if x.strip().startswith("MIND + ConvexAdam")]
+    assert len(mind) == 2 and all("not in the sweep (medprobe produces it, encoder-free: runs without weights; "
+                                  "needs a cell with head_params.convexadam.features: mind" in x for x in mind)
     summary = next(x for x in out.splitlines() if x.startswith("study rows"))
-    assert " 0 untrained-only, 0 missing data, 0 missing weights, " in summary
+    assert " 0 untrained-only, 0 missing data, 0 missing weights, 78 not supported, 2 not in the sweep" in summary
 
 
 def test_row_statuses_untrained_missing_weights_not_supported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -150,11 +158,48 @@ def test_row_statuses_untrained_missing_weights_not_supported(tmp_path: Path, mo
     assert row_status(unreg, t15, cov["reg-camus"]) == (REPRODUCIBLE, "")
     vm = next(r for r in t15.rows if r.method == "VoxelMorph")
     assert row_status(vm, t15, cov["reg-camus"])[0] == NOT_SUPPORTED
+    mind = next(r for r in t15.rows if r.method == "MIND + ConvexAdam")  # producible, encoder-free, not in the grid
+    assert mind.supported and not mind.needs_weights and mind.encoder is None
+    assert row_status(mind, t15, cov["reg-camus"], trained_only=True)[0] == NOT_IN_SWEEP
+    # with a convexadam cell reading MIND the row is a cell of the grid, reproducible without any weights
+    mind_cov = replace(cov["reg-camus"], head_params={"convexadam": {"features": "mind"}})
+    assert row_status(mind, t15, mind_cov) == (REPRODUCIBLE, "")
+    why = study_why(list(cov.values()), trained_only=True)  # what the report shows in cells without a run
+    assert why["camus:MIND + ConvexAdam"].startswith("not in the sweep: medprobe produces it, encoder-free")
+    assert why["nih14:dinov3-vits16"].startswith("missing weights (") and "left out (--trained-only)" in \
+        why["nih14:dinov3-vits16"]
+    assert "camus:VoxelMorph" not in why  # the reference file says why
     assert main(["study", "--data-root", str(root), "--dry-run", "--trained-only", "--sweep", str(SWEEP),
                  "--db", str(tmp_path / "db")]) == 0
     out = capsys.readouterr().out
     assert f"0 untrained-only (UNTRAINED pipeline checks), {N_CELLS} missing weights, 0 missing data" in out
     assert "nothing to run on this machine" in out
+
+
+def test_study_tables_are_read_from_the_reference_file() -> None:
+    """One source: every printed row of Tables 2-16, whether medprobe produces it, its encoder and heads, come from
+    report/paper_tables.json; study_tables adds only the sweep tasks of each table (= the tasks of its producible
+    cells, the MSD average aside) and Fig. 3."""
+    from medprobe.report.reference import paper_cells, paper_tables, protocols
+
+    prots = protocols()
+    by_key = {t.key: t for t in STUDY_TABLES}
+    assert [t.key for t in STUDY_TABLES if t.key != "fig3"] == [pt.id for pt in paper_tables()]
+    for pt in paper_tables():
+        t, cells = by_key[pt.id], paper_cells(pt.id)
+        assert [r.method for r in t.rows] == list(pt.rows)
+        ok = [c for c in cells if c.why is None and prots[c.protocol].match is not None]
+        assert set(t.tasks) == {c.task for c in ok} - {"msd"}, pt.id
+        assert {r.method for r in t.rows if r.supported} == {c.label for c in ok}
+        for r in t.rows:
+            mine = [c for c in ok if c.label == r.method]
+            assert set(r.protocols) == {c.protocol for c in mine}
+            if mine:
+                free = all((prots[c.protocol].match or {}).get("encoder_free") for c in mine)
+                assert r.encoder == (None if free else mine[0].encoder) and r.needs_weights is not free
+    assert by_key["fig3"].rows == by_key["3"].rows and not by_key["fig3"].not_supported
+    ct_clip = next(r for r in by_key["9"].rows if r.method.startswith("CT-CLIP"))  # quoted: not this protocol
+    assert not ct_clip.supported and "quoted from the CT-CLIP paper" in ct_clip.reason
 
 
 def test_every_study_task_file_states_the_study_protocol() -> None:

@@ -74,7 +74,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from medprobe.errors import ConfigError
-    from medprobe.pipeline.study import coverage_lines, study_coverage, study_sweep
+    from medprobe.pipeline.study import coverage_lines, save_why, study_coverage, study_sweep
     from medprobe.pipeline.sweep import expand, load_sweep
     from medprobe.pipeline.task import parse_task
 
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from medprobe.results import ResultsDB
 
     db = ResultsDB(args.db) if args.db else ResultsDB()
+    why = save_why(db.root, cov, trained_only=args.trained_only, sweep=runnable.name)  # read by the report
     launched = args.launcher != "inprocess"
     cluster = None
     if launched:
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report and not res.get("detached"):
         from medprobe.report import build_report
 
-        out = build_report(db, args.report, sweep=runnable.name, cache_dir=args.cache_dir)
+        out = build_report(db, args.report, sweep=runnable.name, cache_dir=args.cache_dir, study_why=why)
         print(f"report: {out}")
     return 1 if res["failed"] else 0
 

@@ -17,12 +17,16 @@ Every cell of the grid (task x encoder x ... x head) is then
 * ``missing weights``: data found, weights not, and ``--trained-only`` leaves it out;
 * ``missing data``: the data was not found (where it looked is printed).
 
-The study's tables (:data:`medprobe.pipeline.study_tables.STUDY_TABLES`) are printed row by row with the same
-statuses, plus ``not supported`` with the reason for rows medprobe cannot produce (supervised networks trained end
-to end, prompted models, ...). :func:`study_sweep` turns the runnable part into a sweep (dataset paths rewritten
-to where the data was found, missing weights replaced by random ones) for
-:func:`~medprobe.pipeline.sweep.run_sweep`, which skips cells already stored (resumable).
-Torch-free: nothing here imports torch.
+The study's tables (:data:`medprobe.pipeline.study_tables.STUDY_TABLES`, read from the reference tables of
+:mod:`medprobe.report.reference`) are printed row by row with the same statuses, plus ``not supported`` with the
+reason for rows medprobe cannot produce (supervised networks trained end to end, prompted models, ...: the reference
+file's ``why``) and ``not in the sweep`` for rows medprobe produces but no cell of this sweep runs under the paper's
+protocol (e.g. MIND + ConvexAdam: encoder-free, no weights needed; the row says what the cell needs).
+:func:`study_why` gives the same reasons per study task / encoder / row for the report's study section (written
+beside the results database, :func:`medprobe.report.study.save_study_why`, so ``medprobe report`` shows them too).
+:func:`study_sweep` turns the runnable part into a sweep (dataset paths rewritten to where the data was found,
+missing weights replaced by random ones) for :func:`~medprobe.pipeline.sweep.run_sweep`, which skips cells already
+stored (resumable). Torch-free: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ UNTRAINED = "untrained-only"
 MISSING_DATA = "missing data"
 MISSING_WEIGHTS = "missing weights"
 NOT_SUPPORTED = "not supported"
-STATUSES = (REPRODUCIBLE, UNTRAINED, MISSING_DATA, MISSING_WEIGHTS, NOT_SUPPORTED)
+NOT_IN_SWEEP = "not in the sweep"  # medprobe produces the row, but no cell of this sweep runs the paper's protocol
+STATUSES = (REPRODUCIBLE, UNTRAINED, MISSING_DATA, MISSING_WEIGHTS, NOT_SUPPORTED, NOT_IN_SWEEP)
+ROW_ONLY = (NOT_SUPPORTED, NOT_IN_SWEEP)  # statuses of printed rows, never of grid cells
 
 _MSD = ("BrainTumour", "Heart", "Liver", "Hippocampus", "Prostate", "Lung", "Pancreas", "HepaticVessel", "Spleen",
         "Colon")
@@ -176,6 +182,8 @@ class TaskCoverage:
     data_missing: list[str] = field(default_factory=list)  # location keys not found
     heads: list[str] = field(default_factory=list)  # the heads of its grid
     inputs: list[Any] = field(default_factory=list)  # the input ablation values of its grid
+    head_params: dict[str, Any] = field(default_factory=dict)  # the task's head parameters, per head
+    resolutions: list[Any] = field(default_factory=list)  # the resolutions of its grid (None: native)
 
     @property
     def has_data(self) -> bool:
@@ -196,6 +204,13 @@ def _study_key(name: str) -> str | None:
     from medprobe.report.reference import match_task
 
     return match_task(name)
+
+
+def _side(res: Any) -> int | None:
+    """A grid resolution as the protocols write it (a square side), None for native / non-square."""
+    if isinstance(res, (list, tuple)):
+        return int(res[0]) if len(res) == 2 and res[0] == res[1] else None
+    return int(res) if isinstance(res, (int, float)) or str(res).isdigit() else None
 
 
 def study_coverage(sweep: Sweep | str | Path, data_roots: list[str | Path] | None = None) -> list[TaskCoverage]:
@@ -221,10 +236,12 @@ def study_coverage(sweep: Sweep | str | Path, data_roots: list[str | Path] | Non
                 wmissing[enc] = why
         heads = [str(h) for h in (_axis(g, "head", None) if g.get("head") is not None else spec.heads)]
         inputs = [spec.data.get("inputs") if v is None else v for v in _axis(g, "inputs", None)]
+        res = [_side(r) for r in _axis(g, "resolution", spec.preprocess.resolution)]
         first = next(iter(found.values()), None)
         out.append(TaskCoverage(spec.name, key, table.key if table else None, None if missing else first, looked,
                                 weights, wmissing, data_paths=found, data_missing=missing, heads=heads,
-                                inputs=inputs))
+                                inputs=inputs, head_params={h: dict(v) for h, v in spec.head_params.items()
+                                                            if isinstance(v, Mapping)}, resolutions=res))
     return out
 
 
@@ -291,23 +308,104 @@ def study_sweep(sweep: Sweep | str | Path, coverage: list[TaskCoverage], trained
     return Sweep(name=sw.name, tasks=keep, grid=dict(sw.grid), source=sw.source, task_grids=grids)
 
 
+def describe(match: Mapping[str, Any]) -> str:
+    """A protocol's ``match`` in a few words: ``linear, preset study, 256 px``."""
+    head = str(match["head"])
+    parts = [head, *(f"head_params.{head}.{k}: {v}" for k, v in (match.get("head_params") or {}).items())]
+    if match.get("resolution"):
+        parts.append("/".join(str(r) for r in match["resolution"]) + " px")
+    if match.get("inputs"):
+        parts.append(f"inputs {match['inputs']}")
+    if match.get("folds"):
+        parts.append(f"{match['folds']}-fold CV")
+    if match.get("encoder_free"):
+        parts.append("encoder-free (no weights needed)")
+    return ", ".join(parts)
+
+
+def _norm_inputs(v: Any) -> str:
+    return "+".join(x.strip().upper() for x in str(v or "").replace(",", "+").split("+") if x.strip())
+
+
+def grid_gap(row: StudyRow, cov: TaskCoverage) -> str:
+    """'' when a cell of the task's grid runs one of the row's protocols (head, head parameters, resolution,
+    inputs), else what the closest protocol needs that the grid lacks."""
+    gaps: list[str] = []
+    for m in row.matches:
+        head, g = str(m["head"]), []
+        if head not in cov.heads:
+            g.append(f"head {head}")
+        else:
+            have = cov.head_params.get(head) or {}
+            g += [f"head_params.{head}.{k}: {v}" for k, v in (m.get("head_params") or {}).items() if have.get(k) != v]
+        res = m.get("resolution")
+        if res and not set(res) & set(cov.resolutions):
+            g.append(f"resolution {'/'.join(str(r) for r in res)}")
+        if m.get("inputs") and _norm_inputs(m["inputs"]) not in {_norm_inputs(i) for i in cov.inputs}:
+            g.append(f"inputs {m['inputs']}")
+        if not g:
+            return ""
+        gaps.append(", ".join(g))
+    return min(gaps, key=len) if gaps else ""
+
+
 def row_status(row: StudyRow, table: StudyTable, cov: TaskCoverage, trained_only: bool = False) -> tuple[str, str]:
     """(status, why) of one printed row of ``table`` on one of its tasks."""
     if not row.supported:
         return NOT_SUPPORTED, row.reason
-    heads = row.heads or table.heads
-    if not set(heads) & set(cov.heads):
-        return NOT_SUPPORTED, f"no {'/'.join(heads)} cell in this sweep"
-    if row.inputs is not None and row.inputs not in cov.inputs:
-        return NOT_SUPPORTED, f"inputs {row.inputs} not in this sweep"
+    if row.encoder is not None and row.encoder not in cov.weights:
+        return NOT_IN_SWEEP, f"{row.encoder} is not in this sweep's grid"
+    gap = grid_gap(row, cov)
+    if gap:
+        free = ", encoder-free: runs without weights" if not row.needs_weights else ""
+        return NOT_IN_SWEEP, (f"medprobe produces it{free}; needs a cell with {gap}, which this sweep lacks "
+                              f"(data {'found' if cov.has_data else 'missing'})")
+    if not cov.has_data:
+        return MISSING_DATA, ""
     if row.encoder is None:  # encoder-free (e.g. Unregistered): data only, on any encoder the sweep runs
-        if not cov.has_data:
-            return MISSING_DATA, ""
         runs = any(cov.weights.values()) or not trained_only
         return (REPRODUCIBLE, "") if runs else (MISSING_WEIGHTS, "")
-    if row.encoder not in cov.weights:
-        return NOT_SUPPORTED, f"{row.encoder} is not in this sweep's grid"
     return cov.status(row.encoder, row.needs_weights, trained_only), ""
+
+
+def study_why(coverage: list[TaskCoverage], trained_only: bool = False) -> dict[str, str]:
+    """Why a study cell has no run, as :func:`medprobe.report.build_report` takes it (``study_why``): keyed by
+    study task (``msd-heart``: its data was not found), ``task:encoder`` (weights not found, or not in the grid)
+    and ``task:row`` (a printed row no cell of this sweep runs, e.g. ``camus:MIND + ConvexAdam``). Rows medprobe
+    cannot produce are left out: the reference file says why."""
+    out: dict[str, str] = {}
+    for c in coverage:
+        key = c.study_task
+        if key is None:
+            continue
+        table = table_of(key)
+        if table is None:
+            continue
+        if not c.has_data:
+            out[key] = (f"missing data: {', '.join(c.data_missing)} of task {c.task} not found (looked in "
+                        f"{', '.join(c.data_looked[:4]) or '-'}{', ...' if len(c.data_looked) > 4 else ''})")
+        for enc, looked in c.weights_missing.items():
+            then = "left out (--trained-only)" if trained_only else "its cells run with random weights (UNTRAINED)"
+            out[f"{key}:{enc}"] = f"missing weights ({looked}) -> {then}"
+        for row in table.rows:
+            if not row.supported:
+                continue
+            s, why = row_status(row, table, c, trained_only)
+            if s == NOT_IN_SWEEP and row.encoder is not None and row.encoder not in c.weights:
+                out.setdefault(f"{key}:{row.encoder}", f"{NOT_IN_SWEEP}: {why}")
+            elif s == NOT_IN_SWEEP:
+                out[f"{key}:{row.method}"] = f"{NOT_IN_SWEEP}: {why}"
+    return out
+
+
+def save_why(root: str | Path, coverage: list[TaskCoverage], trained_only: bool = False,
+             sweep: str | None = None) -> dict[str, str]:
+    """:func:`study_why`, written beside the results database ``root`` (``medprobe report`` reads it); returned."""
+    from medprobe.report.study import save_study_why
+
+    why = study_why(coverage, trained_only)
+    save_study_why(root, why, sweep=sweep)
+    return why
 
 
 def cell_statuses(coverage: list[TaskCoverage], sweep: Sweep, trained_only: bool = False) -> dict[str, int]:
@@ -315,7 +413,7 @@ def cell_statuses(coverage: list[TaskCoverage], sweep: Sweep, trained_only: bool
     from medprobe.pipeline.sweep import expand
 
     by_task = {c.task: c for c in coverage}
-    totals = {s: 0 for s in STATUSES if s != NOT_SUPPORTED}
+    totals = {s: 0 for s in STATUSES if s not in ROW_ONLY}
     for c in coverage:
         c.n_cells, c.cells_by_encoder = 0, {}
     for cell in expand(sweep):
@@ -350,6 +448,9 @@ def coverage_lines(coverage: list[TaskCoverage], sweep: Sweep, trained_only: boo
             lines.append(f"  not in this sweep (tasks {', '.join(table.tasks)}): nothing to run here")
             continue
         lines.append("  tasks: " + ", ".join(f"{c.task} ({c.n_cells} cells)" for c in covs))
+        prots = list(dict.fromkeys(describe(m) for r in table.rows for m in r.matches))
+        if prots:
+            lines.append("  the paper's protocol: " + " | ".join(prots))
         unsupported: dict[str, list[str]] = {}
         for row in table.rows:
             per = [(c, *row_status(row, table, c, trained_only)) for c in covs]
@@ -373,7 +474,7 @@ def coverage_lines(coverage: list[TaskCoverage], sweep: Sweep, trained_only: boo
             lines.append(f"  not supported: {', '.join(methods)} -- {why}")
         for part in table.not_supported:
             lines.append(f"  not supported: {part}")
-        printed = {r.encoder for r in table.rows if r.encoder}
+        printed = {r.encoder for r in table.rows if r.encoder and r.supported}
         for c in covs:
             extra = [e for e in c.weights if e not in printed]
             if extra:
@@ -406,6 +507,7 @@ def coverage_lines(coverage: list[TaskCoverage], sweep: Sweep, trained_only: boo
     return lines
 
 
-__all__ = ["DATA_DIRS", "MISSING_DATA", "MISSING_WEIGHTS", "NOT_SUPPORTED", "REPRODUCIBLE", "STATUSES", "UNTRAINED",
-           "Location", "TaskCoverage", "cell_statuses", "coverage_lines", "find_data", "find_location", "locations",
-           "row_status", "study_coverage", "study_sweep"]
+__all__ = ["DATA_DIRS", "MISSING_DATA", "MISSING_WEIGHTS", "NOT_IN_SWEEP", "NOT_SUPPORTED", "REPRODUCIBLE",
+           "STATUSES", "UNTRAINED", "Location", "TaskCoverage", "cell_statuses", "coverage_lines", "describe",
+           "find_data", "find_location", "grid_gap", "locations", "row_status", "save_why", "study_coverage",
+           "study_sweep", "study_why"]

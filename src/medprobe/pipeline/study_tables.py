@@ -1,40 +1,30 @@
 """The study's tables (arXiv 2509.06467 v3, Tables 2-16 and the BCNB radar chart), row by row, as medprobe sees them.
 
-Each :class:`StudyTable` names the sweep tasks it is made of (by their study keys: the reference keys of
-:func:`medprobe.report.reference.match_task`), the heads that implement the study's protocol for it, and every
-row the paper prints (a :class:`StudyRow`): the encoder of the study grid that produces it (and, for the PET/CT
-table, the input it ran on), or the reason medprobe cannot produce it (a supervised network trained end to end,
-a prompted model, a dataset the paper never describes ...). ``medprobe study`` prints its coverage table by table
-from this. Torch-free data.
+One source: every printed row -- its method, the grid encoder that produces it, the input it ran on (Table 14), the
+head and head parameters of the paper's protocol, whether it needs weights, or why medprobe cannot produce it -- is
+read from the reference tables (:func:`medprobe.report.reference.paper_cells` and ``protocols``:
+``report/paper_tables.json``). This module adds only what that file does not hold: which tasks of the study sweep
+make each table (by their study keys, :func:`~medprobe.report.reference.match_task`), the grid's heads that never
+run the encoder, medprobe-side notes, and Fig. 3 (BCNB: a radar chart without printed numbers, so no cells; its rows
+are the whole-slide rows of Table 3). ``medprobe study`` prints its coverage table by table from this. Torch-free.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-S, B, L = "dinov3-vits16", "dinov3-vitb16", "dinov3-vitl16"
-
-SUPERVISED = ("a fully supervised network trained end to end on the task (the study quotes its number from the "
-              "literature); medprobe trains light heads on frozen encoders")
-SUPERVISED_SEG = ("a supervised segmentation network trained end to end (quoted by the study); medprobe trains "
-                  "decoders on frozen encoders only")
-PROMPTED = ("promptable segmentation from ground-truth points / boxes; medprobe has no prompted mask decoder")
-SSL_LINEAR = ("a self-supervised encoder under 'linear fine-tuning': the study names neither its checkpoint "
-              "(pre-training data) nor its recipe, nor whether it re-ran it; not in the study grid (a checkpoint "
-              "can be added as an encoder, e.g. timm:...)")
-LEARNED_REG = "a learned registration network trained on the training pairs, not a zero-shot frozen-feature method"
-MIND_CONVEXADAM = ("not a cell of the study grid; medprobe runs it: head convexadam with "
-                   "head_params.convexadam.features: mind (no encoder)")
-ANATOMIX = "Anatomix (a pretrained 3D feature network) is not an encoder medprobe has"
+from medprobe.report.reference import Cell, paper_cells, paper_tables, protocols
 
 
 @dataclass(frozen=True)
 class StudyRow:
-    """One printed row: ``encoder`` (a grid encoder) produces it, or ``reason`` says why medprobe does not.
+    """One printed row: ``encoder`` (a grid encoder; None: encoder-free) produces it under ``protocols`` (keys of
+    :func:`~medprobe.report.reference.protocols`), or ``reason`` says why medprobe does not.
 
-    ``heads`` narrows the table's protocol heads for this row (e.g. ``identity`` = "Unregistered"); ``inputs``
-    the input ablation value (PET/CT); ``needs_weights`` False for encoder-free rows; ``note``: a caveat on a
-    row medprobe produces (e.g. a different protocol than the number the study quotes)."""
+    ``heads``: the heads of the row's protocols (e.g. ``identity`` = "Unregistered"); ``inputs`` the input ablation
+    value (Table 14); ``needs_weights`` False for encoder-free rows; ``note``: a caveat on a row medprobe produces."""
 
     method: str
     encoder: str | None = None
@@ -43,15 +33,22 @@ class StudyRow:
     inputs: str | None = None
     needs_weights: bool = True
     note: str = ""
+    protocols: tuple[str, ...] = ()
 
     @property
     def supported(self) -> bool:
         return not self.reason
 
+    @property
+    def matches(self) -> list[Mapping[str, Any]]:
+        """What a medprobe cell must have to run this row (one per protocol; see ``Protocol.match``)."""
+        prots = protocols()
+        return [m for m in (prots[k].match for k in self.protocols) if m is not None]
+
 
 @dataclass(frozen=True)
 class StudyTable:
-    """One table of the study: its tasks (study keys), the heads of its protocol, its printed rows."""
+    """One table of the study: its tasks (study keys), the heads of its protocols, its printed rows."""
 
     key: str
     title: str
@@ -62,84 +59,94 @@ class StudyTable:
     not_supported: tuple[str, ...] = ()  # parts of the table medprobe cannot produce, each with its reason
     note: str = ""
 
-
-def _dino(*sizes: str, prefix: str = "DINOv3-", suffix: str = "", **kw: object) -> tuple[StudyRow, ...]:
-    enc = {"S": S, "B": B, "L": L}
-    return tuple(StudyRow(f"{prefix}{s}{suffix}", enc[s], **kw) for s in sizes)  # type: ignore[arg-type]
-
-
-def _unsupported(reason: str, *methods: str) -> tuple[StudyRow, ...]:
-    return tuple(StudyRow(m, reason=reason) for m in methods)
+    @property
+    def short(self) -> str:
+        """The title up to its first parenthesis: ``Table 7. EndoVis 2018``."""
+        return self.title.split(" (")[0]
 
 
-_WSI_ROWS = (StudyRow("ResNet50 (ImageNet)", "resnet50"), StudyRow("UNI", "uni"), StudyRow("CONCH", "conch"),
-             *_dino("S", "B"))
-_EM_ROWS = (*_unsupported(SUPERVISED_SEG.replace("segmentation", "EM instance"), "Superhuman", "MALA", "PEA",
-                          "APViT", "LSD", "CAD"), *_dino("S", "B", "L"))
-_PET_ROWS = (*_unsupported(SUPERVISED_SEG, "UNet", "VNet", "UNETR", "Swin UNETR", "VSmTrans", "UNETR++", "U-KAN",
-                           "Nestedformer", "A2FSeg", "H-DenseFormer"),
-             *(r for inp in ("CT", "PET", "CT+PET") for r in _dino("S", "B", "L", suffix=f"/16 {inp}", inputs=inp)))
+# what the reference file does not hold: the study sweep's tasks (study keys) that make each printed table
+TABLE_TASKS: dict[str, tuple[str, ...]] = {
+    "2": ("nih14", "rsna-pneumonia"),
+    "3": ("camelyon16",),
+    "4": ("camelyon16-to-17",),
+    "5": ("kvasir-capsule",),
+    "6": ("autolaparo",),
+    "7": ("endovis2018",),
+    "8": ("edd2020",),
+    "9": ("ct-rate",),
+    "10-11": ("msd-braintumour", "msd-heart", "msd-liver", "msd-hippocampus", "msd-prostate", "msd-lung",
+              "msd-pancreas", "msd-hepaticvessel", "msd-spleen", "msd-colon"),
+    "12": ("cremi-a", "cremi-b", "cremi-c"),
+    "13": ("ac3-ac4",),
+    "14": ("autopet-ii", "hecktor2022"),
+    "15": ("camus",),
+    "16": ("acdc",),
+}
+# heads of the grid that never run the encoder (medprobe's, not the paper's: affine is medprobe's extra baseline)
+ENCODER_FREE_HEADS: dict[str, tuple[str, ...]] = {"15": ("identity", "affine"), "16": ("identity", "affine")}
+# medprobe-side notes printed with a table's coverage (the paper's own caveats are the reference file's notes)
+NOTES: dict[str, str] = {
+    "14": "the study does not say how CT and PET were fused (medprobe: features of each, concatenated)",
+    "fig3": "the study prints no BCNB number: rows run, nothing to compare them with",
+}
+FIG3 = ("fig3", "Fig. 3. BCNB, 5 biomarkers, 5-fold CV, ABMIL (radar chart only)",
+        ("bcnb-aln", "bcnb-er", "bcnb-pr", "bcnb-her2", "bcnb-ki67"), "3")  # key, title, tasks, rows as Table ...
 
-STUDY_TABLES: tuple[StudyTable, ...] = (
-    StudyTable("2", "Table 2. Chest X-ray, linear probe at 256 px (NIH-14, RSNA)", ("nih14", "rsna-pneumonia"),
-               ("linear",), (StudyRow("BiomedCLIP", "biomedclip"), *_dino("S", "B", "L"))),
-    StudyTable("3", "Table 3. CAMELYON16 -> CAMELYON16, ABMIL", ("camelyon16",), ("abmil",), _WSI_ROWS,
-               note="no DINOv3-L row is printed"),
-    StudyTable("4", "Table 4. CAMELYON16 -> CAMELYON17 (unseen centres), ABMIL", ("camelyon16-to-17",), ("abmil",),
-               _WSI_ROWS, note="no DINOv3-L row is printed"),
-    StudyTable("fig3", "Fig. 3. BCNB, 5 biomarkers, 5-fold CV, ABMIL (radar chart only)",
-               ("bcnb-aln", "bcnb-er", "bcnb-pr", "bcnb-her2", "bcnb-ki67"), ("abmil",), _WSI_ROWS,
-               note="the study prints no BCNB number: rows run, nothing to compare them with"),
-    StudyTable("5", "Table 5. Kvasir-Capsule, 11 classes, linear probe", ("kvasir-capsule",), ("linear",),
-               (*_unsupported(SUPERVISED, "GMSRF net", "ConvMix-1536/20", "ConViT-S", "Swin-S", "FocalConv net",
-                              "Vats et al.", "API net", "VAPCaps"), *_dino("S", "B", "L"))),
-    StudyTable("6", "Table 6. AutoLaparo phase recognition, frame-wise linear probe", ("autolaparo",), ("linear",),
-               (*_unsupported(SUPERVISED.replace("network", "video network with temporal modelling"), "SV-RCNet",
-                              "TMRNet", "Trans-SVNet", "LoViT", "STSANet"), *_dino("S", "B", "L"))),
-    StudyTable("7", "Table 7. EndoVis 2018 instrument segmentation, 2D decoder", ("endovis2018",), ("decoder2d",),
-               (*_unsupported(SUPERVISED_SEG, "Vanilla UNet", "TernausNet", "MF-TAPNet", "Wang et al.", "ISINet",
-                              "ST-MTL", "AP-MTL", "S-MTL", "TraSeTR", "S3Net"),
-                *_unsupported(PROMPTED, "SAM (1 point)", "SAM (box)", "SAM 2-Image (1 point)", "SAM 2-Image (box)",
-                              "SAM 2-Video (1 point)"), *_dino("S", "B", "L"))),
-    StudyTable("8", "Table 8. EDD2020 segmentation, 2D decoder", ("edd2020",), ("decoder2d",),
-               (*_unsupported(SUPERVISED_SEG, "TransUnet", "Unet", "HarDNet", "Swin UNETR", "ESFPNet", "DUAT",
-                              "FCBFormer", "MSRF-Net", "GMSRF-Net", "Polyp-PVT", "PNS+", "EAT"),
-                *_dino("S", "B", "L"))),
-    StudyTable("9", "Table 9. CT-RATE, slice embeddings mean-pooled, linear probe and k-NN", ("ct-rate",),
-               ("linear", "knn"),
-               (StudyRow("CT-Net", reason="a supervised 3D CNN trained end to end (quoted from the CT-CLIP paper)"),
-                StudyRow("CT-CLIP", "ct-clip", note="medprobe probes CT-CLIP's frozen image encoder (linear / k-NN); "
-                         "the printed 0.731 is quoted from the CT-CLIP paper, not this protocol"),
-                *_dino("S", "B", "L"))),
-    StudyTable("10-11", "Tables 10-11. MSD, 10 tasks, 5-fold CV, pseudo-3D decoder",
-               ("msd-braintumour", "msd-heart", "msd-liver", "msd-hippocampus", "msd-prostate", "msd-lung",
-                "msd-pancreas", "msd-hepaticvessel", "msd-spleen", "msd-colon"), ("decoder3d",),
-               (*_unsupported(SUPERVISED_SEG, "3D U-Net", "V-Net", "nnU-Net", "TransUNet", "SwinUNETR", "UNETR"),
-                *_unsupported(SSL_LINEAR, "MAE-ViT-B/16", "MAE-ViT-L/16", "SimCLR", "MoCo-v3", "SwAV", "BYOL"),
-                *_dino("S", "B", "L")),
-               note="the printed B / L averages do not match their own per-task values"),
-    StudyTable("12", "Table 12. CREMI A / B / C, affinities + agglomeration", ("cremi-a", "cremi-b", "cremi-c"),
-               ("affinity",), _EM_ROWS),
-    StudyTable("13", "Table 13. AC3/AC4 and Wafer4, affinities + agglomeration", ("ac3-ac4",), ("affinity",), _EM_ROWS,
-               not_supported=("Wafer4 columns: the study describes no Wafer4 dataset (source, sections, split), so "
-                              "no task can be written for it",)),
-    StudyTable("14", "Table 14. AutoPET-II and HECKTOR 2022, pseudo-3D decoder on CT, PET, CT+PET",
-               ("autopet-ii", "hecktor2022"), ("decoder3d",), _PET_ROWS,
-               note="the study does not say how CT and PET were fused (medprobe: features of each, concatenated)"),
-    StudyTable("15", "Table 15. CAMUS 2D registration, zero-shot features + ConvexAdam", ("camus",), ("convexadam",),
-               (StudyRow("Unregistered", heads=("identity",), needs_weights=False),
-                StudyRow("VoxelMorph", reason=LEARNED_REG), StudyRow("MIND + ConvexAdam", reason=MIND_CONVEXADAM),
-                StudyRow("Anatomix + ConvexAdam", reason=ANATOMIX),
-                *_dino("S", "B", "L", prefix="DINO-", suffix=" + ConvexAdam")),
-               encoder_free_heads=("identity", "affine")),
-    StudyTable("16", "Table 16. ACDC 3D registration, zero-shot features + MIND + ConvexAdam", ("acdc",),
-               ("convexadam",),
-               (StudyRow("Unregistered", heads=("identity",), needs_weights=False),
-                StudyRow("VoxelMorph", reason=LEARNED_REG), StudyRow("MIND + ConvexAdam", reason=MIND_CONVEXADAM),
-                StudyRow("Anatomix + ConvexAdam", reason=ANATOMIX),
-                *_dino("S", "B", "L", prefix="DINO-", suffix=" + MIND + ConvexAdam")),
-               encoder_free_heads=("identity", "affine")),
-)
+
+def _reason(row: str, whys: list[str]) -> str:
+    """A row's cells' reasons, once each, without the method's name in front (rows with one reason group)."""
+    return "; ".join(dict.fromkeys(w.removeprefix(f"{row}: ") for w in whys))
+
+
+def _rows(table: str) -> tuple[tuple[StudyRow, ...], tuple[str, ...]]:
+    """The printed rows of a table (from its cells) and the parts of producible rows medprobe cannot produce."""
+    prots = protocols()
+    by_row: dict[tuple[str, str | None], list[Cell]] = {}
+    for c in paper_cells(table):
+        by_row.setdefault((c.row, c.variant), []).append(c)
+    rows: list[StudyRow] = []
+    parts: dict[str, tuple[list[str], list[str]]] = {}  # why -> (columns, rows) of producible rows' other cells
+    for (row, _), cells in by_row.items():
+        ok = [c for c in cells if c.why is None and prots[c.protocol].match is not None]
+        enc = next((c.encoder for c in cells if c.encoder), None)
+        if not ok:
+            whys = [c.why or prots[c.protocol].text for c in cells]
+            rows.append(StudyRow(cells[0].label, enc, reason=_reason(row, whys)))
+            continue
+        keys = tuple(dict.fromkeys(c.protocol for c in ok))
+        matches = [m for m in (prots[k].match for k in keys) if m is not None]
+        free = all(m.get("encoder_free") for m in matches)
+        inputs = next((str(m["inputs"]) for m in matches if m.get("inputs")), None)
+        rows.append(StudyRow(cells[0].label, None if free else enc, heads=tuple(dict.fromkeys(m["head"] for m in
+                             matches)), inputs=inputs, needs_weights=not free, protocols=keys))
+        for c in cells:
+            if c not in ok:
+                cols, who = parts.setdefault(c.why or prots[c.protocol].text, ([], []))
+                cols.append(c.column) if c.column not in cols else None
+                who.append(c.label) if c.label not in who else None
+    return tuple(rows), tuple(f"{', '.join(cols)} of {', '.join(who)} -- {why}" for why, (cols, who) in parts.items())
+
+
+def _title(table: str, title: str) -> str:
+    return f"{'Tables' if '-' in table else 'Table'} {table}. {title}"
+
+
+def _build() -> tuple[StudyTable, ...]:
+    out: list[StudyTable] = []
+    for pt in paper_tables():
+        rows, parts = _rows(pt.id)
+        heads = tuple(dict.fromkeys(h for r in rows for h in r.heads))
+        out.append(StudyTable(pt.id, _title(pt.id, pt.title), TABLE_TASKS.get(pt.id, ()), heads, rows,
+                              ENCODER_FREE_HEADS.get(pt.id, ()), parts, NOTES.get(pt.id, "")))
+        if pt.id == FIG3[3]:
+            key, title, tasks, _ = FIG3
+            out.append(StudyTable(key, title, tasks, heads, tuple(r for r in rows if r.supported),
+                                  note=NOTES.get(key, "")))
+    return tuple(out)
+
+
+STUDY_TABLES: tuple[StudyTable, ...] = _build()
 
 
 def table_of(study_key: str | None) -> StudyTable | None:
@@ -147,4 +154,4 @@ def table_of(study_key: str | None) -> StudyTable | None:
     return next((t for t in STUDY_TABLES if study_key in t.tasks), None)
 
 
-__all__ = ["STUDY_TABLES", "StudyRow", "StudyTable", "table_of"]
+__all__ = ["ENCODER_FREE_HEADS", "NOTES", "STUDY_TABLES", "TABLE_TASKS", "StudyRow", "StudyTable", "table_of"]

@@ -89,8 +89,9 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
     ``db``: a :class:`~medprobe.results.ResultsDB` or a path; ``sweep``: only rows tagged with that sweep;
     ``cache_dir``: extra feature-cache root searched for PCA pictures (besides each run's ``cache_dir`` and
     ``./medprobe-cache``); ``pca_live``: re-encode a few sample images when the cache holds no patch tokens;
-    ``study_why``: why a study task (``task``) or encoder on it (``task:encoder``) was not run (e.g. data or weights
-    not found), shown in the study section's cells without a run.
+    ``study_why``: why a study task (``task``), encoder on it (``task:encoder``) or printed row (``task:row``) was
+    not run (e.g. data or weights not found), shown in the study section's cells without a run; default: the
+    reasons ``medprobe study`` wrote beside the database (``study-why.json``), if any.
     """
     from medprobe.report.pca import task_pca
     from medprobe.results import ResultsDB
@@ -206,6 +207,10 @@ def build_report(db: Any = None, out: str | Path = "report.html", sweep: str | N
         sections.append(summary)
         from medprobe.report.study import study_table, study_tables
 
+        if study_why is None:
+            from medprobe.report.study import load_study_why
+
+            study_why = load_study_why(db.root)
         st_tabs, st_notes = study_tables(points, why=study_why)
         if st_tabs:
             sections.append(Section("The study, table by table", "study", tables=st_tabs, notes=st_notes))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from medprobe.report.analyze import Table, fmt
@@ -191,6 +192,8 @@ class _Group:
             else:
                 closest = min((protocol_gaps(match, p, enc) for p in mine), key=len)
                 self.status = "ran, not under the paper's protocol: " + "; ".join(closest[:3])
+        if not self.same and not c0.why and why.get(f"{c0.task}:{c0.label}"):
+            self.status = why[f"{c0.task}:{c0.label}"]  # e.g. a row no cell of the study sweep runs
         if mine:
             b, _ = _pick(mine, rank, c0.higher_is_better)
             if b is not None:
@@ -232,12 +235,36 @@ def _mean_of_tasks(groups: list[_Group], target: _Group) -> None:
     target.best_setting = "mean of the per-task best settings" if target.best else ""
 
 
+STUDY_WHY_FILE = "study-why.json"  # beside the results database: medprobe study's reasons, read by the report
+
+
+def save_study_why(root: str | Path, why: Mapping[str, str], sweep: str | None = None) -> Path:
+    """Write ``medprobe study``'s reasons (see :func:`study_tables`' ``why``) into the results folder ``root``."""
+    from medprobe.utils import atomic_write_json
+
+    path = Path(root) / STUDY_WHY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"format": 1, "sweep": sweep, "why": dict(why)})
+    return path
+
+
+def load_study_why(root: str | Path) -> dict[str, str]:
+    """The reasons :func:`save_study_why` wrote into ``root`` ({} when none, or unreadable)."""
+    path = Path(root) / STUDY_WHY_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in (doc.get("why") or {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def study_tables(points: list[dict[str, Any]], why: Mapping[str, str] | None = None,
                  all_tables: bool = False) -> tuple[list[Table], list[str]]:
     """One :class:`Table` per study table (those with a run of one of their tasks, or all), and notes.
 
-    ``why``: the reason a task (``task``) or an encoder on it (``task:encoder``) was not run, e.g. from ``medprobe
-    study``'s coverage (data or weights not found); shown in the cells that have no run."""
+    ``why``: the reason a task (``task``), an encoder on it (``task:encoder``) or a printed row (``task:row``, e.g.
+    ``camus:MIND + ConvexAdam``) was not run, e.g. from ``medprobe study``'s coverage (data or weights not found,
+    no cell of the sweep); shown in the cells that have no run."""
     why = dict(why or {})
     prots = protocols()
     by_task: dict[str, list[dict[str, Any]]] = {}
@@ -323,4 +350,5 @@ def study_table(tasks: Any, points: list[dict[str, Any]], tables: list[Table] | 
     return out
 
 
-__all__ = ["COLUMNS", "RAW_COLUMNS", "protocol_gaps", "study_table", "study_tables"]
+__all__ = ["COLUMNS", "RAW_COLUMNS", "STUDY_WHY_FILE", "load_study_why", "protocol_gaps", "save_study_why",
+           "study_table", "study_tables"]
