@@ -209,8 +209,9 @@ def _taps(cell: Any) -> Any:
 def study_plan(sweep: Any, coverage: list[Any] | None = None, count_data: bool = True) -> StudyPlan:
     """Cells, extractions, encoder passes and GFLOPs of the whole study grid (every task, found or not)."""
     from medprobe.pipeline.launch import feature_group
+    from medprobe.pipeline.study_tables import table_of
     from medprobe.pipeline.sweep import expand
-    from medprobe.report.reference import match_task, references_for
+    from medprobe.report.reference import match_task
 
     cells = expand(sweep)
     by_task = {c.task: c for c in (coverage or [])}
@@ -219,8 +220,8 @@ def study_plan(sweep: Any, coverage: list[Any] | None = None, count_data: bool =
     sizes: dict[str, Size | None] = {}
     for c in cells:
         task = c.axes["task"]
-        refs = references_for(task)
-        table = refs[0].table if refs else "other"
+        st = table_of(match_task(task))
+        table = st.key if st is not None else "other"  # the paper's table number, as the coverage prints them
         cells_by_table[table] = cells_by_table.get(table, 0) + 1
         if task not in sizes:
             cov = by_task.get(task)
@@ -314,7 +315,9 @@ _UNIT_WORDS = {"image": "images", "volume": "volumes", "slide": "slides", "pair"
 
 def plan_lines(plan: StudyPlan) -> list[str]:
     """The ``medprobe study --plan`` table: per study table, then the total."""
-    from medprobe.report.reference import TABLES
+    from medprobe.pipeline.study_tables import STUDY_TABLES
+
+    titles = {t.key: t.short for t in STUDY_TABLES}
 
     speed = (f"GPU-hours on {plan.gpu or 'the GPU'} at {plan.gflops_per_s:,.0f} effective GFLOP/s "
              f"({plan.speed_from})" if plan.gflops_per_s else
@@ -322,7 +325,7 @@ def plan_lines(plan: StudyPlan) -> list[str]:
     lines = [f"study plan (feature extraction; head training not included). {speed}"]
     head = ["table", "cells", "extractions", "to encode", "encoder passes", "GFLOPs", "GPU-h"]
     rows = []
-    order = [*TABLES, *sorted({g.table for g in plan.groups} - set(TABLES))]
+    order = [*titles, *sorted({g.table for g in plan.groups} - set(titles))]
     tot_cells = tot_ext = 0
     tot_pass = tot_g = 0.0
     missing_g = False
@@ -347,7 +350,7 @@ def plan_lines(plan: StudyPlan) -> list[str]:
         tot_pass += passes
         tot_g += gfl
         enc = ", ".join(f"{_fmt(v)} {_UNIT_WORDS.get(u, u)}" for u, v in units.items()) or "?"
-        rows.append([TABLES.get(t, t), str(cells), str(len(gs)), enc, ("~" if approx else "") + _fmt(passes),
+        rows.append([titles.get(t, t), str(cells), str(len(gs)), enc, ("~" if approx else "") + _fmt(passes),
                      ("~" if approx else "") + _fmt(gfl) + ("+?" if unknown else ""),
                      _fmt(plan.hours(gfl), 1) + ("+?" if unknown and plan.gflops_per_s else "")])
     rows.append(["total", str(tot_cells), str(tot_ext), "", "~" + _fmt(tot_pass), "~" + _fmt(tot_g) +
