@@ -40,8 +40,6 @@ import torch
 # bought once this much CG work was done since the last one (and the CG count per step has grown)
 REFRESH_COST_CG = 40
 MAX_CG = 250
-CG64 = False
-INTERCEPT_ALPHA = False
 _F32 = torch.float32
 
 
@@ -100,7 +98,7 @@ class _KronPreconditioner:
         if C != self.C:
             self.C = C
             self.scale = 1.0 / (C * self.gamma[:, None] * self.a[None, :] + 1.0) - 1.0  # (r, m)
-            ca = C * (self.c if INTERCEPT_ALPHA else self.n) * self.a  # the intercepts' curvature sum_i W_i = n A
+            ca = C * self.n * self.a  # the intercepts' curvature sum_i W_i = n A
             self.inv_b = 1.0 / (ca + 1e-10 * (1.0 + float(ca.max())))
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
@@ -185,10 +183,7 @@ def multinomial_path(X: torch.Tensor, y: torch.Tensor, k: int, Cs: np.ndarray, t
                 refreshes += 1
                 cg_since, cg_first = 0, None
             pre.set_C(C)
-            if CG64:
-                step, n_cg = _pcg(X, mu, P, V, C, g, pre)
-            else:
-                step, n_cg = _pcg(Xc, None, P.to(_F32), Vf, C, g.to(_F32), pre)
+            step, n_cg = _pcg(Xc, None, P.to(_F32), Vf, C, g.to(_F32), pre)
             cg_total += n_cg
             cg_since += n_cg
             if cg_first is None:
