@@ -119,3 +119,9 @@ def test_study_runs_the_runnable_part_on_shared_data(shared_data: Path, tmp_path
     assert r["task"] == "msd-hippocampus" and r["config"]["dataset"] == f"msd:{shared_data / 'msd-task04-hippocampus'}"
     assert r["config"]["split"] == {**r["config"]["split"], "kind": "folds", "folds": 5, "fold": 0}
     assert r["sweep"] == "dinov3-medical" and not r["pretrained"] and 0 <= r["metrics"]["dice"][0] <= 1
+    from medprobe.report.study import load_study_why
+
+    why = load_study_why(db)  # the reasons the report shows in cells without a run (medprobe report reads them)
+    assert why["nih14"].startswith("missing data: data.root of task nih14 not found (looked in ")
+    assert why["msd-hippocampus:dinov3-vits16"].startswith("missing weights (")
+    assert why["camus:MIND + ConvexAdam"].startswith("not in the sweep: medprobe produces it, encoder-free")
