@@ -131,7 +131,7 @@ def test_isbi_classical_baseline_inside_medprobe_run(tmp_path: Path, em_cache: P
     db = tmp_path / "db"
     assert main(["run", str(task), "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "baseline-classical" in out and "sigma 2, percentile 40" in out
+    assert "baseline-classical" in out and "sigma 2, percentile 40" in out, out
     runs = {r["head"]: r for r in ResultsDB(db).runs()}
     cls, one = runs["baseline-classical"], runs["baseline-one"]
     arand, voi = cls["metrics"]["arand"], cls["metrics"]["voi"]
@@ -153,6 +153,10 @@ def test_isbi_classical_baseline_inside_medprobe_run(tmp_path: Path, em_cache: P
     header, *lines = capsys.readouterr().out.strip().splitlines()
     assert "test/arand [CI]" in header and "test/voi [CI]" in header and "auc" not in header
     assert len(lines) == 2 and all(" - " not in ln and not ln.rstrip().endswith("-") for ln in lines)
+    # a second run reuses the cached baseline search (a JSON file with sorted keys) and says the same settings
+    assert main(["run", str(task), "--db", str(tmp_path / "db2")]) == 0
+    again = capsys.readouterr().out
+    assert "(no encoder: sigma 2, percentile 40, chosen by" in again, again
 
 
 def _synthetic_stack(z: int = 8, n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -280,6 +280,9 @@ class InstancesFamily(TaskFamily):
             try:
                 got = json.loads(path.read_text(encoding="utf-8"))
                 got["metrics"] = {k: tuple(v) if isinstance(v, list) else v for k, v in got["metrics"].items()}
+                order = [a.name for a in model.axes()]  # the file's keys are sorted: back to the model's axis order
+                got["settings"] = dict(sorted(got["settings"].items(),
+                                              key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
                 return dict(got, cached=True)
             except (OSError, ValueError, KeyError):
                 pass  # damaged: computed again
