@@ -3,7 +3,10 @@
 One child process per test sets ``RLIMIT_AS`` and runs the CLI once per family (random weights, a phantom, the
 smallest input the layout allows; and the real default resolution for a SAM-family entry and a ViT-L-size
 entry). Each run must either finish (exit 0) or say one line naming the memory it needs (exit 2): never a
-traceback, never killed.
+traceback, never killed. The small runs use the ``prototype`` head (nearest class mean, no solver: the encoder
+is under test, not the head) and every family there must finish, but CT-CLIP: CTViT takes only its native
+240 x 480 x 480 input, which its memory model refuses under 8 GB in one line before any work. The 1024-px SAM
+and ViT-L runs are opt-in (``MEDPROBE_SLOW_TESTS=1``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ SMALL: dict[str, tuple[str, str, int | None]] = {
     "biomedclip": ("biomedclip", "xray2d-binary", 32),
     "clip": ("clip-vit-b16", "xray2d-binary", 32),
     "conch": ("conch", "xray2d-binary", 32),
-    "ctvit": ("ct-clip", "ct3d-binary", None),
+    "ctvit": ("ct-clip", "ct3d-binary", None),  # CTViT takes only its native 480 px in-plane (240 slices)
     "dinov2": ("dinov2-vits14", "xray2d-binary", 28),
     "dinov2_reg": ("dinov2-vits14-reg", "xray2d-binary", 28),
     "dinov3": ("dinov3-vits16", "xray2d-binary", 32),
@@ -37,7 +40,7 @@ SMALL: dict[str, tuple[str, str, int | None]] = {
     "resnet": ("resnet50", "xray2d-binary", 64),
     "sam": ("medsam-vit-b", "xray2d-binary", 64),
     "siglip2": ("siglip2-vitb16", "xray2d-binary", 32),
-    "swin_unetr": ("swin-unetr", "ct3d-binary", None),
+    "swin_unetr": ("swin-unetr", "ct3d-binary", 32),
 }
 # families whose entries need a file the test cannot make from nothing (an ONNX graph, a local checkpoint folder)
 NEEDS_FILE = {"onnx": "an ONNX graph file", "hf": "a local transformers folder", "timm": "a local timm checkpoint"}
@@ -67,9 +70,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _argv(enc: str, phantom: str, res: int | None, n: int, cache: Path) -> list[str]:
+def _argv(enc: str, phantom: str, res: int | None, n: int, cache: Path, head: str = "logreg") -> list[str]:
     argv = ["run", "--encoder", enc, "--weights", "random", "--dataset", f"phantom:{phantom}",
-            "--data-opt", f"n={n}", "--data-opt", f"size={16 if '3d' in phantom else 32}", "--head", "logreg",
+            "--data-opt", f"n={n}", "--data-opt", f"size={16 if '3d' in phantom else 32}", "--head", head,
             "--cache-dir", str(cache)]
     return argv + (["--resolution", str(res)] if res else [])
 
@@ -97,12 +100,15 @@ def test_the_table_covers_every_registered_family() -> None:
 
 
 def test_every_family_runs_under_a_memory_limit(tmp_path: Path) -> None:
-    runs = {fam: _argv(enc, ph, res, 8, tmp_path / "cache") for fam, (enc, ph, res) in SMALL.items()
+    runs = {fam: _argv(enc, ph, res, 8, tmp_path / "cache", head="prototype") for fam, (enc, ph, res) in SMALL.items()
             if fam in FAMILIES.names()}
-    got = _run_limited(runs, 8 * GB, tmp_path, timeout=1800)
+    got = _run_limited(runs, 8 * GB, tmp_path, timeout=900)
+    assert set(got) == set(runs)
     for name, r in got.items():
         _finished_or_one_line(name, r)
-    assert sum(r["rc"] == 0 for r in got.values()) >= len(got) - 2, {k: v["rc"] for k, v in got.items()}
+    refused = {k: v["stderr"].strip().splitlines()[-1] for k, v in got.items() if v["rc"] != 0}
+    assert set(refused) <= {"ctvit"}, refused  # every other family finishes at its small size
+    assert all(line.startswith("medprobe: error: ct-clip") for line in refused.values()), refused
 
 
 @pytest.mark.slow
