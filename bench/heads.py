@@ -33,6 +33,21 @@ from medprobe.heads.logreg import DEFAULT_CS  # noqa: E402
 from medprobe.heads.ridge import DEFAULT_ALPHAS  # noqa: E402
 
 
+def _space(rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random rotation and the power-law spread of the latent 'frozen feature' directions."""
+    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
+    sd[:4] *= [6, 4, 3, 2]
+    return R, sd
+
+
+def _observe(lat: np.ndarray, R: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Latent rows -> observed float32 features: rotated, a per-channel offset, three large-offset channels."""
+    X = lat @ R.T + (rng.normal(size=R.shape[0]) * 0.5 + 0.3)
+    X[:, :3] += np.array([6.0, -4.0, 3.0])
+    return X.astype(np.float32)
+
+
 def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...]:
     """Binary task on synthetic 'frozen CLS features' (float32, not standardised), test AUC ~0.9.
 
@@ -42,9 +57,7 @@ def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...
     """
     rng = np.random.default_rng(seed)
     total = n + 2 * n_eval
-    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
-    sd[:4] *= [6, 4, 3, 2]
+    R, sd = _space(rng, dim)
     y = rng.integers(0, 2, total)
     comp = rng.integers(0, 3, total)
     centres = rng.normal(size=(3, dim)) * sd * 0.35
@@ -53,9 +66,7 @@ def make_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.ndarray, ...
     delta[sel] = rng.normal(size=len(sel)) * sd[sel]
     delta *= 1.9 / np.sqrt(((delta / sd) ** 2).sum())
     lat = rng.normal(size=(total, dim)) * sd + centres[comp] + np.outer(y - 0.5, delta)
-    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
-    X[:, :3] += np.array([6.0, -4.0, 3.0])
-    X = X.astype(np.float32)
+    X = _observe(lat, R, rng)
     a, b = n, n + n_eval
     return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
 
@@ -67,9 +78,7 @@ def make_multiclass(n: int, dim: int, k: int, n_eval: int, seed: int) -> tuple[n
     means ~1.9), so the classes overlap and the best C is inside the grid."""
     rng = np.random.default_rng(seed + 7)
     total = n + 2 * n_eval
-    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
-    sd[:4] *= [6, 4, 3, 2]
+    R, sd = _space(rng, dim)
     y = rng.integers(0, k, total)
     comp = rng.integers(0, 3, total)
     centres = rng.normal(size=(3, dim)) * sd * 0.35
@@ -78,9 +87,7 @@ def make_multiclass(n: int, dim: int, k: int, n_eval: int, seed: int) -> tuple[n
     means[:, sel] = rng.normal(size=(k, len(sel))) * sd[sel]
     means *= 1.9 / np.sqrt(2) / np.sqrt(((means / sd) ** 2).sum(1)).mean()
     lat = rng.normal(size=(total, dim)) * sd + centres[comp] + means[y]
-    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
-    X[:, :3] += np.array([6.0, -4.0, 3.0])
-    X = X.astype(np.float32)
+    X = _observe(lat, R, rng)
     a, b = n, n + n_eval
     return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
 
@@ -91,9 +98,7 @@ def make_multilabel(n: int, dim: int, labels: int, n_eval: int, seed: int) -> tu
     directions plus three factors shared between labels (co-occurring findings)."""
     rng = np.random.default_rng(seed + 11)
     total = n + 2 * n_eval
-    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
-    sd[:4] *= [6, 4, 3, 2]
+    R, sd = _space(rng, dim)
     comp = rng.integers(0, 3, total)
     centres = rng.normal(size=(3, dim)) * sd * 0.35
     lat = rng.normal(size=(total, dim)) * sd + centres[comp]
@@ -104,9 +109,7 @@ def make_multilabel(n: int, dim: int, labels: int, n_eval: int, seed: int) -> tu
         s = (lat[:, sel] / sd[sel]) @ rng.normal(size=12) * (2.0 / np.sqrt(12))
         s += 0.6 * shared @ rng.normal(size=3) + rng.logistic(size=total)
         Y[:, j] = s > np.quantile(s, 1 - prev)
-    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
-    X[:, :3] += np.array([6.0, -4.0, 3.0])
-    X = X.astype(np.float32)
+    X = _observe(lat, R, rng)
     a, b = n, n + n_eval
     return X[:a], Y[:a], X[a:b], Y[a:b], X[b:], Y[b:]
 
@@ -120,18 +123,14 @@ def make_regression_data(n: int, dim: int, n_eval: int, seed: int) -> tuple[np.n
     """
     rng = np.random.default_rng(seed + 101)
     total = n + 2 * n_eval
-    R, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    sd = 4.0 * np.arange(1, dim + 1) ** -0.5
-    sd[:4] *= [6, 4, 3, 2]
+    R, sd = _space(rng, dim)
     comp = rng.integers(0, 3, total)
     centres = rng.normal(size=(3, dim)) * sd * 0.35
     lat = rng.normal(size=(total, dim)) * sd + centres[comp]
     beta = rng.normal(size=dim) * np.arange(1, dim + 1) ** -0.3 / sd  # each direction's share of the signal
     signal = lat @ beta
     y = 50.0 + 10.0 * (signal / signal.std() + 0.55 * rng.normal(size=total))
-    X = lat @ R.T + (rng.normal(size=dim) * 0.5 + 0.3)
-    X[:, :3] += np.array([6.0, -4.0, 3.0])
-    X = X.astype(np.float32)
+    X = _observe(lat, R, rng)
     a, b = n, n + n_eval
     return X[:a], y[:a], X[a:b], y[a:b], X[b:], y[b:]
 

@@ -15,8 +15,8 @@ from medprobe.errors import ConfigError
 def export_features(spec: Any, out_dir: str | Path, token: str = "mean", layer: int | None = None) -> list[Path]:
     """Write the slide bags of the slides task ``spec`` under ``out_dir``; returns the files written."""
     from medprobe.features.slides import export_h5
-    from medprobe.pipeline.common import build_encoder, encoder_identity, features_for, pick_device
-    from medprobe.pipeline.run import load_dataset
+    from medprobe.pipeline.common import features_for
+    from medprobe.pipeline.run import load_dataset, prepared_for_extraction
 
     ds, family = load_dataset(spec)
     if family.feature_unit != "tile":
@@ -24,12 +24,7 @@ def export_features(spec: Any, out_dir: str | Path, token: str = "mean", layer: 
                           "(use a slides task: camelyon16, camelyon17, bcnb, slides)", spec.name)
     if token not in family.tokens:
         raise ConfigError(f"token {token!r}: slide bags keep {', '.join(family.tokens)}", spec.name)
-    ds, _ = family.prepare_dataset(ds, spec, False)
-    device = pick_device(spec.device)
-    info = encoder_identity(spec)
-    if info is None:
-        info = build_encoder(spec, device)
-    spec = family.resolve(spec, ds, info)
+    ds, family, spec, device, info = prepared_for_extraction(spec, (ds, family))
     _, store, _ = features_for(ds, spec, device, family.tokens, info=info, unit=family.feature_unit,
                                unit_options=family.unit_options(spec))
     return export_h5(store, out_dir, token=token, layer=layer)

@@ -317,16 +317,10 @@ def extract_features(spec: Any, shard: tuple[int, int] | None = None) -> dict[st
     """What ``run_task`` does before its heads, up to the cached features: dataset, family, encoder identity, the
     family's resolved options, then features (reused, or extracted into the cache). ``shard=(i, n)``: only this
     process's share of the items (a multi-GPU extraction job; the last process to finish writes the manifest)."""
-    from medprobe.pipeline.common import build_encoder, encoder_identity, extract_config, features_for, pick_device
-    from medprobe.pipeline.run import load_dataset
+    from medprobe.pipeline.common import build_encoder, extract_config, features_for
+    from medprobe.pipeline.run import prepared_for_extraction
 
-    ds, family = load_dataset(spec)
-    ds, _ = family.prepare_dataset(ds, spec, False)
-    device = pick_device(spec.device)
-    info = encoder_identity(spec)
-    if info is None:
-        info = build_encoder(spec, device)
-    spec = family.resolve(spec, ds, info)
+    ds, family, spec, device, info = prepared_for_extraction(spec)
     unit: dict[str, Any] = {"unit": family.feature_unit, "unit_options": family.unit_options(spec)}  # as run_task
     if shard is None or shard[1] <= 1:
         _, _store, extraction = features_for(ds, spec, device, family.tokens, info=info, **unit)

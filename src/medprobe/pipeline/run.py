@@ -22,6 +22,7 @@ from medprobe.data import create_dataset
 from medprobe.errors import ConfigError, DataError
 from medprobe.pipeline.common import (
     apply_budget,
+    build_encoder,
     encoder_identity,
     features_for,
     make_splits,
@@ -57,6 +58,20 @@ def load_dataset(spec: TaskSpec, source: str | None = None) -> tuple[Any, TaskFa
     family = get_family(spec.kind) if spec.kind else family_for_dataset(ds, spec.dataset)
     family.check_dataset(ds, spec)
     return ds, family
+
+
+def prepared_for_extraction(spec: TaskSpec, loaded: tuple[Any, TaskFamily] | None = None
+                            ) -> tuple[Any, TaskFamily, TaskSpec, Any, Any]:
+    """What a task resolves before its features, as ``run_task`` does: the prepared dataset, its family, the spec
+    with the family's options resolved, the device and the encoder identity (the encoder itself when its identity
+    needs it built). ``loaded``: ``load_dataset(spec)`` when the caller has it already."""
+    ds, family = loaded or load_dataset(spec)
+    ds, _ = family.prepare_dataset(ds, spec, False)
+    device = pick_device(spec.device)
+    info = encoder_identity(spec)
+    if info is None:
+        info = build_encoder(spec, device)
+    return ds, family, family.resolve(spec, ds, info), device, info
 
 
 def resolve_heads(spec: TaskSpec, family: TaskFamily, ds: Any, source: str | None = None

@@ -92,6 +92,18 @@ def fmt(v: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def ci_text(v: Any) -> str:
+    """``(mean, lo, hi)`` -> ``"0.812 [0.790, 0.833]"`` (a number alone -> ``"0.812"``; missing -> ``"n/a"``)."""
+    if isinstance(v, (list, tuple)) and len(v) == 3:
+        m, lo, hi = (float(x) if x is not None else math.nan for x in v)
+        if not math.isfinite(m):
+            return "n/a"
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{m:.3f}"
+    if isinstance(v, (int, float)) and math.isfinite(float(v)):
+        return f"{float(v):.3f}"
+    return "n/a"
+
+
 def _budget_label(b: Any) -> str:
     return "all" if b in (None, 1, 1.0, "all") else str(b)
 

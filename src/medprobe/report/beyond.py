@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medprobe.report.analyze import Figure, Table
+from medprobe.report.analyze import Figure, Table, ci_text
 from medprobe.report.html import Section
 
 RETRIEVAL_PANEL = "retrieval"
@@ -25,13 +25,6 @@ _CAL = ("ece", "ece_mass", "brier", "nll")
 _KSHOT = re.compile(r"^kshot:(\d+)x(\d+)$")
 
 
-def _ci(v: Any) -> str:
-    if isinstance(v, (list, tuple)) and len(v) == 3:
-        m, lo, hi = (float(x) if x is not None else math.nan for x in v)
-        if not math.isfinite(m):
-            return "n/a"
-        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{m:.3f}"
-    return "n/a"
 
 
 def _point(v: Any) -> float:
@@ -89,7 +82,7 @@ def calibration_section(db: Any, points: Sequence[Mapping[str, Any]], limit: int
     rows = sorted(rows, key=lambda q: (_point(q["metrics"].get("ece")), q["method"], q["head"]))
     for p in rows:
         m = p["metrics"]
-        t.add([p["method"], p["head"], p["budget_label"], *(_ci(m.get(k)) for k in _CAL), p["run_id"][:10]],
+        t.add([p["method"], p["head"], p["budget_label"], *(ci_text(m.get(k)) for k in _CAL), p["run_id"][:10]],
               [p["method"], p["head"], p["budget_label"], *(m.get(k) for k in _CAL), p["run_id"]])
     figs: list[Figure] = []
     notes = ["ECE: equal-width and equal-mass bins (15); Brier and NLL as scikit-learn; head_params.<head>.calibrate:"
@@ -124,7 +117,7 @@ def fewshot_section(points: Sequence[Mapping[str, Any]], metric: str = "auc") ->
     for p in sorted(rows, key=lambda q: (q["method"], q["head"], int(_KSHOT.match(q["budget"]).group(1)))):  # type: ignore[union-attr]
         k, draws = (int(x) for x in _KSHOT.match(p["budget"]).groups())  # type: ignore[union-attr]
         m = p["metrics"]
-        t.add([p["method"], p["head"], str(k), str(draws), *(_ci(m.get(c)) for c in cols), p["run_id"][:10]],
+        t.add([p["method"], p["head"], str(k), str(draws), *(ci_text(m.get(c)) for c in cols), p["run_id"][:10]],
               [p["method"], p["head"], k, draws, *(m.get(c) for c in cols), p["run_id"]])
         v = m.get(metric)
         if isinstance(v, (list, tuple)) and len(v) == 3:
@@ -172,7 +165,7 @@ def retrieval_section(points: Sequence[Mapping[str, Any]]) -> Section | None:
               ["encoder", "head", *keys, "run"])
     for p in sorted(rows, key=lambda q: (q["method"], q["head"])):
         m = p["metrics"]
-        t.add([p["method"], p["head"], *(_ci(m.get(k)) for k in keys), p["run_id"][:10]],
+        t.add([p["method"], p["head"], *(ci_text(m.get(k)) for k in keys), p["run_id"][:10]],
               [p["method"], p["head"], *(m.get(k) for k in keys), p["run_id"]])
     return Section("Retrieval", f"retrieval-{_slug(rows[0]['task'])}", tables=[t],
                    notes=["acc@k: a relevant case among the first k; map@k: AP@k normalised by min(k, relevant); "
@@ -187,7 +180,7 @@ def survival_section(points: Sequence[Mapping[str, Any]]) -> Section | None:
               ["encoder", "head", "c_index", "c_index_uno", "run"])
     for p in sorted(rows, key=lambda q: (q["method"], q["head"])):
         m = p["metrics"]
-        t.add([p["method"], p["head"], _ci(m.get("c_index")), _ci(m.get("c_index_uno")), p["run_id"][:10]],
+        t.add([p["method"], p["head"], ci_text(m.get("c_index")), ci_text(m.get("c_index_uno")), p["run_id"][:10]],
               [p["method"], p["head"], m.get("c_index"), m.get("c_index_uno"), p["run_id"]])
     return Section("Survival", f"survival-{_slug(rows[0]['task'])}", tables=[t],
                    notes=["Harrell's c-index; Uno's IPCW c-index with the censoring distribution of the training "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medprobe.report.analyze import SLIDE_PANEL, Figure, Table
+from medprobe.report.analyze import SLIDE_PANEL, Figure, Table, ci_text
 from medprobe.report.html import Section
 
 _COLS = ("auc", "auc_seeds", "acc", "balanced_acc", "f1_macro", "tile_auc")
@@ -28,15 +28,6 @@ def is_slide_point(p: Mapping[str, Any]) -> bool:
     return PANEL in (p.get("panels") or ())
 
 
-def _ci(v: Any) -> str:
-    if isinstance(v, (list, tuple)) and len(v) == 3:
-        m, lo, hi = (float(x) if x is not None else math.nan for x in v)
-        if not math.isfinite(m):
-            return "n/a"
-        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{m:.3f}"
-    if isinstance(v, (int, float)) and math.isfinite(float(v)):
-        return f"{float(v):.3f}"
-    return "n/a"
 
 
 def slide_table(points: Sequence[Mapping[str, Any]]) -> Table:
@@ -47,7 +38,7 @@ def slide_table(points: Sequence[Mapping[str, Any]]) -> Table:
     for p in sorted(points, key=lambda q: (q["method"], q["head"])):
         m = p.get("metrics") or {}
         seeds = m.get("n_seeds", "?")
-        t.add([p["method"], p["head"], str(seeds), *(_ci(m.get(c)) for c in _COLS), p["run_id"][:10]],
+        t.add([p["method"], p["head"], str(seeds), *(ci_text(m.get(c)) for c in _COLS), p["run_id"][:10]],
               [p["method"], p["head"], seeds, *(m.get(c) for c in _COLS), p["run_id"]])
     return t
 
@@ -84,7 +75,7 @@ def tiles_table(info: Mapping[str, Any]) -> Table:
         plan = r.get("plan") or {}
         kept = tissue_kept(r)
         shown = "n/a" if kept is None else f"{kept:.1%}" + (" (low)" if kept < KEPT_WARNING else "")
-        t.add([str(r["id"]), str(r.get("label")), _ci(score) if isinstance(score, (int, float)) else str(score),
+        t.add([str(r["id"]), str(r.get("label")), ci_text(score) if isinstance(score, (int, float)) else str(score),
                str(r.get("n_tiles")), shown, str(plan.get("level", "?")), str(plan.get("target_mpp", "?"))],
               [r["id"], r.get("label"), score, r.get("n_tiles"), kept, plan.get("level"), plan.get("target_mpp")])
     return t
