@@ -35,7 +35,8 @@ else:
 with tempfile.TemporaryDirectory() as tmp:
     store = extract(ds, enc, PreprocessConfig(), ExtractConfig(progress=False), cache_dir=tmp)
     m = store.manifest
-    print("RESULT " + json.dumps({"batch_size": m.get("batch_size"), "batch": m.get("batch"),
+    used = m.get("batch_size", m.get("volumes_per_batch"))  # the volume unit records volumes_per_batch
+    print("RESULT " + json.dumps({"batch_size": used, "batch": m.get("batch"),
                                   "resolution": list(store.preprocess.resolution),
                                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
