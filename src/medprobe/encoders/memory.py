@@ -130,11 +130,31 @@ def volume_memory(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
     return MemoryModel(_params(spec), 200 * vox * F32, "3D: ~200 input-sized activations per volume")
 
 
+def ctvit_memory(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
+    """CTViT (CT-CLIP): ``(D/pt) x (H/p) x (W/p)`` tokens; spatial attention within each slab (``heads x hw x hw``
+    per slab), temporal attention per position, and the last tap's cosine codebook search (``tokens x codebook``
+    similarities); six input-sized copies (the volume, its patchified copy, the preprocessing's)."""
+    d, h, w = (int(s) for s in shape[-3:])
+    p, pt = _cfg(spec, "patch_size", default=20), _cfg(spec, "temporal_patch_size", default=10)
+    t, gh, gw = max(d // pt, 1), max(h // p, 1), max(w // p, 1)
+    n = t * gh * gw
+    dim = max(int(spec.width or 0), 1)
+    heads = _cfg(spec, "heads", default=8)
+    inner = heads * _cfg(spec, "dim_head", default=64)
+    attn = 3 * max(t * heads * (gh * gw) ** 2, gh * gw * heads * t * t) + 4 * n * inner
+    ffn = 2 * n * 4 * dim
+    vq = 2 * n * _cfg(spec, "codebook_size", default=8192)
+    floats = 6 * d * h * w + max(attn, ffn, vq) + (2 + TAPS_KEPT) * n * dim
+    return MemoryModel(_params(spec), floats * F32,
+                       f"CTViT: {t}x{gh}x{gw} tokens x {dim}, {heads} heads over {gh * gw} per slab, "
+                       f"codebook search")
+
+
 def pixels_memory(spec: EncoderSpec, shape: Sequence[int]) -> MemoryModel:
     """No network (pixels on the patch grid): the input and a pooled copy."""
     h, w = int(shape[-2]), int(shape[-1])
     return MemoryModel(0, 4 * 3 * h * w * F32, "pixels: the input and its pooled copy")
 
 
-__all__ = ["MemoryFn", "MemoryModel", "cnn_memory", "pixels_memory", "vit_memory", "volume_memory",
+__all__ = ["MemoryFn", "MemoryModel", "cnn_memory", "ctvit_memory", "pixels_memory", "vit_memory", "volume_memory",
            "windowed_vit_memory"]

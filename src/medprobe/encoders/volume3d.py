@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from medprobe.encoders.base import Encoder, EncoderInfo, EncoderOutput
 from medprobe.encoders.families import EncoderFamily, register_family
-from medprobe.encoders.memory import volume_memory
+from medprobe.encoders.memory import ctvit_memory, volume_memory
 from medprobe.encoders.registry import EncoderSpec, _add
 from medprobe.errors import ConfigError, WeightsError
 from medprobe.utils import torch_seeded
@@ -570,7 +570,7 @@ def _ctvit_identity(spec: EncoderSpec, ref: WeightsRef) -> EncoderInfo | None:
 
 register_family(EncoderFamily(
     name="ctvit", build=_build_ctvit, identity=_ctvit_identity, gflops=_ctvit_gflops, volumetric=True,
-    memory=volume_memory,
+    memory=ctvit_memory,
     local_weights=local_weight_files,
     description="CT-CLIP's CTViT image encoder (3D ViT, factorised spatial / temporal attention), volumes in",
     cls_feature="last tap: CT-CLIP's image embedding (to_visual_latent of the slice-averaged, flattened tokens); "
