@@ -12,9 +12,9 @@ combined with ``+`` (e.g. ``tiles+blocks``):
 * ``long``: ``--long-epochs`` epochs (a longer schedule);
 * ``blocks``: blocks 2, 5, 8, 11 concatenated (multi-layer features; the ONNX graph tapped at four block
   outputs by an encoder family this script registers: the recipe of docs/design.md, no edit under ``src/``);
-* ``tiles``: each section cut into 2 x 2 quadrants of 256 px, each encoded at 224: 1.75 px per input pixel
-  instead of 2.3 (higher resolution for membranes 1-3 px wide); scored per quadrant, so the baselines of that
-  row are the same pipelines on the same quadrants (selection: section 19's quadrants);
+* ``tiles``: each section cut into 2 x 2 quadrants of 256 px, each encoded at 224 (1.14 section pixels per
+  input pixel instead of 2.29: higher resolution for membranes 1-3 px wide); scored per quadrant, so the
+  baselines of that row are the same pipelines on the same quadrants (selection: section 19's quadrants);
 * ``stack``: the study's pseudo-3D decoder (``decoder3d``, 3 x 3 x 3 convolutions, crops of 4 sections) on the
   stack as one chunk per split (train 0-15, validation 16-19 = the selection sections, test 20-29), 20
   steps per epoch as the 2D decoder takes (each crop holds 4 sections); per-section scores of its in-plane
