@@ -10,4 +10,6 @@ fi
 echo "ruff (style) on src/ and tests/, mypy (types) on src/"
 python -m ruff check src tests bench
 python -m mypy
-exec python -m pytest -q -p no:cacheprovider "$@"
+# two test processes (pytest-xdist): the suite's end-to-end runs are single-threaded; MEDPROBE_TEST_WORKERS=0 runs
+# everything in this process
+exec python -m pytest -q -p no:cacheprovider -n "${MEDPROBE_TEST_WORKERS:-2}" "$@"

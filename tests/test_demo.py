@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +16,11 @@ def _rows(db: Path) -> list[tuple[str, str, str]]:
         return con.execute("SELECT task, head, status FROM runs").fetchall()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MEDPROBE_SLOW_TESTS"),
+                    reason="the --full demo's classification part takes ~8 minutes on 2 cores (its solver case is also "
+                           "covered by test_heads::test_logreg_low_rank_offset_features_solve_at_every_C): set "
+                           "MEDPROBE_SLOW_TESTS=1")
 def test_demo_full_size_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The classification part at the demo's own size (random-init features are low-rank and offset, which
     is what once broke the logreg Newton factorisation here but not in the smaller --quick data)."""

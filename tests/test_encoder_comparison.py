@@ -30,7 +30,7 @@ def test_families_side_by_side(shared_data: Path, tmp_path: Path, single_thread:
         pytest.skip(f"{npz} is absent")
     sweep = {
         "name": "families",
-        "base": {"features": {"progress": False, "batch_size": 64, "amp": "bf16"}, "metrics": {"bootstrap": 50},
+        "base": {"features": {"progress": False, "batch_size": 64}, "metrics": {"bootstrap": 50},
                  "head_params": {"logreg": {"Cs": [0.1, 1.0]}, "knn": {"k": 5}}},
         "tasks": [{"name": "pneumoniamnist-small", "dataset": "medmnist:pneumoniamnist",
                    "data": {"root": str(npz.parent), "limit": "120,30,90"}}],

@@ -75,12 +75,17 @@ def test_doctor_names_the_extra_of_each_family(capsys: pytest.CaptureFixture[str
     assert "timm encoders" not in out
 
 
-def test_docs_contract_table_is_current(capsys: pytest.CaptureFixture[str]) -> None:
-    """docs/encoders.md holds exactly what `medprobe models --contracts --markdown` prints (every family)."""
-    from medprobe.cli.main import main
+def test_docs_contract_table_is_current() -> None:
+    """docs/encoders.md holds exactly what `medprobe models --contracts --markdown` prints (every family), in a
+    fresh process as a user runs it (in this one, encoders registered by other tests' imports would show)."""
+    import subprocess
+    import sys
 
-    assert main(["models", "--contracts", "--markdown"]) == 0
-    live = capsys.readouterr().out.strip()
+    code = "import sys; from medprobe.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, "models", "--contracts", "--markdown"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    live = out.stdout.strip()
     doc = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text(encoding="utf-8")
     table = doc.split("<!-- contract-table:start -->")[1].split("<!-- contract-table:end -->")[0].strip()
     assert table == live, "regenerate the table: medprobe models --contracts --markdown"

@@ -164,7 +164,8 @@ def test_registration_extracts_nothing_it_does_not_use(tmp_path: Path, monkeypat
     for head in ("identity", "convexadam"):
         assert rows[head]["result"].predictions["dice"].tolist() == pytest.approx(DICE_BEFORE[head], abs=1e-9)
         rec = rows[head]["record"]
-        assert rec["notes"]["cache_key"] == entry.name and rec["resolution"] == [32, 32]
+        # no encoder input was used: the row records none (issue 23: the input size the head used, not the native)
+        assert rec["notes"]["cache_key"] == entry.name and rec["resolution"] is None
     dino = parse_task({**base, "heads": ["convexadam"],
                        "head_params": {"convexadam": {"features": "dino+mind", "pca_k": 2, "input_size": 32,
                                                       "niter": 20}}}, "t")

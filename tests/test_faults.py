@@ -166,7 +166,9 @@ def test_absurd_resolution_is_refused_before_any_work(tmp_path: Path, capsys: py
     argv = ["run", *FLAGS, "--resolution", "100000", "--db", str(tmp_path / "db"), "--cache-dir", str(tmp_path / "c")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "100000x100000" in err and "GB" in err and "batch_size" in err
+    # batch_size auto (the default): not even one item fits, so the line says what one item needs and what to change
+    assert len(err.splitlines()) == 1 and "100000x100000" in err and "for one item" in err and "GB" in err
+    assert "lower the resolution" in err
     assert not list_entries(tmp_path / "c")  # no half-made cache entry
 
 
