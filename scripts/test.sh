@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will skip"
 fi
+export PYTHONUTF8=1  # text I/O and subprocess output as UTF-8 whatever the machine's locale (CI may have none)
 echo "ruff (style) on src/ and tests/, mypy (types) on src/"
 python -m ruff check src tests bench
 python -m mypy

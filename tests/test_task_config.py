@@ -184,7 +184,8 @@ def test_config_commands_do_not_import_torch(tmp_path: Path) -> None:
             f"main(['config', 'show', {str(yml)!r}]); main(['config', 'keys']); "
             "print('TORCH', 'torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", env=env,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert "TORCH False" in out.stdout
 
